@@ -8,6 +8,8 @@ router gRPC server over the in-process store, a providers gRPC server on loopbac
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,34 +88,48 @@ def edge_passthrough(fields: dict[str, Any]) -> str:
     return parsed.to_router(raw, "acme", "", "r1").passthrough_json
 
 
-async def test_passthrough_fields_the_edge_refuses_are_refused_naming_them_before_routing(tmp_path: Path) -> None:
-    refused: list[tuple[str, ServiceError]] = []
-    provider = Answering()
+@asynccontextmanager
+async def router_over(tmp_path: Path, provider: Answering) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+    """A router over the in-process store and `provider`, served on loopback, and a stub calling it."""
     async with (
         served_router(tmp_path, MemoryStore(), provider) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
+        yield router_pb2_grpc.RouterStub(channel)
+
+
+async def refusal(call: Awaitable[Any]) -> ServiceError:
+    """The INVALID_ARGUMENT the router ends `call` with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    refused = ServiceError.from_rpc_error(caught.value)
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, refused
+    return refused
+
+
+async def streamed(router: router_pb2_grpc.RouterStub, request: router_pb2.CompleteRequest) -> None:
+    """`request`'s CompleteStream, read to its end."""
+    async for _ in router.CompleteStream(request, timeout=10):
+        pass
+
+
+async def test_passthrough_fields_the_edge_refuses_are_refused_naming_them_before_routing(tmp_path: Path) -> None:
+    named: list[str | None] = []
+    provider = Answering()
+    async with router_over(tmp_path, provider) as router:
         for field, fields in REFUSED:
             assert edge_fault(fields) == field
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await router.Complete(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10)
-            refused.append((field, ServiceError.from_rpc_error(caught.value)))
+            request = ask("hello", "acme", passthrough_json=json.dumps(fields))
+            named.append((await refusal(router.Complete(request, timeout=10))).metadata.get("field"))
     assert provider.generated == 0
-    assert [(e.code, e.metadata.get("field")) for _, e in refused] == [
-        (grpc.StatusCode.INVALID_ARGUMENT, field) for field, _ in refused
-    ]
+    assert named == [field for field, _ in REFUSED]
 
 
 @pytest.mark.parametrize("fields", ACCEPTED)
 async def test_passthrough_fields_the_edge_accepts_are_served(tmp_path: Path, fields: dict[str, Any]) -> None:
     """As the edge sends them on, and as a gRPC caller may write them (the fields the edge drops included)."""
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_over(tmp_path, provider) as router:
         for prompt, written in (("from the edge", edge_passthrough(fields)), ("written so", json.dumps(fields))):
             answer = await router.Complete(ask(prompt, "acme", passthrough_json=written), timeout=10)
             assert answer.content == f"the answer to {prompt}"
@@ -132,11 +148,7 @@ async def test_n_and_stream_options_of_openais_types_are_served_to_a_grpc_caller
 ) -> None:
     """Typed as OpenAI types them: the edge maps them itself, a gRPC caller's are sent nowhere."""
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_over(tmp_path, provider) as router:
         written = json.dumps(fields)
         answer = await router.Complete(ask("once", "acme", passthrough_json=written), timeout=10)
         assert answer.content == "the answer to once"
@@ -149,16 +161,9 @@ async def test_n_and_stream_options_of_other_types_are_refused_on_a_stream_too(
 ) -> None:
     """CompleteStream is admitted as Complete is: refused before anything is routed."""
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in router.CompleteStream(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10):
-                pass
-    refused = ServiceError.from_rpc_error(caught.value)
-    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, next(iter(fields)))
+    async with router_over(tmp_path, provider) as router:
+        refused = await refusal(streamed(router, ask("hello", "acme", passthrough_json=json.dumps(fields))))
+    assert refused.metadata.get("field") == next(iter(fields))
     assert provider.generated == 0
 
 
@@ -187,18 +192,13 @@ async def test_the_requests_own_fields_written_in_passthrough_are_refused_naming
     served uncapped, and charged so, where the edge applies a REST caller's. Refused before anything is routed, as a
     cap the edge cannot read (a misspelt header) is."""
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_over(tmp_path, provider) as router:
         for fields in OWN_FIELDS:
             (field,) = fields
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await router.Complete(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10)
-            refused = ServiceError.from_rpc_error(caught.value)
-            assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
-            assert "passthrough_json" in refused.message
+            refused = await refusal(
+                router.Complete(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10)
+            )
+            assert refused.metadata.get("field") == field and "passthrough_json" in refused.message
     assert provider.generated == 0
 
 
@@ -210,19 +210,10 @@ async def test_a_stream_written_in_passthrough_is_refused_saying_the_method_deci
     already, was sent the wrong way."""
     provider = Answering()
     request = ask("hello", "acme", passthrough_json=json.dumps({"stream": stream}))
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            if method == "CompleteStream":
-                async for _ in router.CompleteStream(request, timeout=10):
-                    pass
-            else:
-                await router.Complete(request, timeout=10)
-    refused = ServiceError.from_rpc_error(caught.value)
-    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "stream")
+    async with router_over(tmp_path, provider) as router:
+        call = streamed(router, request) if method == "CompleteStream" else router.Complete(request, timeout=10)
+        refused = await refusal(call)
+    assert refused.metadata.get("field") == "stream"
     assert refused.message == (
         "stream is not read from passthrough_json: the method called decides, CompleteStream streaming and Complete not"
     )
@@ -234,13 +225,8 @@ async def test_the_requests_own_fields_written_null_in_passthrough_are_left_out(
     ones it does not set null, is served."""
     provider = Answering()
     written = json.dumps({name: None for fields in OWN_FIELDS for name in fields})
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        answer = await router_pb2_grpc.RouterStub(channel).Complete(
-            ask("hello", "acme", passthrough_json=written), timeout=10
-        )
+    async with router_over(tmp_path, provider) as router:
+        answer = await router.Complete(ask("hello", "acme", passthrough_json=written), timeout=10)
     assert answer.content == "the answer to hello"
     assert provider.generated == 1
 
@@ -261,20 +247,14 @@ async def test_who_pays_and_the_request_id_written_in_passthrough_are_refused_na
     edge accepts, are served (ACCEPTED)."""
     assert not CALLER_FIELDS & PASSTHROUGH_FIELDS
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_over(tmp_path, provider) as router:
         for fields in CALLER_WRITTEN:
             (field,) = fields
             assert edge_fault(fields) == field
             for method in ("Complete", "Decide"):
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await getattr(router, method)(ask("hi", "acme", passthrough_json=json.dumps(fields)), timeout=10)
-                refused = ServiceError.from_rpc_error(caught.value)
-                assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
-                assert "passthrough_json" in refused.message
+                request = ask("hi", "acme", passthrough_json=json.dumps(fields))
+                refused = await refusal(getattr(router, method)(request, timeout=10))
+                assert refused.metadata.get("field") == field and "passthrough_json" in refused.message
         served = await router.Complete(ask("hi", "acme", passthrough_json='{"tenant": null}'), timeout=10)
         assert served.content == "the answer to hi"  # null: a field left out, as for the request's own fields
     assert provider.generated == 1
@@ -301,15 +281,9 @@ async def test_a_key_given_twice_in_passthrough_is_refused_naming_it(
 ) -> None:
     """As the edge refuses a REST body with one (tests/edge/test_repeated_json_keys.py)."""
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await router.Complete(ask("hi", "acme", passthrough_json=text), timeout=10)
-    refused = ServiceError.from_rpc_error(caught.value)
-    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    async with router_over(tmp_path, provider) as router:
+        refused = await refusal(router.Complete(ask("hi", "acme", passthrough_json=text), timeout=10))
+    assert refused.metadata.get("field") == field
     assert refused.message == f"passthrough_json gives {path!r} more than once: give each key once"
     assert provider.generated == 0
 
@@ -321,15 +295,10 @@ async def test_a_key_given_twice_in_a_tool_call_is_refused_naming_it(tmp_path: P
     asked.messages.add(role="assistant", content="", tool_calls_json=call)
     asked.messages.add(role="tool", content="blue", tool_call_id="c2")
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await router_pb2_grpc.RouterStub(channel).Complete(asked, timeout=10)
-    refused = ServiceError.from_rpc_error(caught.value)
+    async with router_over(tmp_path, provider) as router:
+        refused = await refusal(router.Complete(asked, timeout=10))
     field = "messages[1].tool_calls[0].id"
-    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert refused.metadata.get("field") == field
     assert refused.message == f"messages[1].tool_calls_json gives {field!r} more than once: give each key once"
     assert provider.generated == 0
 
@@ -346,27 +315,16 @@ async def test_json_fields_past_twice_the_edges_bounds_are_refused_before_they_a
     with_calls.passthrough_json = json.dumps({"x": [0] * 100_000})  # within the bound alone, past it with the call
     containers = ask("hi", "acme", passthrough_json=json.dumps({"x": [[]] * (2 * MAX_JSON_CONTAINERS)}))
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        refused: list[tuple[grpc.StatusCode, str | None, str]] = []
-        for asked in (containers, with_calls):
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await router.Complete(asked, timeout=30)
-            error = ServiceError.from_rpc_error(caught.value)
-            refused.append((error.code, error.metadata.get("field"), error.message))
+    async with router_over(tmp_path, provider) as router:
+        refused = [await refusal(router.Complete(asked, timeout=30)) for asked in (containers, with_calls)]
         within = {"x": [[]] * (MAX_JSON_CONTAINERS - 1), "y": "[{,}]" * 500_000}
         served = await router.Complete(ask("hi", "acme", passthrough_json=json.dumps(within)), timeout=30)
-    assert refused == [
+    assert [(error.metadata.get("field"), error.message) for error in refused] == [
         (
-            grpc.StatusCode.INVALID_ARGUMENT,
             "passthrough_json",
             "passthrough_json takes the request's tool calls and passthrough_json past 200000 JSON objects and arrays",
         ),
         (
-            grpc.StatusCode.INVALID_ARGUMENT,
             "passthrough_json",
             "passthrough_json takes the request's tool calls and passthrough_json past 400000 JSON array elements and "
             "object members",
@@ -404,20 +362,11 @@ async def test_json_fields_summed_to_twice_the_edges_bounds_are_served_and_one_m
         at_the_bound([0] * 1_000, [0] * (commas - 1_000 + 1)),
     ]
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_over(tmp_path, provider) as router:
         served = [(await router.Complete(asked, timeout=30)).content for asked in served_asks]
-        refused: list[tuple[grpc.StatusCode, str | None, str]] = []
-        for asked in refused_asks:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await router.Complete(asked, timeout=30)
-            error = ServiceError.from_rpc_error(caught.value)
-            refused.append((error.code, error.metadata.get("field"), error.message))
+        refused = [await refusal(router.Complete(asked, timeout=30)) for asked in refused_asks]
     assert served == ["the answer to blue"] * 2
-    assert [(code, field) for code, field, _ in refused] == [(grpc.StatusCode.INVALID_ARGUMENT, "passthrough_json")] * 2
-    assert "past 200000 JSON objects and arrays" in refused[0][2]
-    assert "past 400000 JSON array elements and object members" in refused[1][2]
+    assert [error.metadata.get("field") for error in refused] == ["passthrough_json"] * 2
+    assert "past 200000 JSON objects and arrays" in refused[0].message
+    assert "past 400000 JSON array elements and object members" in refused[1].message
     assert provider.generated == 2
