@@ -77,3 +77,15 @@ def runner_sending_nothing(store: Store, channel: grpc.aio.Channel, **settings: 
         error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
         **(defaults | settings),
     )
+
+
+@asynccontextmanager
+async def opened_runner(store: Store, router_addr: str = "127.0.0.1:1", **settings: Any) -> AsyncIterator[Runner]:
+    """runner_sending_nothing over a channel to `router_addr` (by default one that leads nowhere), for the block: then
+    closed (its runs finished), and its channel with it."""
+    async with grpc.aio.insecure_channel(router_addr) as channel:
+        runner = runner_sending_nothing(store, channel, **settings)
+        try:
+            yield runner
+        finally:
+            await runner.close()

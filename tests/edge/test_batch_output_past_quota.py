@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 from prometheus_client import REGISTRY
 
@@ -15,7 +14,7 @@ from services.batches import wire
 from services.batches.api import FILE_LISTED
 from services.batches.quota import MIN_COUNTED_BYTES
 from services.batches.store import Store, batch_key, file_key, results_key
-from tests.edge.conftest import runner_sending_nothing
+from tests.edge.conftest import opened_runner
 
 QUOTA = 4 * MIN_COUNTED_BYTES
 
@@ -32,13 +31,8 @@ async def _finish(store: Store, batch_id: str, rerun: bool = False) -> dict[str,
         batch: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t1", "total": "1"}
         await store.put(batch_key(batch_id), batch | {"input_file_id": "file-in"})
         await store.put(results_key(batch_id), {"0": json.dumps({"line": line, "ok": True})})
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line left to send
-    runner = runner_sending_nothing(store, channel, retention_s=3600, tenant_file_bytes=QUOTA)
-    try:
+    async with opened_runner(store, retention_s=3600, tenant_file_bytes=QUOTA) as runner:  # no line left to send
         await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
-    finally:
-        await runner.close()
-        await channel.close()
     output_id = (await store.get(batch_key(batch_id)))["output_file_id"].decode()
     assert output_id in await store.counted_files("t1")  # counted as long as it is kept, whatever the quota
     assert (await store.content(file_key(output_id))) is not None

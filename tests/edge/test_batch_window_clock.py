@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-import grpc
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -25,7 +24,7 @@ from services.batches.api import TAKEN_OVER, BatchApi
 from services.batches.runner import Runner, file_fields
 from services.batches.store import RedisStore, batch_key, file_key, readers_key
 from services.edge.openai_api import ApiError
-from tests.edge.conftest import runner_sending_nothing
+from tests.edge.conftest import opened_runner
 from tests.integration.conftest import served_router
 from tests.integration.test_batch_parking import RateLimitingRouter
 
@@ -46,32 +45,37 @@ async def store(any_redis_url: str) -> AsyncIterator[RedisStore]:
 async def runner(store: RedisStore) -> AsyncIterator[Runner]:
     """A runner of an edge that no longer serves the batch's key: it ends a batch past its window (sending no line),
     and leaves one within it alone, so whether it takes a batch up says where it judges the window's end."""
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line is sent
-    runner = runner_sending_nothing(store, channel, serves=lambda tenant, key_id: False)
-    try:
-        yield runner
-    finally:
-        runner.stop()
-        await runner.close()
-        await channel.close()
+    async with opened_runner(store, serves=lambda tenant, key_id: False) as made:
+        yield made
 
 
 @pytest.fixture
 async def serving_runner(store: RedisStore) -> AsyncIterator[Runner]:
     """A runner of an edge serving every key, whose router is never called: the batches it runs have no line to send."""
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")
-    runner = runner_sending_nothing(store, channel)
-    try:
-        yield runner
-    finally:
-        runner.stop()
-        await runner.close()
-        await channel.close()
+    async with opened_runner(store) as made:
+        yield made
 
 
 def skew_clock(monkeypatch: pytest.MonkeyPatch, skew_s: float) -> None:
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + skew_s)
+
+
+async def put_input(store: RedisStore, tenant: str, line: bytes = b'{"custom_id": "a"}\n') -> str:
+    """A batch input file of `tenant`, of one line: its id."""
+    input_id = f"file-{uuid.uuid4().hex}"
+    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", line, "batch", 1), 600)
+    return input_id
+
+
+def batch_api(store: RedisStore, runner: Runner, tenant: str) -> BatchApi:
+    """The edge's batches API, each caller `tenant`, its batches' window WINDOW_S."""
+    return BatchApi(store, runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
+
+
+def edge_client(api: BatchApi) -> httpx.AsyncClient:
+    """A client calling `api`'s routes in-process."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=api.routes())), base_url="http://edge")
 
 
 async def put_batch(
@@ -82,8 +86,7 @@ async def put_batch(
     status: str = "in_progress",
 ) -> str:
     """A batch of one line, in `status`, whose window ends expires_in_s from now by the store's clock."""
-    batch_id, input_id = f"batch_{uuid.uuid4().hex}", f"file-{uuid.uuid4().hex}"
-    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", line, "batch", 1), 600)
+    batch_id, input_id = f"batch_{uuid.uuid4().hex}", await put_input(store, tenant, line)
     created = int(await store.clock(batch_key(batch_id)))
     fields: dict[str, str | bytes] = {"status": status, "tenant": tenant, "key_id": "k", "total": "1"}
     fields |= {"input_file_id": input_id, "created_at": str(created - 60)}
@@ -105,12 +108,9 @@ async def test_an_edge_with_a_skewed_clock_stamps_a_batch_s_window_by_the_store_
     store: RedisStore, runner: Runner, skew_s: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenant = f"t-{uuid.uuid4().hex}"
-    input_id = f"file-{uuid.uuid4().hex}"
-    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", b'{"custom_id": "a"}\n', "batch", 1), 600)
-    api = BatchApi(store, runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
-    app = Starlette(routes=api.routes())
+    input_id = await put_input(store, tenant)
     skew_clock(monkeypatch, skew_s)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:
+    async with edge_client(batch_api(store, runner, tenant)) as client:
         body = {"input_file_id": input_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
         created = await client.post("/v1/batches", json=body)
     assert created.status_code == 200, created.text
@@ -153,8 +153,8 @@ async def test_a_keyed_batch_just_begun_is_not_taken_over_by_a_retry_on_an_edge_
     """A keyed batch's creation under way (`validating`, not yet among those to run), stamped by the store's clock: its
     retry on an edge whose clock is ahead by more than CREATING_S is told to retry (409), and the batch is left to its
     creation. Judged by that edge's clock, the retry failed a creation just begun (taken over) and made a second."""
-    tenant, input_id, begun_id = f"t-{uuid.uuid4().hex}", f"file-{uuid.uuid4().hex}", f"batch_{uuid.uuid4().hex}"
-    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", b'{"custom_id": "a"}\n', "batch", 1), 600)
+    tenant, begun_id = f"t-{uuid.uuid4().hex}", f"batch_{uuid.uuid4().hex}"
+    input_id = await put_input(store, tenant)
     body = {"input_file_id": input_id, "endpoint": wire.ENDPOINT, "completion_window": "24h"}
     claim = idempotent.claim_for("batch", tenant, "sk", "begun", json.dumps(body, sort_keys=True).encode())
     created = int(await store.clock(batch_key(begun_id)))
@@ -163,7 +163,7 @@ async def test_a_keyed_batch_just_begun_is_not_taken_over_by_a_retry_on_an_edge_
     begun |= {"created_at": str(created), "expires_at": str(created + WINDOW_S)}
     await store.put(batch_key(begun_id), begun, 600)
     assert await store.claim(claim.key, claim.value(begun_id), 600) is None
-    api = BatchApi(store, runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
+    api = batch_api(store, runner, tenant)
     skew_clock(monkeypatch, idempotent.CREATING_S + 60)
     with pytest.raises(ApiError) as retried:  # as POST /v1/batches looks for the record's batch
         await idempotent.existing(store, claim, api._batch_there(tenant))
@@ -190,15 +190,11 @@ async def test_a_batch_parked_by_an_edge_whose_clock_is_ahead_runs_again_at_its_
     ).encode()
     batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", 30, line + b"\n")
     skew_clock(monkeypatch, SKEW_S)
-    async with served_router(RateLimitingRouter(retry_after_s="60")) as limited:
-        channel = grpc.aio.insecure_channel(limited)
-        runner = runner_sending_nothing(store, channel)
-        try:
-            await ran(runner)
-        finally:
-            runner.stop()
-            await runner.close()
-            await channel.close()
+    async with (
+        served_router(RateLimitingRouter(retry_after_s="60")) as limited,
+        opened_runner(store, limited) as runner,
+    ):
+        await ran(runner)
     fields = await store.get(batch_key(batch_id))
     assert float(fields["parked_until"]) <= int(fields["expires_at"]) + 1, fields
     await store.activate(batch_id, False)
@@ -230,14 +226,8 @@ async def test_a_batch_cancelled_within_its_window_ends_cancelled_on_an_edge_who
     await store.delete([file_key(input_id)])
     await store.put(batch_key(batch_id), {"status": "cancelling"})
     skew_clock(monkeypatch, SKEW_S)
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: nothing is sent
-    runner = runner_sending_nothing(store, channel)
-    try:
+    async with opened_runner(store) as runner:  # its router never called: nothing is sent
         await ran(runner)
-    finally:
-        runner.stop()
-        await runner.close()
-        await channel.close()
     fields = await store.get(batch_key(batch_id))
     assert fields["status"] == b"cancelled" and "expired_at" not in fields, fields
 
@@ -284,10 +274,8 @@ async def test_a_cancel_is_dated_by_the_store_s_clock(
 ) -> None:
     tenant = f"t-{uuid.uuid4().hex}"
     batch_id = await put_batch(store, tenant, WINDOW_S)
-    api = BatchApi(store, serving_runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
     skew_clock(monkeypatch, skew_s)
-    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
-    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+    async with edge_client(batch_api(store, serving_runner, tenant)) as client:
         cancelled = await client.post(f"/v1/batches/{batch_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
     await ran(serving_runner)

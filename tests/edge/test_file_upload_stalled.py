@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from services.batches import idempotent
@@ -22,7 +21,7 @@ from services.batches.quota import counted_bytes
 from services.batches.runner import file_fields
 from services.batches.store import COUNTING_S, RedisStore, Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError
-from tests.edge.conftest import runner_sending_nothing
+from tests.edge.conftest import opened_runner
 from tests.router.old_version import checkout, run
 
 CONTENT = b'{"custom_id": "a"}\n'
@@ -160,17 +159,13 @@ async def test_a_batch_output_whose_count_lapsed_before_kept_is_counted_again(st
     async def output_count_lapses(inner: Store) -> None:
         await inner.uncount_file("t1", output_id)
 
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line left to send
-    runner = runner_sending_nothing(
-        Lapsing(store, "keep_counted", output_count_lapses, False), channel, retention_s=3600
-    )
+    lapsing = Lapsing(store, "keep_counted", output_count_lapses, False)
     try:
-        await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
-        assert (await store.get(batch_key(batch_id)))["output_file_id"] == output_id.encode()
-        assert output_id in await store.counted_files("t1")  # counted as long as it is kept
+        async with opened_runner(lapsing, retention_s=3600) as runner:  # no line left to send
+            await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
+            assert (await store.get(batch_key(batch_id)))["output_file_id"] == output_id.encode()
+            assert output_id in await store.counted_files("t1")  # counted as long as it is kept
     finally:
-        await runner.close()
-        await channel.close()
         await store.delete([batch_key(batch_id), results_key(batch_id), file_key(output_id)])
         await store.uncount_file("t1", output_id)
 
