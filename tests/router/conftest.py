@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,6 +11,7 @@ import pytest
 from services.router import charging
 from services.router.store import MemoryStore, RedisStore, Store
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.redis_servers import RedisCluster
 from tests.router.servicer_kit import charger_on, store_on
 
 
@@ -22,6 +23,15 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     made = RedisStore(redis_url)
     yield made
     await made.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the test's own, its masters to stop and start (the session's redis_cluster is shared), each
+    serving its slots while another is down (cluster-require-full-coverage no)."""
+    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -58,13 +58,6 @@ from tests.waiting import eventually
 DAY = period_id("day")
 HOLD_PICO = 2_000_000
 PICO = 1_000_000
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
-    yield cluster
-    cluster.stop()
 
 
 async def ledger_pico(store: RedisStore, account: Account) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +52,6 @@ class Tried(RedisStore):
     async def charge(self, account: Account, *args: Any, **kwargs: Any) -> bool:
         self.tenants.append(account.tenant)
         return await super().charge(account, *args, **kwargs)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    """A cluster of this test's own, whose masters serve their slots while another is down."""
-    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture

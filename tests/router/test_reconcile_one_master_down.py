@@ -44,13 +44,6 @@ MODEL = "one-master-down"
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
 async def store(cluster: RedisCluster) -> AsyncIterator[RedisStore]:
     made = RedisStore(cluster.url)
     yield made

@@ -140,14 +140,13 @@ async def test_the_fullest_master_of_a_cluster(tmp_path: Path) -> None:
 
 
 async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One master down while the others serve their slots (cluster-require-full-coverage no): the figure is still
     the fullest of the masters that answer, not gone for the whole store (nor the one down read as empty), and the
     log names the one left out, once while it stays out (the runbook sends the operator there). How many are left out
     is a gauge of its own (LLMRouterMoneyStoreMasterUnreachable): a master out of reach refuses its tenants' requests
     while the router stays up, which no other series said."""
-    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
     store = RedisStore(cluster.url)
     try:
         half, nearly_full, down = cluster.nodes  # the startup node and the heartbeats' slot are not on the one down
@@ -175,7 +174,6 @@ async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(
         assert unreachable("money") is None  # the store out of reach: LLMRouterMoneyStoreUnreachable's to say
     finally:
         await store.close()
-        cluster.stop()
 
 
 async def test_the_response_cache_too(tmp_path: Path) -> None:
