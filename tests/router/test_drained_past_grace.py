@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -105,6 +105,22 @@ async def stopping_once_cut(running: RunningServer) -> asyncio.Task[None]:
     stopping = asyncio.create_task(running.stop(GRACE_S))
     await landed.wait()
     return stopping
+
+
+class CutByHand:
+    """The router's cut, taken from its stop (which would run it at cut_at) for a patch of the test's to run, called,
+    at the moment it chooses."""
+
+    def __init__(self) -> None:
+        self.taken: list[Callable[[], None]] = []
+
+    def take(self, running: RunningServer) -> None:
+        assert running.cut is not None
+        self.taken.append(running.cut)
+        running.cut = lambda: None
+
+    def __call__(self) -> None:
+        self.taken.pop()()
 
 
 def held_in(monkeypatch: pytest.MonkeyPatch, owner: type, method: str) -> tuple[asyncio.Event, asyncio.Event]:
@@ -352,12 +368,12 @@ async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_char
 ) -> None:
     """The cut running as the answer's charge lands (its clean-up, the cache and the session, still to run): told
     `cost_pending`, as if still generating; now the charge the ledger has."""
-    cut_now: list[Any] = []
+    the_cut = CutByHand()
     charge = RedisStore.charge
 
     async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
         charged = await charge(self, *args, **kwargs)
-        cut_now.pop()()
+        the_cut()
         return charged
 
     monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
@@ -365,8 +381,7 @@ async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_char
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        cut_now.append(running.cut)
-        running.cut = lambda: None  # cut as the charge lands, not at cut_at
+        the_cut.take(running)  # cut as the charge lands, not at cut_at
         stopping = asyncio.create_task(running.stop(GRACE_S))
         provider.release.set()
         with pytest.raises(grpc.aio.AioRpcError) as cut:
@@ -436,20 +451,19 @@ async def test_a_unary_call_done_as_the_cut_ran_gets_its_answer(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cut running in the turn its work ended (its session recorded last): its answer, not `cost_pending`."""
-    cut_now: list[Any] = []
+    the_cut = CutByHand()
     record = Sessions.record
 
     async def cut_once_recorded(self: Sessions, *args: Any, **kwargs: Any) -> None:
         await record(self, *args, **kwargs)
-        cut_now.pop()()
+        the_cut()
 
     monkeypatch.setattr(Sessions, "record", cut_once_recorded)
     provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        cut_now.append(running.cut)
-        running.cut = lambda: None  # cut as the work ends, not at cut_at
+        the_cut.take(running)  # cut as the work ends, not at cut_at
         stopping = asyncio.create_task(running.stop(GRACE_S))
         provider.release.set()
         answer = await call
@@ -616,14 +630,14 @@ async def test_a_unary_call_cut_as_its_charge_failed_is_told_its_charge_is_pendi
 ) -> None:
     """The cut running as the answer's charge fails, kept neither by the store (down) nor the outbox (its file
     unwritable): that charge did not land (the reconciler charges the hold), so `cost_pending`, not `charged_usd` 0."""
-    cut_now: list[Any] = []
+    the_cut = CutByHand()
     add = Outbox.add
 
     async def cut_as_it_fails(self: Outbox, *args: Any, **kwargs: Any) -> None:
         try:
             await add(self, *args, **kwargs)
         finally:
-            cut_now.pop()()
+            the_cut()
 
     monkeypatch.setattr(RedisStore, "charge", store_down)
     monkeypatch.setattr(Outbox, "add", cut_as_it_fails)
@@ -632,8 +646,7 @@ async def test_a_unary_call_cut_as_its_charge_failed_is_told_its_charge_is_pendi
         outbox_unwritable(tmp_path)
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        cut_now.append(running.cut)
-        running.cut = lambda: None  # cut as the charge fails, not at cut_at
+        the_cut.take(running)  # cut as the charge fails, not at cut_at
         stopping = asyncio.create_task(running.stop(GRACE_S))
         provider.release.set()
         with pytest.raises(grpc.aio.AioRpcError) as cut:
@@ -650,7 +663,7 @@ async def test_a_stream_cut_as_its_final_chunk_is_sent_ends_whole(
 ) -> None:
     """The cut running while the stream's final chunk is in gRPC's send: nothing is left to cut, so the caller, who has
     the whole answer and its cost, is not told SHUTTING_DOWN after it."""
-    cut_now: list[Any] = []
+    the_cut = CutByHand()
     sends, sending = 0, AdmittedCalls.sending
 
     @contextmanager
@@ -659,17 +672,16 @@ async def test_a_stream_cut_as_its_final_chunk_is_sent_ends_whole(
         with sending(self, cut_after):
             sends += 1
             if sends == 3:  # the decision's, the answer's delta, then its final chunk
-                cut_now.pop()()
+                the_cut()
             yield
 
     monkeypatch.setattr(AdmittedCalls, "sending", cut_in_the_last_send)
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
-        cut_now.append(running.cut)
-        running.cut = lambda: None  # cut as the final chunk is sent, not at cut_at
+        the_cut.take(running)  # cut as the final chunk is sent, not at cut_at
         answered = [chunk async for chunk in stub.CompleteStream(request, timeout=30)]
         await running.stop(GRACE_S)
-    assert cut_now == []  # the cut ran
+    assert the_cut.taken == []  # the cut ran
     (charge,) = await charges_of(redis_url, request.request_id)
     assert answered[-1].final.cost_usd == charge["cost_usd"] == "0.000057"
     await ledger_is_spend(redis_url)
