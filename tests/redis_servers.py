@@ -3,9 +3,12 @@ eviction policies a deployment gives them, stopped and restarted mid-test to pla
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +224,32 @@ class RedisCluster:
     def stop(self) -> None:
         for node in [*self.nodes, *self.replicas]:
             node.stop()
+
+
+class StandIn:
+    """What listens on a stopped node's port in its place: it counts the connections asked of it (`asked`), and
+    closes each at once (a master gone) or, `silent`, leaves it unanswered (a host cut off) until it is closed."""
+
+    def __init__(self, silent: bool) -> None:
+        self.silent = silent
+        self.asked = 0
+        self.closing = asyncio.Event()
+
+    async def answer(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.asked += 1
+        if self.silent:
+            await self.closing.wait()
+        writer.close()
+
+
+@asynccontextmanager
+async def stood_in_for(node: RedisServer, silent: bool) -> AsyncIterator[StandIn]:
+    """A StandIn listening on `node`'s port (the node stopped) for the block, its connections closed as it ends."""
+    stand_in = StandIn(silent)
+    listener = await asyncio.start_server(stand_in.answer, "127.0.0.1", node.port)
+    try:
+        yield stand_in
+    finally:
+        stand_in.closing.set()
+        listener.close()
+        await listener.wait_closed()

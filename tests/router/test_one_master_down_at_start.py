@@ -46,7 +46,7 @@ from services.router.store import (
 from services.router.store.keys import GLOBAL, key_tenant_key
 from services.router.store.model import pending_field, reconciled_record, to_pico
 from services.router.upkeep import Upkeep
-from tests.redis_servers import RedisCluster
+from tests.redis_servers import RedisCluster, stood_in_for
 from tests.router.servicer_kit import registry_file, router_servicer
 from tests.router.test_admission import REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
@@ -124,30 +124,18 @@ async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_
         await left_by_a_dead_router(store, account)
         hold = await left_by_a_dead_router(store, lost)
         swept = (await store.redis.hget(AccountKeys.of(lost).pending, pending_field(lost, hold.request_id))).decode()
-        node = cluster.nodes[lease_master]
-        node.shut_down()  # not killed: its restart must keep what it was told
-        asked = 0
-        released = asyncio.Event()
-
-        async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal asked
-            asked += 1
-            await released.wait()
-            writer.close()
-
-        listener = await asyncio.start_server(silent, "127.0.0.1", node.port)
-        # Long enough for a healthy master's PING on a busy machine: one passed over would keep its resend back.
-        reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}", master_answers_s=1.0)
-        reconciler.unanswered[swept] = ("reconciled", reconciled_record(replace(Pending.from_json(swept), model=MODEL)))
+        cluster.nodes[lease_master].shut_down()  # not killed: its restart must keep what it was told
         unleased = metrics.RECONCILE_UNLEASED._value.get()
-        try:
-            assert await reconciler.reconcile("alive", LEASE_S, 0.0) == 1  # the lost reply's charge
-        finally:
-            await reconciler.close()
-            released.set()
-            listener.close()
-            await listener.wait_closed()
-        assert asked == 1  # its PING, and no call of the lease
+        async with stood_in_for(cluster.nodes[lease_master], silent=True) as stand_in:
+            # Long enough for a healthy master's PING on a busy machine: one passed over would keep its resend back.
+            reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}", master_answers_s=1.0)
+            pending = replace(Pending.from_json(swept), model=MODEL)
+            reconciler.unanswered[swept] = ("reconciled", reconciled_record(pending))
+            try:
+                assert await reconciler.reconcile("alive", LEASE_S, 0.0) == 1  # the lost reply's charge
+            finally:
+                await reconciler.close()
+        assert stand_in.asked == 1  # its PING, and no call of the lease
         assert metrics.RECONCILE_UNLEASED._value.get() == unleased + 1
         assert await store.held_pico(account) == (HOLD_PICO, HOLD_PICO)  # no sweep without the lease
         assert await store.spent(lost, DAY) == (HOLD_PICO, HOLD_PICO)

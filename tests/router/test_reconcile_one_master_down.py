@@ -8,7 +8,6 @@ is back. A real Redis Cluster of the test's own, one master stopped and started 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -32,7 +31,7 @@ from services.router.store import (
 from services.router.store.clock import money_now
 from services.router.store.keys import SHARDS, shard_of
 from services.router.store.model import pending_field, reconciled_record
-from tests.redis_servers import RedisCluster
+from tests.redis_servers import RedisCluster, stood_in_for
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_outbox_one_shard_down import DOWN, master_of, tenant_on
 from tests.waiting import eventually
@@ -136,30 +135,16 @@ async def test_a_master_out_of_reach_is_asked_once_a_round(
         await left_by_a_dead_router(store, Account(tenant, "k"))
     for script in (lua.COUNT_ONCE, lua.ACK_TAKE, lua.CHARGE, lua.LEASE):
         await store.redis.script_load(script)
-    node = cluster.nodes[DOWN]
-    node.shut_down()  # not killed: its restart must hold the holds just admitted
-    asked = 0
-    released = asyncio.Event()
-
-    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal asked
-        asked += 1
-        if down_as == "silent":
-            await released.wait()
-        writer.close()
-
-    listener = await asyncio.start_server(answer, "127.0.0.1", node.port)
-    # Another router's, with no connection to that master yet: each it asks of it is a new one. Its address is not
-    # among those the reconciler starts from (none is asked at its start).
-    reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}")
-    try:
-        landed = await reconciler.reconcile("alive", LEASE_S, 0.0)
-    finally:
-        await reconciler.close()
-        released.set()
-        listener.close()
-        await listener.wait_closed()
-    assert asked == 1  # once, for every shard of its
+    cluster.nodes[DOWN].shut_down()  # not killed: its restart must hold the holds just admitted
+    async with stood_in_for(cluster.nodes[DOWN], silent=down_as == "silent") as stand_in:
+        # Another router's, with no connection to that master yet: each it asks of it is a new one. Its address is not
+        # among those the reconciler starts from (none is asked at its start).
+        reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}")
+        try:
+            landed = await reconciler.reconcile("alive", LEASE_S, 0.0)
+        finally:
+            await reconciler.close()
+    assert stand_in.asked == 1  # once, for every shard of its
     assert landed == len(healthy)
     for tenant in healthy:
         assert await store.spent(Account(tenant, "k"), DAY) == (HOLD_PICO, HOLD_PICO)
@@ -215,24 +200,13 @@ async def test_a_master_failed_over_behind_a_silent_address_is_found_again(repli
         old.shut_down()
         cluster._command(replica, "CLUSTER", "FAILOVER", "TAKEOVER")
         await eventually(lambda: served_by(cluster, slot) == replica.port, "the replica promoted, the cluster told")
-        released = asyncio.Event()
 
-        async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await released.wait()
-            writer.close()
+        async def a_round_settled() -> bool:  # the reconciler asked nothing else, as between requests
+            await reconciler.reconcile("alive", LEASE_S, 0.0)
+            return await store.held_pico(down) == (0, 0)
 
-        listener = await asyncio.start_server(silent, "127.0.0.1", old.port)
-        try:
-
-            async def a_round_settled() -> bool:  # the reconciler asked nothing else, as between requests
-                await reconciler.reconcile("alive", LEASE_S, 0.0)
-                return await store.held_pico(down) == (0, 0)
-
+        async with stood_in_for(old, silent=True):
             await eventually(a_round_settled, "a round settling the failed-over master's shard")
-        finally:
-            released.set()
-            listener.close()
-            await listener.wait_closed()
         assert await store.spent(down, DAY) == (HOLD_PICO, HOLD_PICO)
     finally:
         await reconciler.close()
