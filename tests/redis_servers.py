@@ -36,6 +36,9 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        # A replica's full sync starts at once: a master's default waits 5 s for more replicas to share it, which
+        # each test that starts a replica (or a cluster with replicas) spent doing nothing.
+        command += ["--repl-diskless-sync-delay", "0"]
         self.process = subprocess.Popen([*command, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 20
