@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionMessage
 
 from services.edge import responses
 from services.edge.openai_api import ApiError, parse_request
@@ -214,19 +215,28 @@ def test_max_tokens_beside_max_completion_tokens_is_openais_400(bounds: tuple[in
     assert parsed.to_router({}, "t", "", "r").max_tokens == 5
 
 
-def test_an_assistant_messages_deprecated_function_call_is_unsupported_naming_it() -> None:
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [USER, {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}, USER],
+        [USER, {"role": "assistant", "content": None, "function_call": {}}, USER],  # not null: not as if left out
+        # Beside the same call as a tool call, as some servers answer and a client echoes: OpenAI's 400 too.
+        [USER, {**assistant_calling("c1"), "function_call": {"name": "f", "arguments": "{}"}}, result("c1")],
+    ],
+)
+def test_an_assistant_messages_deprecated_function_call_is_unsupported_naming_it(messages: list[dict]) -> None:
     """Tolerated as an extra and dropped, an assistant's function_call reached the model as a turn that called
     nothing. Null, as the SDK sends an answer's message back, it is as if left out."""
-    call = {"name": "lookup", "arguments": "{}"}
-    error = refused({"messages": [USER, {"role": "assistant", "content": None, "function_call": call}, USER]})
+    error = refused({"messages": messages})
     assert (error.param, error.code) == ("messages[1].function_call", "unsupported_parameter")
     assert error.message.startswith("messages[1].function_call is not supported")
-    answer: dict[str, Any] = {
-        "role": "assistant",
-        "content": "hi",
-        "function_call": None,
-        "audio": None,
-        "annotations": [],
-    }
-    parsed, _ = parse_request(json.dumps({"messages": [USER, answer, USER]}).encode())
-    assert parsed.messages[1].text() == "hi"
+
+
+def test_an_sdk_answer_sent_back_with_its_null_function_call_is_served() -> None:
+    """The SDK's answer message dumped whole (function_call, audio, annotations and refusal null), a text one and one
+    calling a tool, as a client echoes it into the next turn: null, the function_call is as if left out."""
+    text = ChatCompletionMessage(role="assistant", content="hi").model_dump()
+    calling = ChatCompletionMessage.model_validate(assistant_calling("c1")).model_dump()
+    assert (text["function_call"], calling["function_call"]) == (None, None)
+    parsed, _ = parse_request(json.dumps({"messages": [USER, text, USER, calling, result("c1")]}).encode())
+    assert (parsed.messages[1].text(), [call.id for call in parsed.messages[3].tool_calls or []]) == ("hi", ["c1"])
