@@ -69,3 +69,11 @@ def test_a_key_beside_a_lines_four_is_refused_at_upload_naming_it(beside: dict) 
     name = next(iter(beside))
     with pytest.raises(ApiError, match=f"line 2 of the batch file has {name!r} beside custom_id, method, url and body"):
         wire.check_lines(content, LINE_BYTES)
+
+
+def test_a_long_key_beside_a_lines_four_is_named_by_its_first_64_characters() -> None:
+    """A caller's key is quoted, not echoed whole: a 400 is no amplifier of what its caller sent."""
+    line = {"custom_id": "a", "method": "POST", "url": wire.ENDPOINT, "body": {}, "k" * 2000: 1}
+    with pytest.raises(ApiError) as caught:
+        wire.check_lines(json.dumps(line).encode(), LINE_BYTES)
+    assert f"has {'k' * 64!r} beside" in caught.value.message

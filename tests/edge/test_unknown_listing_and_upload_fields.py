@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 from openai.types import batch_list_params, file_list_params
+from starlette.datastructures import FormData, QueryParams
 
-from services.batches.api import BATCH_LISTING, FILE_LISTING
+from services.batches.api import BATCH_LISTING, FILE_LISTING, refuse_unknown_fields
+from services.edge.given_once import known_only
 from services.edge.keys import key_line
+from services.edge.openai_api import ApiError
 from tests.edge.conftest import keyed_edge_without_router
 
 KEY = "sk-fields"
@@ -31,6 +34,26 @@ async def client() -> AsyncIterator[openai.AsyncOpenAI]:
 def test_each_listing_takes_the_sdks_query_parameters() -> None:
     assert set(FILE_LISTING) == set(typing.get_type_hints(file_list_params.FileListParams))
     assert set(BATCH_LISTING) == set(typing.get_type_hints(batch_list_params.BatchListParams))
+
+
+def test_of_several_unknown_parameters_the_first_by_name_is_named() -> None:
+    """The same one whatever order they came in, or however this process hashes strings."""
+    names = [chr(letter) * 2 for letter in range(ord("a"), ord("z") + 1)]
+    named = set()
+    for query in ("&".join(f"{name}=1" for name in order) for order in (names, names[::-1])):
+        with pytest.raises(ApiError) as caught:
+            known_only(QueryParams(query), BATCH_LISTING, "a batch listing takes")
+        named.add(caught.value.param)
+    assert named == {"aa"}
+
+
+def test_a_long_expiry_field_is_named_by_its_first_64_characters() -> None:
+    """A caller's name is quoted, not echoed whole: a 400 is no amplifier of what its caller sent."""
+    name = "expires_after[" + "x" * 2000 + "]"
+    with pytest.raises(ApiError) as caught:
+        refuse_unknown_fields(FormData([("purpose", "batch"), (name, "3600")]))
+    assert (caught.value.param, caught.value.code) == (name[:64], "unsupported_parameter")
+    assert len(caught.value.message) < 200, caught.value.message
 
 
 @pytest.mark.parametrize(
