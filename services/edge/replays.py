@@ -22,7 +22,8 @@ names that first, whose own went unwritten); so does one that ends with nothing 
 marker lasts its request's life, uncounted (Replays.keep): a stream's until its end, replaced then by its events or
 its digest alone. A retry the router refuses as ended while the marker stands, on another edge sharing the Redis,
 knows the first's answer may still be being written: it waits for what replaces the marker (Replays.settled), at most
-EDGE_IDEMPOTENCY_KEEPING_WAIT_S, and is sent the answer, rather than the 409.
+EDGE_IDEMPOTENCY_KEEPING_WAIT_S, and is sent the answer, rather than the 409; the marker still there then gives way
+to its digest alone (its writer gone, or its write failed), so that retries are not each held until it expires.
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
@@ -92,6 +93,11 @@ PASSED = {step: STORE_PASSED.labels(step) for step in ("arrival", "keep", "relea
 # Deletes the marker only if it is still the one this request wrote (not the answer kept since, nor another's marker).
 RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+# Replaces the marker ARGV[1] by the digest alone ARGV[2], its expiry kept, if it is still that marker.
+RETIRE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL') end
 return 0
 """
 
@@ -272,8 +278,8 @@ class Replays:
         """What is kept for request id `request_id` sent with digest `sent` once no marker names it in flight: a
         request that ended on another edge sharing the store (the router refusing its retry as ended) may still be
         keeping its answer there, after its call's end and its last event. The store is read again, backing off, for
-        at most wait_s while a marker is there; one still there then is returned as it is. None when nothing is kept; a
-        422 when the request kept had another digest."""
+        at most wait_s while a marker is there; one still there then is returned as it is, and gives way to its digest
+        alone (_retire). None when nothing is kept; a 422 when the request kept had another digest."""
         if self.ttl_s == 0:
             return None
         loop = asyncio.get_running_loop()
@@ -285,7 +291,26 @@ class Replays:
             kept = await self._get(request_id)
         if kept is not None:
             check(kept, sent)
+            if kept.started is not None:
+                await self._retire(request_id, kept)
         return kept
+
+    async def _retire(self, request_id: str, marker: Kept) -> None:
+        """Replace the `marker` a retry waited on past its wait by its digest alone, its expiry kept, if it is still
+        there: its edge is gone or its write failed (store writes time out within the wait), so the next retry is the
+        router's 409 at once. Left, each retry until it expired (the call's timeout and a minute) waited, then was
+        told to retry. An answer written late still replaces the digest (Replays.keep), a release leaves it."""
+        digest_alone = Kept(marker.digest)
+        if self._redis is None:
+            entry = self._memory.get(request_id)
+            if entry is not None and entry[1] == marker:
+                self._keep_in_memory(request_id, digest_alone, max(0.0, entry[0] - time.monotonic()))
+            return
+        try:
+            async with asyncio.timeout(self.arrival_timeout_s):
+                await self._redis.eval(RETIRE, 1, PREFIX + request_id, marker.dumps(), digest_alone.dumps())
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as err:
+            log.warning("idempotency marker not retired", extra={"request_id": request_id, "error": repr(err)[:200]})
 
     async def release(self, request_id: str, marker: Kept) -> None:
         """Take back the `marker` a request that failed wrote, if it is still there (not an answer kept since, nor
@@ -412,7 +437,7 @@ class Replays:
         entry = self._memory.get(request_id)
         return entry[1] if entry is not None and entry[0] > time.monotonic() else None
 
-    def _keep_in_memory(self, request_id: str, kept: Kept, ttl_s: int) -> None:
+    def _keep_in_memory(self, request_id: str, kept: Kept, ttl_s: float) -> None:
         now = time.monotonic()
         old = self._memory.pop(request_id, None)
         if old is not None:

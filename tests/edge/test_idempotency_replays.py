@@ -185,6 +185,35 @@ async def test_a_marker_whose_write_a_cluster_client_resent_after_a_lost_reply_i
         assert (await replays.arrive("idem-1", other)).started is not None  # its retry, another body: not a 422
 
 
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_marker_outlasting_a_retrys_wait_gives_way_to_its_digest_alone(redis_url: str, where: str) -> None:
+    """A marker still there past a retry's wait (Replays.settled: its edge gone, or its write failed) is returned, the
+    retry told to retry, and replaced by its digest alone, its expiry kept: the next retry's wait ends at once, another
+    body is still the 422, and an answer kept late replaces the digest. Left, each retry until it expired waited."""
+    store = None if where == "memory" else redis_url
+    replays = Replays(
+        ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=store, in_flight_s=20
+    )
+    sent, other = digest("/v1/chat/completions", b"{}"), digest("/v1/chat/completions", b"{ }")
+    try:
+        arrived = await replays.arrive("idem-1", sent)
+        assert arrived.started is not None
+        assert await replays.settled("idem-1", sent, 0.05) == arrived.started
+        assert await asyncio.wait_for(replays.settled("idem-1", sent, 60), 5) == Kept(sent)  # nothing to wait on
+        with pytest.raises(ApiError) as refused:
+            await replays.settled("idem-1", other, 0)
+        assert refused.value.status == 422
+        if replays._redis is not None:
+            assert (
+                0 < await replays._redis.ttl(replays_module.PREFIX + "idem-1") <= 20 + replays_module.IN_FLIGHT_MARGIN_S
+            )
+        await replays.keep("idem-1", sent, b"{}", {"x-request-id": "idem-1"}, tenant="acme", started=arrived.started)
+        kept = await replays.lookup("idem-1", sent)
+        assert kept is not None and kept.body == b"{}"
+    finally:
+        await replays.close()
+
+
 async def test_a_marker_lasts_its_calls_timeout_and_a_minute_not_the_replay_window(redis_url: str) -> None:
     """A marker whose writer never took it back (its edge killed, or the store passed over as it failed) ties the key
     to its body only until the call it names has surely ended (EDGE_REQUEST_TIMEOUT_S and a minute), not for the day

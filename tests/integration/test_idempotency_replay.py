@@ -577,3 +577,45 @@ async def test_a_retry_on_another_edge_is_told_to_retry_when_the_first_s_answer_
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     assert asked(first_edge, body) == 1
     assert len(await first_edge.ledger()) == 1
+
+
+async def test_a_marker_standing_past_the_wait_gives_way_to_its_digest_so_retries_are_not_held_until_it_expires(
+    chain: Chain, redis_url: str
+) -> None:
+    """The first's answer unwritten past the wait (its edge gone, or its write failed: its marker, uncounted, would
+    stand for the call's timeout and a minute): the retry waiting for it is told to retry, and the marker, still the
+    one it waited on, is replaced by its digest alone, its expiry kept. The next retry is the router's 409 at once, not
+    retried; an answer written late still replaces that digest and is sent. Before, every retry until the marker
+    expired waited EDGE_IDEMPOTENCY_KEEPING_WAIT_S and was told to retry: each SDK call held for three waits, told
+    to retry again, for minutes."""
+    body = streamed(ask())
+    async with two_edges_keeping_slowly(chain, redis_url, True, idempotency_keeping_wait_s=0.1) as edges:
+        first_edge, second_edge, write = edges
+        first = await sent_keyed(first_edge, body, "kept-never")
+        await eventually(write.arrived.is_set, "the first's answer is being written")
+        with pytest.raises(openai.ConflictError) as waited:
+            await sent_keyed(second_edge, body, "kept-never")
+        assert "still being kept" in waited.value.message
+        with pytest.raises(openai.ConflictError) as refused:
+            await sent_keyed(second_edge, body, "kept-never")
+        assert "still being kept" not in refused.value.message
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(first_edge.name, first_edge.keys[0], "kept-never")
+
+        async def written() -> bool:
+            kept = Kept.loads(await store.get(key) or b"")
+            return kept is not None and kept.body is not None
+
+        try:
+            kept = Kept.loads(await store.get(key) or b"")
+            assert kept is not None and kept.started is None and kept.body is None, kept
+            assert 0 < await store.ttl(key) <= 20 + 60  # the marker's: the call's timeout and a minute
+            write.released.set()
+            await eventually(written, "the first's answer is written over the digest")
+        finally:
+            await store.aclose()
+        again = await sent_keyed(second_edge, body, "kept-never")
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert asked(first_edge, body) == 1
+    assert len(await first_edge.ledger()) == 1
