@@ -9,18 +9,21 @@ it got the first's answer, and the answer waited on its write to the edge's Redi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import openai
 import pytest
 import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
+from services.edge import app as app_module
 from services.edge import idempotency
-from services.edge.replays import PREFIX
+from services.edge.replays import PREFIX, Kept
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
@@ -325,3 +328,47 @@ async def test_a_slow_edge_redis_never_holds_a_keyed_stream_up(chain: Chain, red
 def keeps_given_up() -> float:
     """How many answers this process's edges gave up keeping (their store failed or timed out)."""
     return REGISTRY.get_sample_value("llmrouter_edge_idempotency_store_passed_total", {"step": "keep"}) or 0.0
+
+
+async def test_a_stream_whose_caller_left_before_its_first_event_leaves_no_marker(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller gone as its stream was to start (its first chunks read, its response not begun): the stream is cut
+    before its first event, and its marker is replaced by its digest as it ends (kept_whole), so its retry is the
+    router's 409 at once, not retried. Left, the marker stood for the call's timeout and a minute, and every retry
+    waited EDGE_IDEMPOTENCY_KEEPING_WAIT_S for an answer never to be kept, then was told to retry."""
+    read, reading = asyncio.Event(), app_module.first_chunks
+
+    async def read_then_left(call: Any, request: Any, request_id: str) -> Any:
+        chunks = await reading(call, request, request_id)
+        read.set()
+        assert await app_module.client_left(request)  # the caller gone before the response starts
+        return chunks
+
+    monkeypatch.setattr(app_module, "first_chunks", read_then_left)
+    async with tenant_before(
+        chain, chain.router_addr, batch_redis_url=redis_url, idempotency_keeping_wait_s=0.2
+    ) as tenant:
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(tenant.name, tenant.keys[0], "left-unstarted")
+        body = {**ask(), "stream": True}
+        headers = {"Authorization": f"Bearer {tenant.keys[0]}", "Idempotency-Key": "left-unstarted"}
+
+        async def digest_alone() -> bool:
+            kept = Kept.loads(await store.get(key) or b"")
+            return kept is not None and kept.started is None and kept.body is None
+
+        try:
+            async with httpx.AsyncClient(base_url=tenant.base_url) as http:
+                first = asyncio.ensure_future(http.post("/chat/completions", json=body, headers=headers))
+                await read.wait()
+                first.cancel()  # its connection closed
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+                monkeypatch.setattr(app_module, "first_chunks", reading)
+                await eventually(digest_alone, "the marker is replaced by its digest", timeout_s=10)
+                again = await http.post("/chat/completions", json=body, headers=headers)
+            assert again.status_code == 409, again.text
+            assert "still being kept" not in again.text and again.headers["x-should-retry"] == "false"
+        finally:
+            await store.aclose()
