@@ -661,6 +661,8 @@ class Runner:
                 # past it says so in its status_details.
                 counted[file_id] = counted_bytes(len(content))
                 stored = file_fields(tenant, f"{batch_id}_{kind}.jsonl", content) | {"created_at": ended}
+                if again:  # written, as its record was, by the finish cut: dated when that one ended, not now
+                    stored |= (await self.store.fields([file_key(file_id)], ["created_at"]))[0]
                 if await count_output(self.store, tenant, file_id, len(content), self.tenant_file_bytes):
                     stored["status_details"] = PAST_QUOTA_DETAILS
                 await self.store.put(file_key(file_id), stored)

@@ -308,3 +308,31 @@ async def test_a_file_is_dated_and_marked_deleted_by_the_store_s_clock(
     store_now = await store.clock(file_key(file_id))
     created, marked = int(fields["created_at"]), int(fields["deleted"])
     assert store_now - 5 <= uploaded.json()["created_at"] == created <= marked <= store_now, (fields, store_now)
+
+
+async def test_a_finish_run_again_keeps_its_files_dated_when_the_batch_ended(
+    store: RedisStore, serving_runner: Runner
+) -> None:
+    """A batch whose finish was interrupted past its record (its files and status written, still active) is finished
+    again by the next run, on any edge, maybe minutes later: its files, written again, keep the created_at they had,
+    its completed_at. Dated anew, an output file was created after its batch completed, by as long as the rerun
+    waited."""
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", WINDOW_S, status="validating")
+    await results.record(store, batch_id, 0, "a", 200, {"choices": []})
+    await ran(serving_runner)
+    output_key = file_key(f"file-{batch_id}-output")
+    ended = str(int((await store.get(batch_key(batch_id)))["completed_at"]) - 120)  # the first finish, 2 min ago
+    await store.put(batch_key(batch_id), {"completed_at": ended})
+    await store.put(output_key, {"created_at": ended})
+    await store.activate(batch_id, True)  # its finish cut before it left the active set
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    rerun = runner_sending_nothing(store, channel)
+    try:
+        await ran(rerun)
+    finally:
+        rerun.stop()
+        await rerun.close()
+        await channel.close()
+    assert not await store.is_active(batch_id)
+    fields, output = await store.get(batch_key(batch_id)), await store.get(output_key)
+    assert fields["completed_at"] == output["created_at"] == ended.encode(), (fields, output)
