@@ -214,6 +214,24 @@ async def test_a_marker_outlasting_a_retrys_wait_gives_way_to_its_digest_alone(r
         await replays.close()
 
 
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_an_answer_kept_as_a_retrys_wait_ends_is_never_replaced_by_its_digest(redis_url: str, where: str) -> None:
+    """The answer written between the waiting retry's last read of the marker and the marker's giving way: the marker
+    is replaced only if it is still there (Replays._retire, one step), so the answer stays, sent to the next retry."""
+    store = None if where == "memory" else redis_url
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=store)
+    sent = digest("/v1/chat/completions", b"{}")
+    try:
+        arrived = await replays.arrive("idem-1", sent)
+        assert arrived.started is not None
+        await replays.keep("idem-1", sent, b"{}", {"x-request-id": "idem-1"}, tenant="acme", started=arrived.started)
+        await replays._retire("idem-1", arrived.started)  # as settled does once its wait is over
+        kept = await replays.lookup("idem-1", sent)
+        assert kept is not None and kept.body == b"{}"
+    finally:
+        await replays.close()
+
+
 async def test_a_marker_lasts_its_calls_timeout_and_a_minute_not_the_replay_window(redis_url: str) -> None:
     """A marker whose writer never took it back (its edge killed, or the store passed over as it failed) ties the key
     to its body only until the call it names has surely ended (EDGE_REQUEST_TIMEOUT_S and a minute), not for the day
