@@ -185,14 +185,18 @@ async def test_a_marker_whose_write_a_cluster_client_resent_after_a_lost_reply_i
         assert (await replays.arrive("idem-1", other)).started is not None  # its retry, another body: not a 422
 
 
-@pytest.mark.parametrize("where", ["memory", "redis"])
-async def test_a_marker_outlasting_a_retrys_wait_gives_way_to_its_digest_alone(redis_url: str, where: str) -> None:
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def any_store(request: pytest.FixtureRequest) -> str | None:
+    """Where the answers are kept: in memory (None), a Redis, a Redis Cluster (its URL)."""
+    return None if request.param == "memory" else request.getfixturevalue(f"any_redis_url_{request.param}")
+
+
+async def test_a_marker_outlasting_a_retrys_wait_gives_way_to_its_digest_alone(any_store: str | None) -> None:
     """A marker still there past a retry's wait (Replays.settled: its edge gone, or its write failed) is returned, the
     retry told to retry, and replaced by its digest alone, its expiry kept: the next retry's wait ends at once, another
     body is still the 422, and an answer kept late replaces the digest. Left, each retry until it expired waited."""
-    store = None if where == "memory" else redis_url
     replays = Replays(
-        ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=store, in_flight_s=20
+        ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=any_store, in_flight_s=20
     )
     sent, other = digest("/v1/chat/completions", b"{}"), digest("/v1/chat/completions", b"{ }")
     try:
@@ -214,12 +218,10 @@ async def test_a_marker_outlasting_a_retrys_wait_gives_way_to_its_digest_alone(r
         await replays.close()
 
 
-@pytest.mark.parametrize("where", ["memory", "redis"])
-async def test_an_answer_kept_as_a_retrys_wait_ends_is_never_replaced_by_its_digest(redis_url: str, where: str) -> None:
+async def test_an_answer_kept_as_a_retrys_wait_ends_is_never_replaced_by_its_digest(any_store: str | None) -> None:
     """The answer written between the waiting retry's last read of the marker and the marker's giving way: the marker
     is replaced only if it is still there (Replays._retire, one step), so the answer stays, sent to the next retry."""
-    store = None if where == "memory" else redis_url
-    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=store)
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=any_store)
     sent = digest("/v1/chat/completions", b"{}")
     try:
         arrived = await replays.arrive("idem-1", sent)
