@@ -297,8 +297,8 @@ class Replays:
 
     async def _retire(self, request_id: str, marker: Kept) -> None:
         """Replace the `marker` a retry waited on past its wait by its digest alone, its expiry kept, if it is still
-        there: its edge is gone or its write failed (store writes time out within the wait), so the next retry is the
-        router's 409 at once. Left, each retry until it expired (the call's timeout and a minute) waited, then was
+        there: its edge is gone or its write failed (a write times out within the default wait), so the next retry is
+        the router's 409 at once. Left, each retry until it expired (the call's timeout and a minute) waited, then was
         told to retry. An answer written late still replaces the digest (Replays.keep), a release leaves it."""
         digest_alone = Kept(marker.digest)
         if self._redis is None:
