@@ -325,14 +325,8 @@ async def test_a_finish_run_again_keeps_its_files_dated_when_the_batch_ended(
     await store.put(batch_key(batch_id), {"completed_at": ended})
     await store.put(output_key, {"created_at": ended})
     await store.activate(batch_id, True)  # its finish cut before it left the active set
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")
-    rerun = runner_sending_nothing(store, channel)
-    try:
+    async with opened_runner(store) as rerun:
         await ran(rerun)
-    finally:
-        rerun.stop()
-        await rerun.close()
-        await channel.close()
     assert not await store.is_active(batch_id)
     fields, output = await store.get(batch_key(batch_id)), await store.get(output_key)
     assert fields["completed_at"] == output["created_at"] == ended.encode(), (fields, output)
