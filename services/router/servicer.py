@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
@@ -12,7 +13,7 @@ from typing import Any
 from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import admission, charging, escalation, metrics
+from services.router import admission, charging, escalation, faults, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
@@ -30,6 +31,8 @@ from services.router.store import Store
 from services.router.targets import Targets
 from services.router.unclassified import Unclassified
 from services.router.verifying import ClassifierVerifier
+
+log = logging.getLogger("llmrouter.router")
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -119,6 +122,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             except ServiceError as failed:
                 await self._settle_failed(routed, failed)
                 raise
+            except Exception as bug:
+                raise await self._failed_unexpectedly(routed, bug) from bug
             except asyncio.CancelledError:
                 if not self.admitted.was_cut():
                     raise
@@ -210,8 +215,24 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except ServiceError as failed:
             await self._settle_failed(routed, failed)
             raise
+        except Exception as bug:
+            raise await self._failed_unexpectedly(routed, bug) from bug
         finally:
             await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+
+    async def _failed_unexpectedly(self, routed: Routed, bug: Exception) -> ServiceError:
+        """An admitted request that a bug of the router's failed (faults.py): settled at its hold unless its charge was
+        made before the failure, logged, and the error telling its caller what it was charged."""
+        log.error("unexpected failure after admission", exc_info=bug, extra={"request_id": routed.request_id})
+        model = routed.plan.order[0].model
+        try:
+            if not routed.settled:
+                routed.note = faults.NOTE
+                await self.charger.settle_at_hold(routed, model)
+            charged = await self.charger.charged(routed, model)
+        except Exception:  # the charge failed (the bug was its own, or it was kept nowhere): the reconciler charges it
+            charged = None
+        return faults.fault_error(routed.request_id, charged, routed.released)
 
     async def _settle_failed(self, routed: Routed, failed: ServiceError) -> None:
         """A request ending in an error is settled first, so the error says what it was charged (charged_usd): what

@@ -1,0 +1,34 @@
+"""An unexpected failure (a bug) in the router after a request was admitted. Left to gRPC it was a bare INTERNAL, which
+the edge made a retryable 502 saying no cost, while the request was settled at what its failed attempts owed: a bug
+after the providers answered left their generation (a stream's delivered words too) charged nothing, its id released
+for the SDK's retry, served again. The router cannot tell how far such a request got, so it is settled as an attempt
+of unknown outcome is, at its worst case: its hold, as the reconciler charges a request whose router died (charged
+what it was, when its charge had landed before the failure). Its caller is told that charge (`charged_usd`), or
+`cost_pending` when the charge itself failed (the reconciler then charges the hold), `retryable` only when it was
+charged nothing and its id released. The error is logged with the request id and its traceback; the interceptor counts
+it (llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+
+from llmrouter.errors import ServiceError
+
+INTERNAL_ERROR = "INTERNAL_ERROR"
+# Why its ledger line charges the hold (reason_detail).
+NOTE = "an unexpected failure in the router after admission: its outcome unknown, charged its hold"
+
+
+def fault_error(request_id: str, charged: Decimal | None, released: bool) -> ServiceError:
+    """`charged`: what the request was charged; None when its charge is not known here (it failed, or met one made
+    before that could not be read): the ledger will say. `released`: charged nothing, its id freed for a retry."""
+    retryable = charged == 0 and released
+    if charged is None:
+        told, cost = {"cost_pending": "true"}, "its charge is still to come (at most its hold)"
+    else:
+        told, cost = {"charged_usd": format(charged, "f")}, f"it was charged {charged:f} USD"
+    message = f"the router failed unexpectedly serving this request (request id {request_id}): {cost}"
+    retry = "true" if retryable else "false"
+    return ServiceError(grpc.StatusCode.INTERNAL, INTERNAL_ERROR, message, {**told, "retryable": retry})

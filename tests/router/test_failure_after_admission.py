@@ -1,0 +1,159 @@
+"""An unexpected failure (a bug) in the router after a request was admitted. It came back as a bare INTERNAL, which the
+edge made a retryable 502 with no cost: a bug after the providers answered settled the request at what its failed
+attempts owed (nothing), its id released, so the generation (a stream's delivered words too) was never charged and
+every SDK retry was served again; a bug in the charge itself left the hold to the reconciler, the caller not told.
+Now it is settled as an outcome unknown is, at its hold, and the caller is told that charge (or that it is pending),
+not to be retried. A real router gRPC server over Redis, a real providers gRPC server, and the real edge."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from prometheus_client import REGISTRY as METRICS
+
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from services.edge.settings import EdgeSettings
+from services.router.models import AvailableModels
+from services.router.routed import Served
+from services.router.sessions import Sessions
+from services.router.store import PICO, Account, RedisStore, period_id, to_pico
+from tests.integration.conftest import free_port, served_edge
+from tests.router.servicer_kit import served_router
+from tests.router.test_admission import REGISTRY
+
+CALLER = Account("acme", "anonymous")
+HOLD_PICO = 154_000_000  # cheap's hold for a short prompt and 100 tokens written: its worst case
+
+
+class Answering(provider_pb2_grpc.ProviderServicer):
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        usage = common_pb2.Usage(input_tokens=12, output_tokens=34)
+        return provider_pb2.GenerateResponse(content="an answer", usage=usage, model=request.model)
+
+    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        for word in ("an ", "answer"):
+            yield provider_pb2.GenerateChunk(delta=word)
+        usage = common_pb2.Usage(input_tokens=12, output_tokens=34)
+        yield provider_pb2.GenerateChunk(final=provider_pb2.GenerateResponse(usage=usage, model=request.model))
+
+
+def a_bug(*args: Any) -> Any:
+    raise RuntimeError("a bug")
+
+
+def ask(request_id: str) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content="Hello")
+    return router_pb2.CompleteRequest(
+        messages=[message], model="cheap", tenant="acme", request_id=request_id, max_tokens=100
+    )
+
+
+async def failure(router: router_pb2_grpc.RouterStub, request: router_pb2.CompleteRequest, streamed: bool) -> Any:
+    try:
+        if streamed:
+            async for _ in router.CompleteStream(request, timeout=10):
+                pass
+        else:
+            await router.Complete(request, timeout=10)
+    except grpc.aio.AioRpcError as failed:
+        return failed
+    raise AssertionError("answered")
+
+
+def faults() -> float:
+    labels = {"service": "router", "method": "Complete", "code": "INTERNAL", "reason": "INTERNAL_ERROR"}
+    streamed = {**labels, "method": "CompleteStream"}
+    return sum(METRICS.get_sample_value("llmrouter_grpc_requests_total", each) or 0.0 for each in (labels, streamed))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
+    tmp_path: Path,
+    redis_store: RedisStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    streamed: bool,
+) -> None:
+    monkeypatch.setattr(Served, "add", a_bug)  # pricing the generation the providers returned
+    counted = faults()
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        with caplog.at_level(logging.ERROR, "llmrouter.router"):
+            told = ServiceError.from_rpc_error(await failure(router, ask("bug-1"), streamed))
+        again = ServiceError.from_rpc_error(await failure(router, ask("bug-1"), streamed))
+        settings = EdgeSettings(
+            port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
+        )
+        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+            body = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+            edge = await client.post("/chat/completions", json={**body, "stream": streamed})
+    hold = format(HOLD_PICO / PICO, "f")
+    assert (told.code, told.reason, told.metadata) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        {"charged_usd": hold, "retryable": "false"},
+    )
+    # Charged once, its hold; nothing left held; its id kept used: the retry is told the charge, not served again.
+    assert await redis_store.spent(CALLER, period_id("day")) == (HOLD_PICO, HOLD_PICO)
+    assert await redis_store.held_pico(CALLER) == (0, 0)
+    assert (again.reason, again.metadata.get("charged_usd")) == ("DUPLICATE_REQUEST", hold)
+    assert any(getattr(r, "request_id", "") == "bug-1" and r.exc_info for r in caplog.records), caplog.text
+    assert faults() == counted + 2  # the request and the edge's
+    if streamed:  # its words were sent: the error ends the stream, with its cost
+        assert edge.status_code == 200
+        assert f'"x_router":{{"cost_usd":"{hold}"}}' in edge.text.replace(" ", ""), edge.text
+    else:
+        assert edge.status_code == 502, edge.text
+        assert edge.headers["x-should-retry"] == "false"
+        assert edge.json()["x_router"] == {"cost_usd": hold}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_in_the_charge_says_it_pending_its_hold_left_to_the_reconciler(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    monkeypatch.setattr(AvailableModels, "baseline", a_bug)  # read as the charge's record is made
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-2"), streamed))
+    assert (told.code, told.reason, told.metadata) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        {"cost_pending": "true", "retryable": "false"},
+    )
+    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
+    assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_after_the_charge_landed_tells_that_charge(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    monkeypatch.setattr(Sessions, "record", a_bug)  # the turn recorded after its charge
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-3"), streamed))
+    charged = REGISTRY.get("cheap").cost_usd(12, 34)  # type: ignore[union-attr]
+    assert (told.reason, told.metadata) == (
+        "INTERNAL_ERROR",
+        {"charged_usd": format(charged, "f"), "retryable": "false"},
+    )
+    assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(charged), to_pico(charged))
+    assert await redis_store.held_pico(CALLER) == (0, 0)
