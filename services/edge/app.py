@@ -172,6 +172,8 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
         generic = GENERIC_MESSAGES.get(status, "the request failed")
         if error.reason == "CONTEXT_LENGTH_EXCEEDED":
             generic = "the prompt is longer than the model's context window"
+        elif error.reason == "INTERNAL_ERROR":  # the router's own fault (services/router/faults.py), not a provider's
+            generic = "the router failed unexpectedly"
         message = f"{generic} (request id {request_id})"
     param = error.metadata.get("field") or None
     charged = error.metadata.get("charged_usd", "")

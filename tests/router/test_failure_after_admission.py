@@ -119,6 +119,7 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
         assert edge.status_code == 502, edge.text
         assert edge.headers["x-should-retry"] == "false"
         assert edge.json()["x_router"] == {"cost_usd": hold}
+        assert edge.json()["error"]["message"].startswith("the router failed unexpectedly (request id ")
 
 
 @pytest.mark.parametrize("streamed", [False, True])
