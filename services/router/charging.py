@@ -107,12 +107,14 @@ class Charger:
         failed = Served(model, finish_reason="error", estimated=True)
         await self.settle(routed, response(routed, failed), routed.failure, failed, release=True)
 
-    async def settle_at_hold(self, routed: Routed, model: ModelSpec) -> None:
-        """A request whose outcome is unknown (a failure the router did not expect: faults.py) charged its hold, the
-        most it may have cost, as the reconciler charges one whose router died; owed whole, no tokens on record."""
+    async def settle_unknown(self, routed: Routed, model: ModelSpec) -> None:
+        """A request a failure the router did not expect ended (faults.py). Once a providers call may have run, its
+        outcome is unknown: charged its hold, the most it may have cost, as the reconciler charges one whose router
+        died (owed whole, no tokens on record). Before, it generated nothing: settled as any request that failed."""
         if routed.hold is None or routed.settled:
             return
-        routed.owed = Decimal(routed.hold.pico) / PICO
+        if routed.providers_asked:
+            routed.owed = Decimal(routed.hold.pico) / PICO
         await self.settle_unsettled(routed, model)
 
     async def charged(self, routed: Routed, model: ModelSpec) -> Decimal | None:

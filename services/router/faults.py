@@ -1,12 +1,13 @@
 """An unexpected failure (a bug) in the router after a request was admitted. Left to gRPC it was a bare INTERNAL, which
 the edge made a retryable 502 saying no cost, while the request was settled at what its failed attempts owed: a bug
 after the providers answered left their generation (a stream's delivered words too) charged nothing, its id released
-for the SDK's retry, served again. The router cannot tell how far such a request got, so it is settled as an attempt
-of unknown outcome is, at its worst case: its hold, as the reconciler charges a request whose router died (charged
-what it was, when its charge had landed before the failure). Its caller is told that charge (`charged_usd`), or
-`cost_pending` when the charge itself failed (the reconciler then charges the hold), `retryable` only when it was
-charged nothing and its id released. The error is logged with the request id and its traceback; the interceptor counts
-it (llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR)."""
+for the SDK's retry, served again. The router cannot tell how far such a request got once its serving began (a
+providers call may have run), so it is settled then as an attempt of unknown outcome is, at its worst case: its hold,
+as the reconciler charges a request whose router died; before that (a bug in the cache's lookup) nothing was generated,
+and it is settled at nothing, its id released. A charge that landed before the failure stands. Its caller is told that
+charge (`charged_usd`), or `cost_pending` when the charge itself failed (the reconciler then charges the hold),
+`retryable` only when it was charged nothing and its id released. The error is logged with the request id and its
+traceback; the interceptor counts it (llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import grpc
 from llmrouter.errors import ServiceError
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
-# Why its ledger line charges the hold (reason_detail).
-NOTE = "an unexpected failure in the router after admission: its outcome unknown, charged its hold"
+# Why its ledger line charges what it does (reason_detail): its hold once a providers call may have run, else what its
+# failed attempts owed (nothing: none was made).
+AT_HOLD = "an unexpected failure in the router after admission: its outcome unknown, charged its hold"
+UNSERVED = "an unexpected failure in the router before any providers call: nothing generated"
 
 
 def fault_error(request_id: str, charged: Decimal | None, released: bool) -> ServiceError:

@@ -51,6 +51,8 @@ class Routed:
     # The caller of a call served to its end whatever it does (unary, a buffered stream) left: the generation under
     # way finishes and is charged, but no new one (an escalation, a fallback) is started for an answer no one reads.
     caller_left: bool = False
+    # Serving began: a providers call may have run, of an outcome unknown to a failure the router did not expect.
+    providers_asked: bool = False
 
     def time_left(self, context: Any) -> float:
         """What the request may still run: its own time limit, or the caller's deadline when that comes first."""

@@ -227,8 +227,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         model = routed.plan.order[0].model
         try:
             if not routed.settled:
-                routed.note = faults.NOTE
-                await self.charger.settle_at_hold(routed, model)
+                routed.note = faults.AT_HOLD if routed.providers_asked else faults.UNSERVED
+                await self.charger.settle_unknown(routed, model)
             charged = await self.charger.charged(routed, model)
         except Exception:  # the charge failed (the bug was its own, or it was kept nowhere): the reconciler charges it
             charged = None

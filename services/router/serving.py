@@ -143,6 +143,7 @@ class Serving:
 
     async def generate(self, routed: Routed, context: Any) -> Served:
         _check_time_left(routed, context)
+        routed.providers_asked = True
         order = routed.plan.order
         for index, option in enumerate(order):
             # Token log-probabilities inform escalation, so they are asked for only when it could follow.
@@ -240,6 +241,7 @@ class Serving:
         """Yields the answer's chunks (its deltas and refusal pieces) and fills `stream`. Falls back to the next model
         only before the first of them."""
         _check_time_left(routed, context)
+        routed.providers_asked = True
         order = routed.plan.order
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)

@@ -2,8 +2,9 @@
 edge made a retryable 502 with no cost: a bug after the providers answered settled the request at what its failed
 attempts owed (nothing), its id released, so the generation (a stream's delivered words too) was never charged and
 every SDK retry was served again; a bug in the charge itself left the hold to the reconciler, the caller not told.
-Now it is settled as an outcome unknown is, at its hold, and the caller is told that charge (or that it is pending),
-not to be retried. A real router gRPC server over Redis, a real providers gRPC server, and the real edge."""
+Now, once a providers call may have run, it is settled as an outcome unknown is, at its hold, and the caller is told
+that charge (or that it is pending), not to be retried; before any, at nothing, its id released for a retry. A real
+router gRPC server over Redis, a real providers gRPC server, and the real edge."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
+from services.router.cache import ResponseCache
 from services.router.models import AvailableModels
 from services.router.routed import Served
 from services.router.sessions import Sessions
@@ -157,4 +159,22 @@ async def test_a_bug_after_the_charge_landed_tells_that_charge(
         {"charged_usd": format(charged, "f"), "retryable": "false"},
     )
     assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(charged), to_pico(charged))
+    assert await redis_store.held_pico(CALLER) == (0, 0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_before_any_providers_call_charges_nothing_and_may_be_retried(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    monkeypatch.setattr(ResponseCache, "lookup", a_bug)  # looked up before the providers are asked
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        told = ServiceError.from_rpc_error(await failure(router, ask("bug-4"), streamed))
+        again = ServiceError.from_rpc_error(await failure(router, ask("bug-4"), streamed))
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "true"})
+    assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
+    assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
     assert await redis_store.held_pico(CALLER) == (0, 0)
