@@ -180,8 +180,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         routed.timeout_s, routed.session, routed.escalation = self.settings.request_timeout_s, session, mode
         routed.verifier_threshold = verifier_threshold
         if admit:
-            await self.admission.admit(routed)
-            self.routing.count(routed)
+            await self.admission.admit(routed)  # counted as it is served: a fault from here on is settled (faults.py)
         return routed
 
     async def _refuse_if_cut(self, routed: Routed) -> None:
@@ -245,6 +244,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             failed.metadata["charged_usd"] = format(routed.charged, "f")
 
     async def _complete(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
+        self.routing.count(routed)
         cached = await self.cache.lookup(routed)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
@@ -281,6 +281,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 yield chunk
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
+        self.routing.count(routed)
         yield router_pb2.CompleteChunk(decision=routed.decision)
         cached = await self.cache.lookup(routed, streamed=True)
         if cached is not None:

@@ -24,6 +24,7 @@ from services.edge.settings import EdgeSettings
 from services.router.cache import ResponseCache
 from services.router.models import AvailableModels
 from services.router.routed import Served
+from services.router.routing import Routing
 from services.router.sessions import Sessions
 from services.router.store import PICO, Account, RedisStore, period_id, to_pico
 from tests.integration.conftest import free_port, served_edge
@@ -163,10 +164,11 @@ async def test_a_bug_after_the_charge_landed_tells_that_charge(
 
 
 @pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("step", [(Routing, "count"), (ResponseCache, "lookup")])  # after admission, before serving
 async def test_a_bug_before_any_providers_call_charges_nothing_and_may_be_retried(
-    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool, step: tuple[type, str]
 ) -> None:
-    monkeypatch.setattr(ResponseCache, "lookup", a_bug)  # looked up before the providers are asked
+    monkeypatch.setattr(*step, a_bug)
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
