@@ -87,6 +87,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, but each directory whose files share a model trained by a session fixture goes to one
+    worker whole (tests/scheduling.py): handed out file by file, both workers trained the same model."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own
+    from tests.scheduling import FilesSharingATrainedModelTogether
+
+    return FilesSharingATrainedModelTogether(config, log)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWNS_SCRATCH:
         shutil.rmtree(SCRATCH, ignore_errors=True)
