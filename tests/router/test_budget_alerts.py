@@ -25,7 +25,7 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, MemorySource
 from services.router.budget_alerts import BudgetWatch, MemoryOnce, RedisOnce
 from services.router.operations import Operations
-from services.router.store import Account, Allowance, Hold, MemoryStore, key_id, period_id
+from services.router.store import KEYLESS, Account, Allowance, Hold, MemoryStore, key_id, period_id
 
 PICO = 10**12
 ACME, GLOBEX = Account("acme", "k-acme"), Account("globex", "k-globex")
@@ -273,5 +273,32 @@ async def test_a_moved_keys_budget_in_its_new_tenant_is_listed_and_alerted(
             ("key", key, "globex", 1.0)
         ]
         assert gauge("llmrouter_router_budget_use_ratio", scope="key") == pytest.approx(1.0)
+    finally:
+        db.close()
+
+
+async def test_a_tenants_and_a_keyless_budget_notified_before_the_upgrade_are_not_notified_again(
+    tmp_path: Path, webhook: tuple[str, Webhook]
+) -> None:
+    """Only a key's own budget took its tenant in its name (a moved key has one per tenant): the routers of the version
+    before named a tenant's budget and a keyless request's key budget (already one per tenant) as this one does, so
+    the notifications they sent in the period hold after the upgrade. Renamed, each was sent again (the README promises
+    that of a key's budget alone)."""
+    url, hook = webhook
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", tenant_pico=10 * PICO, key_pico=10 * PICO), db)
+    once = MemoryOnce()
+    watch = BudgetWatch(operations, once, url, attempts=3, backoff_s=0.01)
+    try:
+        await charge(store, Account("acme", KEYLESS), "r1", 10 * PICO)  # the tenant's and its keyless budget spent
+        await sink.drain()
+        day = period_id("day")
+        # Confirmed by a router of the version before, under the names it gave them.
+        for name in ("tenant:acme", f"key:{KEYLESS}@{b'acme'.hex()}"):
+            await once.confirm(f"{name}:{day}:1.0", 86400)
+        assert await watch.check() == 0
+        assert hook.calls == 0
     finally:
         db.close()
