@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from llmrouter.server import start_server
-from llmrouter.v1 import operator_pb2_grpc
+from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.ledger.db import LedgerDB
@@ -28,43 +29,64 @@ ADMIN_KEY = "sk-budget-admin"
 
 
 @pytest.fixture
-async def admin(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """A client calling, with an admin key, a real edge in front of the router's Operator service."""
+async def router(tmp_path: Path) -> AsyncIterator[int]:
+    """The router's Operator service on loopback: its port."""
     db = LedgerDB(path=tmp_path / "ledger.sqlite3")
     servicer = OperatorServicer(Operations(MemoryStore(), Allowance("day"), db))
     add = operator_pb2_grpc.add_OperatorServicer_to_server
     settings = RouterSettings(port=0, data_dir=tmp_path / "data")
     running = await start_server("router", settings, {"llmrouter.v1.Operator": lambda server: add(servicer, server)})
-    keys = SecretStr(key_line("ops", ADMIN_KEY) + " admin")
-    edge = EdgeSettings(
-        port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
-    )
-    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
     try:
-        async with served_edge(edge) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-            yield client
+        yield running.port
     finally:
         await running.stop(0)
         db.close()
+
+
+@pytest.fixture
+async def admin(router: int) -> AsyncIterator[httpx.AsyncClient]:
+    """A client calling, with an admin key, a real edge in front of the router's Operator service."""
+    keys = SecretStr(key_line("ops", ADMIN_KEY) + " admin")
+    edge = EdgeSettings(
+        port=free_port(), router_addr=f"127.0.0.1:{router}", access_log="off", metrics_port=0, api_keys=keys
+    )
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with served_edge(edge) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        yield client
+
+
+def changes(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, str, str]]:
+    """The budget changes the router recorded: by whom, scope, name, limit before and after."""
+    return [
+        (r.by, r.budget_scope, r.budget_name, r.limit_usd_before, r.limit_usd)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage().startswith("budget limit set")
+    ]
 
 
 async def test_every_budget_change_names_the_admin_and_the_limit_before_and_after(
     admin: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="llmrouter.router")
-    for limit in ("5", "0.5"):
+    for limit in ("5", "0.50000000000019"):
         assert (await admin.put("/router/budgets/tenant/acme", json={"limit_usd": limit})).status_code == 200
     assert (await admin.delete("/router/budgets/tenant/acme")).status_code == 200
-    changes = [
-        (r.by, r.budget_scope, r.budget_name, r.limit_usd_before, r.limit_usd)  # type: ignore[attr-defined]
-        for r in caplog.records
-        if r.getMessage().startswith("budget limit set")
-    ]
-    by = changes[0][0] if changes else ""
+    recorded = changes(caplog)
+    by = recorded[0][0] if recorded else ""
     assert by.endswith(f"(key {key_id(ADMIN_KEY)})"), by
-    assert changes == [
+    assert recorded == [
         (by, "tenant", "acme", "", "5"),  # '' before: the default
-        (by, "tenant", "acme", "5", "0.5"),
+        (by, "tenant", "acme", "5", "0.5"),  # the limit set: what was asked, rounded down to whole pico-dollars
         (by, "tenant", "acme", "0.5", ""),
     ]
     assert not any(ADMIN_KEY in str(r.__dict__) for r in caplog.records)
+
+
+async def test_a_change_sent_with_no_key_names_its_caller_alone(router: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A SetBudget with no api_key (an edge of the version before, or a tool of the operator's calling the router
+    itself) is recorded as its caller's: not as a key's whose id is that of an empty key."""
+    caplog.set_level("INFO", logger="llmrouter.router")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router}") as channel:
+        change = operator_pb2.SetBudgetRequest(scope="tenant", name="acme", limit_usd="5", admin=True)
+        await operator_pb2_grpc.OperatorStub(channel).SetBudget(change, timeout=30)
+    assert changes(caplog) == [("anonymous", "tenant", "acme", "", "5")]  # auth none: every caller is 'anonymous'
