@@ -163,10 +163,16 @@ class Operations:
                 raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
             pico = floor_pico(amount)  # rounded down, as caps are: the budget is never exceeded
         before = (await self.store.limit_overrides()).get((scope, name))
-        await self.store.set_limit(scope, name, pico)
         # The record of the change (who, what, from what to what; the log line's time is when): an auditor's question
         # of any limit a tenant was held to.
         told = {"budget_scope": scope, "budget_name": name, "limit_usd": usd(pico), "limit_usd_before": usd(before)}
+        try:
+            await self.store.set_limit(scope, name, pico)
+        except BaseException:
+            # Not confirmed is not undone: the store may have set it (its reply lost; a key's limit on some shards, the
+            # call cancelled or failing part way), and admission holds requests to it from then on.
+            log.warning("budget limit set unconfirmed", extra={**told, "by": by})
+            raise
         log.info("budget limit set", extra={**told, "by": by})
         account = Account(name, "") if scope == "tenant" else Account(await self._tenant_of(name), name)
         views = await budgets(self.store, self.allowance, [account])
