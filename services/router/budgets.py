@@ -35,12 +35,13 @@ class BudgetView:
 
     @property
     def ident(self) -> str:
-        """What names the budget: its scope and name, and for a key's budget its tenant too (but for the keyless
-        limit named for every tenant). A key's spend is kept in its tenant's shard, so each tenant it has paid as has a
-        budget of its own: a keyless request's key budget is one per tenant (store/keys.py, KEYLESS), and a key an
-        operator moved (key_move.py) starts its budget again under the new tenant, the old one's spend left behind."""
-        of_tenant = self.scope == "key" and self.tenant
-        return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if of_tenant else "")
+        """What names the budget: its scope and name, and for a key's budget '@' and its tenant in hex (none for one
+        of no tenant: a key never used, the keyless limit set for every tenant). A key's spend is kept in its tenant's
+        shard, so each tenant it has paid as has a budget of its own: a keyless request's key budget is one per tenant
+        (store/keys.py, KEYLESS), and a key an operator moved (key_move.py) starts its budget again under the new
+        tenant, the old one's spend left behind. A key id may hold '@' and hex digits (a caller's), but none follows
+        the last '@': no two budgets share a name."""
+        return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if self.scope == "key" else "")
 
     @property
     def tenant_wide(self) -> bool:

@@ -302,3 +302,21 @@ async def test_a_tenants_and_a_keyless_budget_notified_before_the_upgrade_are_no
         assert hook.calls == 0
     finally:
         db.close()
+
+
+async def test_a_keys_budget_is_told_apart_from_one_whose_name_ends_like_a_tenant(tmp_path: Path) -> None:
+    """A key budget's name is its key id, '@' and its tenant in hex: a caller's key id may hold '@' and hex digits, so
+    a key never used, its limit set (no tenant: nothing on record), was named as another key in a tenant whose hex
+    its name ended with, and the listing and the watch (a limit of 0 is spent) kept one of the two."""
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day"), db)
+    try:
+        await charge(store, Account("ab", "caller:ci"), "r1", PICO)
+        await sink.drain()
+        await store.set_limit("key", f"caller:ci@{b'ab'.hex()}", 0)  # a caller 'ci@6162' stopped before its first call
+        listed = [(v.name, v.tenant, v.limit_pico) for v in await operations.budgets(None) if v.scope == "key"]
+        assert listed == [("caller:ci", "ab", None), ("caller:ci@6162", "", 0)]
+    finally:
+        db.close()
