@@ -162,18 +162,17 @@ class Operations:
             if amount < 0 or amount > Decimal(9_000_000):
                 raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
             pico = floor_pico(amount)  # rounded down, as caps are: the budget is never exceeded
-        before = (await self.store.limit_overrides()).get((scope, name))
         # The record of the change (who, what, from what to what; the log line's time is when): an auditor's question
         # of any limit a tenant was held to.
-        told = {"budget_scope": scope, "budget_name": name, "limit_usd": usd(pico), "limit_usd_before": usd(before)}
+        told = {"budget_scope": scope, "budget_name": name, "limit_usd": usd(pico), "by": by}
         try:
-            await self.store.set_limit(scope, name, pico)
+            before = await self.store.set_limit(scope, name, pico)
         except BaseException:
             # Not confirmed is not undone: the store may have set it (its reply lost; a key's limit on some shards, the
             # call cancelled or failing part way), and admission holds requests to it from then on.
-            log.warning("budget limit set unconfirmed", extra={**told, "by": by})
+            log.warning("budget limit set unconfirmed", extra=told)
             raise
-        log.info("budget limit set", extra={**told, "by": by})
+        log.info("budget limit set", extra={**told, "limit_usd_before": usd(before)})
         account = Account(name, "") if scope == "tenant" else Account(await self._tenant_of(name), name)
         views = await budgets(self.store, self.allowance, [account])
         return next(v for v in views if v.scope == scope)

@@ -155,6 +155,8 @@ class LossyProxy:
         await asyncio.wait((closing, releasing), return_when=asyncio.FIRST_COMPLETED)
         closing.cancel()
         releasing.cancel()
+        # Its cancelled read ended before the connection's next read begins (else that one is refused: two readers).
+        await asyncio.gather(closing, releasing, return_exceptions=True)
         if not releasing.done() or releasing.cancelled():
             held.abandoned.set()
             return False

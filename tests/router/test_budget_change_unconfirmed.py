@@ -1,8 +1,8 @@
 """A budget change the store did not confirm may still have taken effect: Redis set the limit and its reply was lost
 (or, for a key's limit, written to every shard, some shards took it before the call failed). SetBudget failed and the
 router recorded nothing, while admission held requests to the new limit: a change with no line naming who made it or
-what it was before. Such a change is now a warning of its own, with the same fields. Real Redis, behind a proxy that
-loses the reply."""
+what it was before. Such a change is now a warning of its own, with the same fields but the limit before (the
+store's answer, lost). Real Redis, behind a proxy that loses the reply."""
 
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import store_on
 
 
-def recorded(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, str, str, str]]:
+def recorded(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, str, str]]:
     return [
-        (r.levelname, r.getMessage(), r.by, r.budget_name, r.limit_usd_before, r.limit_usd)  # type: ignore[attr-defined]
+        (r.levelname, r.getMessage(), r.by, r.budget_name, r.limit_usd)  # type: ignore[attr-defined]
         for r in caplog.records
         if r.getMessage().startswith("budget limit set")
     ]
 
 
-UNCONFIRMED = [("WARNING", "budget limit set unconfirmed", "ops (key 0123)", "acme", "", "5")]
+UNCONFIRMED = [("WARNING", "budget limit set unconfirmed", "ops (key 0123)", "acme", "5")]
 
 
 @pytest.mark.parametrize("ended_by", ["the store lost", "the call cancelled"])
@@ -43,7 +43,7 @@ async def test_a_change_whose_reply_never_came_is_recorded_as_unconfirmed(
     try:
         async with store_on(proxy.url_for(redis_url)) as store:
             operations = Operations(store, Allowance("day"), db)
-            lost = proxy.hold_reply_to(b"HSET")
+            lost = proxy.hold_reply_to(b"tenant:acme")  # the reply to its write
             changing = asyncio.create_task(operations.set_budget(ALL, "tenant", "acme", "5", by="ops (key 0123)"))
             await lost.arrived.wait()  # Redis has set the limit; the router has not heard so
             if ended_by == "the store lost":

@@ -1358,3 +1358,15 @@ end
 return {counted, given, '', stream_position(KEYS[1]), repairs}
 """
 )
+
+# An operator's limit override set (ARGV[2]: pico-USD) or removed (ARGV[2] empty) in one shard's limits hash, answering
+# the one it replaced (nil: none) in the same step: of two changes at once, the later learns the other's limit.
+SWAP_LIMIT = """
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return before
+"""

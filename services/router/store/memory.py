@@ -453,11 +453,11 @@ class MemoryStore:
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         return {(field.partition(":")[0], field.partition(":")[2]): pico for field, pico in self.limits.items()}
 
-    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
-        if pico is None:
-            self.limits.pop(limit_field(scope, name), None)
-        else:
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> int | None:
+        before = self.limits.pop(limit_field(scope, name), None)
+        if pico is not None:
             self.limits[limit_field(scope, name)] = pico
+        return before
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """No router but this one admits here, and it never takes itself for dead; but a provider batch line's hold may

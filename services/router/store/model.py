@@ -672,8 +672,9 @@ class Store(Protocol):
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""
 
-    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
-        """Set (or with None remove) the limit of one tenant or key, overriding the default."""
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> int | None:
+        """Set (or with None remove) the limit of one tenant or key, overriding the default; returns the limit it
+        replaced (None: the default), read in the same step: of two changes at once, the later learns the other's."""
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """When this router holds the reconciler lease, about every `lease_s`: settle, each at its hold, the

@@ -374,6 +374,7 @@ class RedisStore:
         self._undo = Script(self.redis, lua.UNDO)
         self._give_back = Script(self.redis, lua.GIVE_BACK)
         self._record_batch = Script(self.redis, lua.RECORD_BATCH)
+        self._swap_limit = Script(self.redis, lua.SWAP_LIMIT)
         self._keep_answer = Script(self.redis, lua.KEEP_ANSWER)
         self._pending_charge = Script(self.redis, lua.PENDING_CHARGE)
         self._held = Script(self.redis, lua.HELD)
@@ -1066,18 +1067,23 @@ class RedisStore:
                     found[(scope, name)] = int(value)
         return found
 
-    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> int | None:
         # A key's limit goes to every shard: admission reads it beside the spend of whichever tenant the key
-        # serves. Not atomic across shards: a failure part way raises, and setting it again repairs it.
-        shards = [shard_of(name)] if scope == "tenant" else range(SHARDS)
+        # serves. Not atomic across shards: a failure part way raises, and setting it again repairs it. The limit
+        # replaced is the first shard's, swapped out there in one step.
+        first, *others = [shard_of(name)] if scope == "tenant" else range(SHARDS)
         field = limit_field(scope, name)
-        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                if pico is None:
-                    pipe.hdel(limits_key(shard), field)
-                else:
-                    pipe.hset(limits_key(shard), field, pico)
-            await pipe.execute()
+        async with self._call():
+            before = await self._swap_limit(keys=[limits_key(first)], args=[field, "" if pico is None else pico])
+            if others:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for shard in others:
+                        if pico is None:
+                            pipe.hdel(limits_key(shard), field)
+                        else:
+                            pipe.hset(limits_key(shard), field, pico)
+                    await pipe.execute()
+        return None if before is None else int(before)
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
