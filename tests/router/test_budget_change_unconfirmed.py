@@ -1,8 +1,8 @@
 """A budget change the store did not confirm may still have taken effect: Redis set the limit and its reply was lost
-(or, for a key's limit, written to every shard, some shards took it before the call failed). SetBudget failed and the
-router recorded nothing, while admission held requests to the new limit: a change with no line naming who made it or
-what it was before. Such a change is now a warning of its own, with the same fields but the limit before (the
-store's answer, lost). Real Redis, behind a proxy that loses the reply."""
+(or, on a Redis Cluster, a key's limit, written shard by shard, some took it before the call failed). SetBudget failed
+and the router recorded nothing, while admission held requests to the new limit: a change with no line naming who
+made it or what it was before. Such a change is now a warning of its own, with the same fields but the limit before
+(the store's answer, lost). Real Redis, behind a proxy that loses the reply."""
 
 from __future__ import annotations
 

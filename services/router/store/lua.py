@@ -1,5 +1,6 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
-runs atomically on one server or on the one Redis Cluster master that owns the slot."""
+runs atomically on one server or on the one Redis Cluster master that owns the slot (SWAP_LIMIT every shard's on one
+server alone)."""
 
 from services.router.store.keys import RATE_COUNTER_TTL_S, TAKEN_KEPT_S, TOTAL_SUFFIX
 from services.router.store.model import (
@@ -1359,14 +1360,17 @@ return {counted, given, '', stream_position(KEYS[1]), repairs}
 """
 )
 
-# An operator's limit override set (ARGV[2]: pico-USD) or removed (ARGV[2] empty) in one shard's limits hash, answering
-# the one it replaced (nil: none) in the same step: of two changes at once, the later learns the other's limit.
+# An operator's limit override set (ARGV[2]: pico-USD) or removed (ARGV[2] empty) in shards' limits hashes (one, or
+# on one server every shard a key's goes to: no cross-slot check there), answering the one it replaced in the first
+# (nil: none) in the same step: of two changes at once, the later learns the other's limit, and leaves its own in all.
 SWAP_LIMIT = """
 local before = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[2] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+for _, key in ipairs(KEYS) do
+  if ARGV[2] == '' then
+    redis.call('HDEL', key, ARGV[1])
+  else
+    redis.call('HSET', key, ARGV[1], ARGV[2])
+  end
 end
 return before
 """

@@ -1069,20 +1069,14 @@ class RedisStore:
 
     async def set_limit(self, scope: str, name: str, pico: int | None) -> int | None:
         # A key's limit goes to every shard: admission reads it beside the spend of whichever tenant the key
-        # serves. Not atomic across shards: a failure part way raises, and setting it again repairs it. The limit
-        # replaced is the first shard's, swapped out there in one step.
-        first, *others = [shard_of(name)] if scope == "tenant" else range(SHARDS)
-        field = limit_field(scope, name)
+        # serves. On one server to all of them in one step; on a Redis Cluster shard by shard (their masters apart),
+        # so not atomic there: a failure part way raises, and setting it again repairs it, as it does the shards that
+        # two changes at once left apart. The limit replaced is the first shard's.
+        shards = [shard_of(name)] if scope == "tenant" else range(SHARDS)
+        keys, args = [limits_key(shard) for shard in shards], [limit_field(scope, name), "" if pico is None else pico]
+        steps = [[key] for key in keys] if self.shards_fail_apart else [keys]
         async with self._call():
-            before = await self._swap_limit(keys=[limits_key(first)], args=[field, "" if pico is None else pico])
-            if others:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for shard in others:
-                        if pico is None:
-                            pipe.hdel(limits_key(shard), field)
-                        else:
-                            pipe.hset(limits_key(shard), field, pico)
-                    await pipe.execute()
+            before, *_ = [await self._swap_limit(keys=step, args=args) for step in steps]
         return None if before is None else int(before)
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
