@@ -172,6 +172,8 @@ async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(
         await memory.refresh()
         assert ratio("money") is None  # no master answers: no figure, not NaN (which says unbounded)
         assert unreachable("money") is None  # the store out of reach: LLMRouterMoneyStoreUnreachable's to say
+        await memory.refresh()
+        assert unreachable("money") is None  # nor every master counted out of reach as it stays so
     finally:
         await store.close()
 
