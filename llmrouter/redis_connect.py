@@ -44,11 +44,14 @@ class Cluster(RedisCluster):
         """redis-py's refresh, with one change: the default node, where keyless commands go (PING, TIME, INFO, SCRIPT,
         and the command table the first refresh reads), is the first primary to answer (first_to_answer), not always
         the first listed (slot 0's). With that one down, every command of the client failed, on every master: a router
-        started then served no tenant at all, though the other masters served their slots."""
+        started then served no tenant at all, though the other masters served their slots. The default node chosen
+        before is asked first while it is still a primary: one whose address never answers is not waited for again
+        at each refresh (every command that ran one paid the stagger)."""
+        chosen = self.nodes_manager.default_node
         await self.nodes_manager.initialize(
             additional_startup_nodes_info=additional_startup_nodes_info, last_failed_node_name=last_failed_node_name
         )
-        node = await first_to_answer(self.get_primaries())
+        node = await first_to_answer(sorted(self.get_primaries(), key=lambda primary: primary is not chosen))
         self.nodes_manager.default_node = node
         if self.commands_parser.commands:
             self.commands_parser.node = node

@@ -25,6 +25,7 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from llmrouter.redis_connect import connect
 from llmrouter.redis_url import RedisUrl
 from llmrouter.server import start_server
 from services import router
@@ -284,6 +285,36 @@ async def test_a_router_whose_slot_zero_master_never_answers_serves_all_the_same
     finally:
         await upkeep.looked()
         await store.close()
+        released.set()
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_a_refresh_asks_the_master_chosen_before_first(cluster: RedisCluster) -> None:
+    """Each refresh of the cluster's layout chose the default node anew from slot 0's master on: one whose address
+    never answers was waited for (the stagger) at every refresh, by whichever command ran it, a healthy tenant's too.
+    The master chosen before, still a primary, is asked first: the silent one is not asked again."""
+    node = cluster.nodes[0]
+    node.shut_down()
+    asked = 0
+    released = asyncio.Event()
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        asked += 1
+        await released.wait()
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", node.port)
+    client = connect(f"redis+cluster://127.0.0.1:{cluster.nodes[1].port}", socket_connect_timeout=2, socket_timeout=5)
+    try:
+        await client.initialize()
+        chosen = client.get_default_node()
+        assert (asked, chosen.port == node.port) == (1, False)  # passed over once its stagger was out
+        await client._refresh_topology(last_failed_node_name=f"127.0.0.1:{node.port}")  # its layout read elsewhere
+        assert (asked, client.get_default_node()) == (1, chosen)
+    finally:
+        await client.aclose()
         released.set()
         listener.close()
         await listener.wait_closed()
