@@ -236,8 +236,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _settle_failed(self, routed: Routed, failed: ServiceError) -> None:
         """A request ending in an error is settled first, so the error says what it was charged (charged_usd): what
         its attempts cost, or what a cut stream delivered; or that its charge is pending when the ledger has one made
-        before that this router could not read (cost_pending: the edge lets no retry charge it again)."""
-        await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+        before that this router could not read (cost_pending: the edge lets no retry charge it again). A bug in that
+        settling is told as any after admission is (faults.py), not left a bare INTERNAL the edge would retry."""
+        try:
+            await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+        except ServiceError:
+            raise
+        except Exception as bug:
+            raise await self._failed_unexpectedly(routed, bug) from bug
         if routed.charged is None:
             failed.metadata["cost_pending"] = "true"
         elif routed.charged:

@@ -180,3 +180,38 @@ async def test_a_bug_before_any_providers_call_charges_nothing_and_may_be_retrie
     assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
     assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
     assert await redis_store.held_pico(CALLER) == (0, 0)
+
+
+class Refusing(Answering):
+    """The upstream refuses the request (a 400): the request ends in that error, settled at what the attempt owes."""
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        await context.abort(REFUSED.code, REFUSED.message, REFUSED.trailing_metadata())
+        raise AssertionError("aborted")
+
+    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        await context.abort(REFUSED.code, REFUSED.message, REFUSED.trailing_metadata())
+        yield provider_pb2.GenerateChunk()
+
+
+REFUSED = ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_ERROR", "refused", {"upstream_status": "400"})
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_in_the_charge_of_a_failed_request_says_it_pending(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    # A failed request is settled before its error is raised: a bug there was a bare INTERNAL, which the edge made a
+    # retryable 502 saying no cost, while its hold was left for the reconciler to charge.
+    monkeypatch.setattr(AvailableModels, "baseline", a_bug)
+    async with (
+        served_router(tmp_path, redis_store, Refusing()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-5"), streamed))
+    assert (told.code, told.reason, told.metadata) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        {"cost_pending": "true", "retryable": "false"},
+    )
+    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
