@@ -21,12 +21,15 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
+from services.router import servicer
 from services.router.cache import ResponseCache
+from services.router.faults import AT_HOLD, UNSERVED
 from services.router.models import AvailableModels
 from services.router.routed import Served
 from services.router.routing import Routing
 from services.router.sessions import Sessions
 from services.router.store import PICO, Account, RedisStore, period_id, to_pico
+from tests.conftest import ledger_records
 from tests.integration.conftest import free_port, served_edge
 from tests.router.servicer_kit import served_router
 from tests.router.test_admission import REGISTRY
@@ -114,6 +117,10 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
     assert await redis_store.held_pico(CALLER) == (0, 0)
     assert (again.reason, again.metadata.get("charged_usd")) == ("DUPLICATE_REQUEST", hold)
     assert any(getattr(r, "request_id", "") == "bug-1" and r.exc_info for r in caplog.records), caplog.text
+    # Its ledger line says why it was charged its hold, owed whole: no tokens on record.
+    (record,) = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-1"]
+    assert (record["owed_usd"], record["generations"]) == (hold, []), record
+    assert AT_HOLD in record["reason_detail"], record
     assert faults() == counted + 2  # the request and the edge's
     if streamed:  # its words were sent: the error ends the stream, with its cost
         assert edge.status_code == 200
@@ -178,6 +185,8 @@ async def test_a_bug_before_any_providers_call_charges_nothing_and_may_be_retrie
         again = ServiceError.from_rpc_error(await failure(router, ask("bug-4"), streamed))
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "true"})
     assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
+    records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-4"]
+    assert [(r["cost_usd"], UNSERVED in r["reason_detail"]) for r in records] == [("0", True)] * 2, records
     assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
     assert await redis_store.held_pico(CALLER) == (0, 0)
 
@@ -215,3 +224,49 @@ async def test_a_bug_in_the_charge_of_a_failed_request_says_it_pending(
         {"cost_pending": "true", "retryable": "false"},
     )
     assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
+
+
+def routed_total() -> float:
+    """Every auto-routed request counted (llmrouter_router_routed_total), whatever its tenant's label and tier."""
+    (family,) = [f for f in METRICS.collect() if f.name == "llmrouter_router_routed"]
+    return sum(s.value for s in family.samples if s.name == "llmrouter_router_routed_total")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_routed_request_is_counted_once_as_it_is_served_a_cache_hit_too(
+    tmp_path: Path, redis_store: RedisStore, streamed: bool
+) -> None:
+    counted = routed_total()
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        answers = []
+        for request_id in ("auto-1", "auto-2"):  # the second the first's answer, from the cache
+            request = ask(request_id)
+            request.model = ""  # auto-routed: the router's choice, counted
+            if streamed:
+                chunks = [chunk async for chunk in router.CompleteStream(request, timeout=10)]
+                answers.append(chunks[-1].final)
+            else:
+                answers.append(await router.Complete(request, timeout=10))
+    assert [a.cache_hit for a in answers] == [False, True]
+    assert routed_total() == counted + 2
+
+
+async def test_a_bug_after_a_cache_hit_tells_its_charge_of_nothing_not_retryable(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        await router.Complete(ask("first"), timeout=10)  # its answer cached
+        monkeypatch.setattr(servicer, "answer_chunks", a_bug)  # the cached answer as a stream's chunks
+        told = ServiceError.from_rpc_error(await failure(router, ask("bug-6"), streamed=True))
+        again = ServiceError.from_rpc_error(await failure(router, ask("bug-6"), streamed=True))
+    # Settled as a cache hit, at nothing, its id kept: charged 0 but not released, so not to be retried.
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "false"})
+    assert again.reason == "DUPLICATE_REQUEST"
