@@ -282,9 +282,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         yield router_pb2.CompleteChunk(decision=routed.decision)
         response = await self._awaited_unless_cut(routed, work)
-        for chunk in answer_chunks(response):
-            with self.admitted.sending(cut_after=False):  # its answer generated and charged: nothing left to cut
-                yield chunk
+        try:
+            for chunk in answer_chunks(response):
+                with self.admitted.sending(cut_after=False):  # its answer generated and charged: nothing left to cut
+                    yield chunk
+        except Exception as bug:  # its work ended, settled: the error tells what it was charged (faults.py)
+            raise await self._failed_unexpectedly(routed, bug) from bug
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         self.routing.count(routed)

@@ -270,3 +270,24 @@ async def test_a_bug_after_a_cache_hit_tells_its_charge_of_nothing_not_retryable
     # Settled as a cache hit, at nothing, its id kept: charged 0 but not released, so not to be retried.
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "false"})
     assert again.reason == "DUPLICATE_REQUEST"
+
+
+async def test_a_bug_after_a_buffered_stream_was_charged_tells_that_charge(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its answer generated and charged, then made a stream's chunks: a bug there was a bare INTERNAL, which the edge
+    # made a retryable 502 saying no cost, and the SDK's retry was charged again.
+    monkeypatch.setattr(servicer, "answer_chunks", a_bug)
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        request = ask("bug-7")
+        request.buffer_stream = True
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), request, streamed=True))
+    charged = REGISTRY.get("cheap").cost_usd(12, 34)  # type: ignore[union-attr]
+    assert (told.reason, told.metadata) == (
+        "INTERNAL_ERROR",
+        {"charged_usd": format(charged, "f"), "retryable": "false"},
+    )
+    assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(charged), to_pico(charged))
