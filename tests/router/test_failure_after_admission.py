@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
-from services.router import servicer
+from services.router import servicer, serving
 from services.router.cache import ResponseCache
 from services.router.faults import AT_HOLD, UNSERVED
 from services.router.models import AvailableModels
@@ -291,3 +291,20 @@ async def test_a_bug_after_a_buffered_stream_was_charged_tells_that_charge(
         {"charged_usd": format(charged, "f"), "retryable": "false"},
     )
     assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(charged), to_pico(charged))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_reading_a_providers_call_that_failed_charges_the_hold(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    # The call ran (its upstream may have generated), and failed before any answer: the request is settled at its
+    # hold however little of it was read, not at nothing with its id released.
+    monkeypatch.setattr(serving, "provider_failure", a_bug)
+    async with (
+        served_router(tmp_path, redis_store, Refusing()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-8"), streamed))
+    hold = format(HOLD_PICO / PICO, "f")
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": hold, "retryable": "false"})
+    assert await redis_store.spent(CALLER, period_id("day")) == (HOLD_PICO, HOLD_PICO)
