@@ -230,6 +230,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 await self.charger.settle_unknown(routed, model)
             charged = await self.charger.charged(routed, model)
         except Exception:  # the charge failed (the bug was its own, or it was kept nowhere): the reconciler charges it
+            routed.settled = True  # so no clean-up settles it again, to fail once more in this error's stead
             charged = None
         return faults.fault_error(routed.request_id, charged, routed.released)
 

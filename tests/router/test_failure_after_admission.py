@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
-from services.router import servicer, serving
+from services.router import charging, servicer, serving
 from services.router.cache import ResponseCache
 from services.router.faults import AT_HOLD, UNSERVED
 from services.router.models import AvailableModels
@@ -308,3 +308,23 @@ async def test_a_bug_reading_a_providers_call_that_failed_charges_the_hold(
     hold = format(HOLD_PICO / PICO, "f")
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": hold, "retryable": "false"})
     assert await redis_store.spent(CALLER, period_id("day")) == (HOLD_PICO, HOLD_PICO)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_before_the_charge_is_under_way_says_it_pending(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    # A bug that fails every settling (here before the charge is under way) failed the clean-up's settling too, after
+    # the fault's: its error then replaced INTERNAL_ERROR, a bare INTERNAL the edge made a retryable 502 saying no cost.
+    monkeypatch.setattr(charging, "_cap_at_hold", a_bug)
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-9"), streamed))
+    assert (told.code, told.reason, told.metadata) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        {"cost_pending": "true", "retryable": "false"},
+    )
+    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
