@@ -33,6 +33,7 @@ from tests.conftest import ledger_records
 from tests.integration.conftest import free_port, served_edge
 from tests.router.servicer_kit import served_router
 from tests.router.test_admission import REGISTRY
+from tests.router.test_drained_past_grace import outbox_unwritable, store_down
 
 CALLER = Account("acme", "anonymous")
 HOLD_PICO = 154_000_000  # cheap's hold for a short prompt and 100 tokens written: its worst case
@@ -328,3 +329,18 @@ async def test_a_bug_before_the_charge_is_under_way_says_it_pending(
         {"cost_pending": "true", "retryable": "false"},
     )
     assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
+
+
+async def test_a_failed_requests_charge_kept_nowhere_stays_money_not_recorded(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Settling a failed request may fail as expected (the store out of reach, the outbox unwritable): told so, not
+    # taken for a bug.
+    monkeypatch.setattr(RedisStore, "charge", store_down)
+    async with (
+        served_router(tmp_path, redis_store, Refusing()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        outbox_unwritable(tmp_path)
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-10"), False))
+    assert (told.reason, told.metadata.get("cost_pending")) == ("MONEY_NOT_RECORDED", "true")
