@@ -152,7 +152,8 @@ OUTBOX_DEAD_LETTERS = Gauge(
 )
 ROUTED = Counter(
     "llmrouter_router_routed_total",
-    "Auto-routed requests admitted, by tenant (the first N seen, then 'other') and the chosen model's tier",
+    "Auto-routed requests admitted and served (not those a drain refused unserved), by tenant (the first N seen, "
+    "then 'other') and the chosen model's tier",
     ["tenant", "tier"],
 )
 QUALITY_KEPT = Histogram(
