@@ -30,7 +30,7 @@ from typing_extensions import TypeVar
 
 from llmrouter.redis_url import RedisUrl
 from llmrouter.registry import load_registry
-from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
+from llmrouter.server import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, RunningServer, start_server
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers, router
@@ -61,6 +61,9 @@ from tests.integration.test_ledger_audit import audit_cost
 from tests.waiting import eventually
 
 BATCHED, REALTIME = "batch-model", "realtime-model"
+LONG = "long answer "  # a long answer's unit, repeated
+# Answers that outweigh one gRPC message do so by a tenth: what they test needs no more (each megabyte costs time).
+PAST_ONE_MESSAGE = MAX_MESSAGE_BYTES * 11 // 10
 WINDOW_S = 4.0  # a deferred line's hold where the window's end is tested: given up on 1 s before it ends
 
 
@@ -602,12 +605,16 @@ async def test_provider_error_messages_and_addresses_stay_out_of_the_error_file(
 
 
 async def test_a_part_whose_answers_outweigh_one_grpc_message_is_collected(stack: Stack) -> None:
-    # 200 lines (one edge part, one provider batch) of ~100 KB answers: 20 MB, over the 16 MB of one message.
-    answering(stack, "long answer " * 8_500)
-    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(200)])
+    # Up to 200 lines (one edge part, one provider batch) of ~100 KB answers, over the 16 MiB of one message.
+    repeats = 8_500
+    count = PAST_ONE_MESSAGE // (len(LONG) * repeats)
+    answering(stack, LONG * repeats)
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(count)])
 
-    assert batch.status == "completed" and len(output) == 200 and not errors, list(errors.values())[:1]
-    assert all(len(e["response"]["body"]["choices"][0]["message"]["content"]) == 102_000 for e in output.values())
+    assert batch.status == "completed" and len(output) == count and not errors, list(errors.values())[:1]
+    assert all(
+        len(e["response"]["body"]["choices"][0]["message"]["content"]) == len(LONG) * repeats for e in output.values()
+    )
     charged, spend, held, pending = await money(stack)
     assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
     assert held == 0 and not pending
@@ -906,7 +913,7 @@ async def collect_in_calls(stack: Stack, count: int, repeats: int) -> None:
     """`count` lines of answers of `repeats` times 12 bytes, sent as one provider batch and collected whole (a
     direct caller may ask for up to 1,000 lines at once), in as many calls as the router's replies take: each
     returns the first lines asked for, in order, charging only those; each line is answered and charged once."""
-    answering(stack, "long answer " * repeats)
+    answering(stack, LONG * repeats)
     ids = [f"r{i}" for i in range(count)]
     lines = [
         router_pb2.CompleteRequest(
@@ -953,18 +960,18 @@ async def collect_in_calls(stack: Stack, count: int, repeats: int) -> None:
 async def test_a_collect_whose_answers_outweigh_one_grpc_message_returns_what_fits_and_the_rest_after(
     stack: Stack,
 ) -> None:
-    """120 answers of 200 KB (24 MB) pass one reply's 16 MiB, though each poll of the provider batch (50 lines)
+    """Answers of 200 KB (18 MB in all) pass one reply's 16 MiB, though each poll of the provider batch (50 lines)
     fits. The router answered none of them (RESOURCE_EXHAUSTED) after charging them all, and a collect again did
     the same: the lines were paid for and never delivered."""
-    await collect_in_calls(stack, 120, 17_000)
+    await collect_in_calls(stack, PAST_ONE_MESSAGE // (len(LONG) * 17_000), 17_000)
 
 
 async def test_a_poll_whose_answers_outweigh_one_grpc_message_is_read_in_parts(stack: Stack) -> None:
-    """50 answers of 400 KB (20 MB): one poll of the providers service (its 50 lines) passed its reply's 16 MiB,
+    """50 answers of 370 KB (18 MB): one poll of the providers service (its 50 lines) passed its reply's 16 MiB,
     so the collect failed, again at each try, until the window's end charged every line its hold, the answers,
     billed by the provider, never delivered. The poll returns the first results that fit and names the others,
     which the router reads in its next collect."""
-    await collect_in_calls(stack, 50, 34_000)
+    await collect_in_calls(stack, 50, PAST_ONE_MESSAGE // (50 * len(LONG)))
 
 
 async def test_an_edge_collects_in_more_calls_the_lines_a_collect_could_not_fit(stack: Stack) -> None:
