@@ -34,12 +34,14 @@ from llmrouter.server import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, RunningServer, 
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers, router
+from services.batches.deferral import COLLECT_IDS
 from services.batches.runner import FAILED_FIRST_S
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.accounting import UNDER_COUNT_FACTOR
 from services.providers.settings import ProvidersSettings
 from services.router import metrics
+from services.router.deferred import REPLY_BYTES
 from services.router.settings import RouterSettings
 from services.router.store import (
     PICO,
@@ -975,18 +977,21 @@ async def test_a_poll_whose_answers_outweigh_one_grpc_message_is_read_in_parts(s
 
 
 async def test_an_edge_collects_in_more_calls_the_lines_a_collect_could_not_fit(stack: Stack) -> None:
-    """60 answers of 250 KB: the edge's first collect of 50 (12.6 MB) gets the first lines that fit the router's
-    reply; the others, unsettled, are collected in the next calls. The edge took a reply of fewer lines than asked
-    for as an error: its run failed (the lines of the reply recorded), and the batch waited a failed run's back-off
-    (30 s, doubling to 600 s at each part cut short) before the rest was collected."""
-    answering(stack, "long answer " * 21_000)
+    """60 answers of 185 KB: the edge's first collect of 50 (9.2 MB) gets the first lines that fit the router's
+    reply (8 MiB); the others, unsettled, are collected in the next calls. The edge took a reply of fewer lines than
+    asked for as an error: its run failed (the lines of the reply recorded), and the batch waited a failed run's
+    back-off (30 s, doubling to 600 s at each part cut short) before the rest was collected."""
+    repeats = REPLY_BYTES * 11 // 10 // (COLLECT_IDS * len(LONG))  # a collect's answers pass a reply by a tenth
+    answering(stack, LONG * repeats)
     async with serving(stack) as client:
-        content = batch_file([(BATCHED, f"line {i}") for i in range(60)])
+        content = batch_file([(BATCHED, f"line {i}") for i in range(COLLECT_IDS + 10)])
         batch = await finished(client, await run_batch(client, content), timeout_s=FAILED_FIRST_S - 5)
         output, errors = await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id)
 
-    assert batch.status == "completed" and len(output) == 60 and not errors, list(errors.values())[:1]
-    assert all(len(e["response"]["body"]["choices"][0]["message"]["content"]) == 252_000 for e in output.values())
+    assert batch.status == "completed" and len(output) == COLLECT_IDS + 10 and not errors, list(errors.values())[:1]
+    assert all(
+        len(e["response"]["body"]["choices"][0]["message"]["content"]) == len(LONG) * repeats for e in output.values()
+    )
     charged, spend, held, pending = await money(stack)
     assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
     assert held == 0 and not pending
