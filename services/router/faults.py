@@ -6,8 +6,9 @@ providers call may have run), so it is settled then as an attempt of unknown out
 as the reconciler charges a request whose router died; before that (a bug in the cache's lookup) nothing was generated,
 and it is settled at nothing, its id released. A charge that landed before the failure stands. Its caller is told that
 charge (`charged_usd`), or `cost_pending` when the charge itself failed (the reconciler then charges the hold),
-`retryable` only when it was charged nothing and its id released. The error is logged with the request id and its
-traceback; the interceptor counts it (llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR)."""
+`retryable` only when it was charged nothing and its id released. So is a charge failing by a bug as the drain's cut
+reads it (servicer._charged_when_cut): pending, rather than SHUTTING_DOWN. The error is logged with the request id
+and its traceback; the interceptor counts it (llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
+from decimal import Decimal
 from typing import Any
 
 from llmrouter.errors import ServiceError
@@ -129,7 +130,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     raise
                 # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it; or
                 # whole, when the cut came as its answer's charge was on its way.
-                charged = await self.charger.charged(routed, routed.plan.order[0].model)
+                charged = await self._charged_when_cut(routed)
                 raise cut_error(routed.request_id, charged, routed.released) from None
             finally:
                 await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
@@ -189,8 +190,19 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if not self.admitted.ran:
             return
         routed.failure, routed.note = "cancelled", "refused unserved: the router was shutting down"
-        charged = await self.charger.charged(routed, routed.plan.order[0].model)
+        charged = await self._charged_when_cut(routed)
         raise cut_error(routed.request_id, charged, routed.released)
+
+    async def _charged_when_cut(self, routed: Routed) -> Decimal | None:
+        """What a call the drain's cut ends was charged (Charger.charged). Its charge failing by a bug is told as any
+        fault after admission is (pending): read in the cut's except clause, the bug was left to gRPC, a bare INTERNAL
+        the edge let the SDKs retry as costing nothing."""
+        try:
+            return await self.charger.charged(routed, routed.plan.order[0].model)
+        except ServiceError:
+            raise
+        except Exception as bug:
+            raise await self._failed_unexpectedly(routed, bug) from bug
 
     async def _awaited_unless_cut(
         self, routed: Routed, work: asyncio.Task[router_pb2.CompleteResponse]

@@ -27,6 +27,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router import servicer
 from services.router.admission import Admission
+from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.sessions import Sessions
 from services.router.settings import RouterSettings
@@ -363,6 +364,34 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
     await ledger_is_spend(redis_url)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_call_admitted_after_the_cut_whose_charge_fails_unexpectedly_is_told_it_pending(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """Refused as the cut ran, settled at nothing, and that charge failing by a bug of the router's: the refusal read it
+    (Charger.charged) and the bug came back a bare INTERNAL, which the edge lets the SDKs retry as costing nothing,
+    while its hold is left to the reconciler. Told as any failure after admission (services/router/faults.py)."""
+
+    def a_bug(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(AvailableModels, "baseline", a_bug)  # read as the charge's record is made
+    admitting, admit_goes_on = held_in(monkeypatch, Admission, "admit")
+    provider, request = Held(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = asyncio.ensure_future(call_of(stub, streamed, request))
+        await admitting.wait()
+        stopping = await stopping_once_cut(running)
+        admit_goes_on.set()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        await stopping
+    told = ServiceError.from_rpc_error(refused.value)
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"cost_pending": "true", "retryable": "false"})
+    assert provider.reached == 0
+    assert await still_pending(redis_url, request.request_id)
+
+
 async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_charge(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -600,6 +629,35 @@ async def test_a_stream_cut_while_its_answers_charge_fails_is_not_told_it_was_ch
     assert told.metadata.get("cost_pending") == "true"  # the reconciler charges its hold: the edge lets no SDK retry it
     assert await charges_of(redis_url, request.request_id) == []
     assert await still_pending(redis_url, request.request_id)
+
+
+async def test_a_stream_cut_while_its_charge_fails_unexpectedly_is_told_its_charge_pending(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut landing while the answer's charge is on its way, and that charge failing by a bug of the router's: the
+    cut's own handling read it (Charger.charged) and the bug came back a bare INTERNAL, which the edge lets the SDKs
+    retry as costing nothing. Told as any failure after admission (services/router/faults.py): pending, no retry."""
+
+    def a_bug(record: dict[str, Any]) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("services.router.metrics.count_charge", a_bug)  # as the charge has landed in the store
+    charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
+    provider, request = Streamed(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        assert (await chunks.read()).delta == "an answer"
+        await charging.wait()
+        stopping = await stopping_once_cut(running)
+        charge_goes_on.set()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await chunks.read()
+        await stopping
+    told = ServiceError.from_rpc_error(ended.value)
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"cost_pending": "true", "retryable": "false"})
+    (charge,) = await charges_of(redis_url, request.request_id)  # once, whole
+    assert charge["outcome"] == "ok"
 
 
 async def test_a_unary_call_cut_while_its_answer_is_charged_is_told_its_charge_is_pending(
