@@ -21,6 +21,7 @@ from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import metrics
+from services.router.routed import Served
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, StoreUnavailable, key_id, period_id
 from services.router.store.model import CHARGED_TOTAL
@@ -216,6 +217,54 @@ async def test_a_request_charged_before_under_a_marker_without_its_total_tells_i
         assert "charged_usd" not in failed.value.metadata
         records = [json.loads(r[b"record"]) for _, r in await db.xrange(AccountKeys.of(ACCOUNT).ledger)]
         assert [(r["request_id"], r["outcome"]) for r in records] == [("r-untotalled", "reconciled")]  # charged once
+    finally:
+        await db.aclose()
+        await store.close()
+        await reconciler.close()
+
+
+@pytest.mark.parametrize("read", [True, False], ids=["marker-read", "marker-unread"])
+async def test_a_request_the_reconciler_settled_that_then_failed_unexpectedly_tells_the_ledgers_charge(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, read: bool
+) -> None:
+    """A bug after the providers answered (services/router/faults.py) in a request the reconciler settled at its hold
+    while it ran: its charge at its hold meets the reconciler's, and its INTERNAL_ERROR tells what the ledger charged,
+    the hold, or, the charged marker unread, that its charge is pending (the ledger has it), never nothing."""
+
+    def a_bug(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    async def unread(self: RedisStore, account: Account, request_id: str) -> int | None:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(Served, "add", a_bug)  # pricing the generation the providers returned
+    if not read:
+        monkeypatch.setattr(RedisStore, "charged_pico", unread)
+    held = Held()
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
+    db: Any = redis.from_url(redis_url)
+    try:
+        async with router_servicer(tmp_path, store, held) as servicer:
+            message = common_pb2.ChatMessage(role="user", content="Hello there")
+            request = router_pb2.CompleteRequest(
+                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-bug"
+            )
+
+            async def complete() -> router_pb2.CompleteResponse:
+                with acting_as(ANONYMOUS):
+                    return await servicer.Complete(request, NoDeadline())
+
+            completing = asyncio.create_task(complete())
+            await held.called.wait()
+            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            hold = json.loads((await db.xrange(AccountKeys.of(ACCOUNT).ledger))[-1][1][b"record"])["cost_usd"]
+            held.answer.set()
+            with pytest.raises(ServiceError) as failed:
+                await completing
+        told = {"charged_usd": hold} if read else {"cost_pending": "true"}
+        assert (failed.value.reason, failed.value.metadata) == ("INTERNAL_ERROR", {**told, "retryable": "false"})
+        records = [json.loads(r[b"record"]) for _, r in await db.xrange(AccountKeys.of(ACCOUNT).ledger)]
+        assert [r["outcome"] for r in records] == ["reconciled"]  # charged once
     finally:
         await db.aclose()
         await store.close()
