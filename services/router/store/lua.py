@@ -1241,11 +1241,13 @@ return {total[1] or '', total[2] or '', total[3] or '', redis.call('GET', KEYS[2
 )
 
 # Taken (or renewed) by one router at a time; returns 1 when `router` holds it.
+# The reconciler's lease: 0 held by another, 1 kept (this router held it), 2 taken anew.
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+if holder then return 1 end
+return 2
 """
 
 # On a Redis Cluster node: its own line of CLUSTER NODES (heartbeats.py: is it the slot's stable owner?) and every

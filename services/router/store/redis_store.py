@@ -99,6 +99,7 @@ TAKE_PAGE = 250
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 # How long the reconciler and the outbox wait for each master of a Redis Cluster to answer (shards_away).
 MASTER_ANSWERS_S = 1.0
+LEASE_KEPT = 1  # lua.LEASE's answer when this router held the lease already (0: another's, 2: taken anew)
 
 
 # What the log says of a store refusing this router (a deployment to fix); a read-only store is a failover under way.
@@ -1080,6 +1081,11 @@ class RedisStore:
         return None if before is None else int(before)
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
+        # Since when a router was seen missing is kept only by a round that read the heartbeats, or kept the lease it
+        # held: any other (the lease out of reach, another's or taken anew, a failure part way) starts the records
+        # afresh. A router whose beat lapsed while the master flapped gets its whole grace again, not its requests
+        # charged at their holds at once.
+        missing, self._missing_since = self._missing_since, {}
         async with _reachable():
             keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
             away = {shard for shard in range(SHARDS) if pending_key(shard) in keys_away}  # passed over (_apart)
@@ -1099,15 +1105,18 @@ class RedisStore:
             if not leased:
                 metrics.RECONCILE_BACKLOG.set(0)  # the lease holder's is the release's
                 return resent
+            if leased != LEASE_KEPT:
+                missing = {}
             now = time.monotonic()
             if now - self._last_sweep < lease_s:
+                self._missing_since = missing
                 return resent
             self._last_sweep = now
             records = [record async for record in self._pending(away)]
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
             alive = await self._alive(others)
-            self._missing_since = {r: self._missing_since.get(r, now) for r in others if not alive[r]}
+            self._missing_since = {r: missing.get(r, now) for r in others if not alive[r]}
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
             stale_before = money_now() - stale_s
             settled = resent

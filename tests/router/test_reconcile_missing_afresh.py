@@ -1,0 +1,60 @@
+"""A router is taken for dead, and its requests charged at their holds, only once the reconciler has seen its heartbeat
+missing for a whole heartbeat TTL: time counts only while the reconciler could see the heartbeats. A router seen
+missing, then beating again while the lease was another's (this reconciler passed over, or its rounds not run at all:
+its host could not reach the master), then missing again as the lease comes back, gets its whole grace afresh, not
+charged at once at its holds. Real Redis; three stores: the live router's and two reconcilers'."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.router.store import AccountKeys, Allowance, Hold, RedisStore, period_id
+from services.router.store.keys import LEASE, alive_key
+from tests.router.test_collect_model import ACCOUNT
+from tests.waiting import eventually
+
+DAY = period_id("day")
+LEASE_S = 0.1  # the heartbeat TTL, and the reconciler's lease
+OTHER_LEASE_S = 1.0  # the other reconciler's: long enough for this one's round while it holds it
+
+
+@pytest.mark.parametrize("passed_over", [True, False], ids=["a round passed over", "no round run"])
+async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afresh(
+    redis_url: str, passed_over: bool
+) -> None:
+    live, reconciler, other = RedisStore(redis_url), RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
+        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        # The master flaps: the live router's beat lapsed; the reconciler sees it missing.
+        assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
+
+        async def lease_lapsed() -> bool:
+            return await live.redis.get(LEASE) is None
+
+        await eventually(lease_lapsed, "the reconciler's lease lapsed")
+
+        async def taken_by_other() -> bool:
+            assert await other.reconcile("other", OTHER_LEASE_S, 3600.0) == 0  # it too sees the router missing
+            return await live.redis.get(LEASE) == b"other"
+
+        await eventually(taken_by_other, "the lease held by the other reconciler")
+        if passed_over:
+            assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
+            assert await live.redis.get(LEASE) == b"other"  # that round was passed over, not swept
+        await live.heartbeat("router-live", LEASE_S)  # back in reach, it beats, then is cut off again
+        await eventually(lease_lapsed, "the other reconciler's lease lapsed")
+        assert not await live.redis.exists(alive_key("router-live"))  # its beat lapsed too: its TTL is shorter
+
+        # The lease back, the router is seen missing for the first time since: not yet taken for dead.
+        assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
+        assert await live.redis.get(LEASE) == b"rec"
+        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
+        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
+        # Missing a whole TTL since, it is dead: its request is charged at its hold, once.
+        await eventually(lambda: reconciler.reconcile("rec", LEASE_S, 3600.0), "the router taken for dead")
+        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 0
+        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 1
+    finally:
+        for store in (live, reconciler, other):
+            await store.close()
