@@ -184,15 +184,15 @@ class Serving:
             )
         if not why:
             return
-        if routed.caller_left:  # a stronger answer would be paid for, and read by no one
-            log.info("the caller left; keeping the weak answer", extra={"signal": why})
-            served.circumstance = routed.note = "the caller left: no escalation made, the weak answer kept"
+        if _kept_for_no_reader(routed, served, why):
             return
         if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
             served.circumstance = "no time left"
             return
         max_tokens = await self._escalation_room(routed, served, target.model)
+        if _kept_for_no_reader(routed, served, why):  # left, or cut by the drain, while the hold grew
+            return
         shortest = min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name])
         if max_tokens < shortest:
             if _cap_alone_refuses(routed, served, target.model, shortest):  # as the caller asked: nothing to warn of
@@ -316,6 +316,16 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def _kept_for_no_reader(routed: Routed, served: Served, why: str) -> bool:
+    """Whether the weak answer is kept because its caller left (or the drain cut its call, which reads as leaving):
+    a stronger answer would be paid for, and read by no one."""
+    if not routed.caller_left:
+        return False
+    log.info("the caller left; keeping the weak answer", extra={"signal": why})
+    served.circumstance = routed.note = "the caller left: no escalation made, the weak answer kept"
+    return True
 
 
 def could_escalate(routed: Routed, model: ModelSpec) -> bool:
