@@ -6,6 +6,7 @@ LLMRouterReconcilerFailing reads: the log alone told nobody that a hold stays co
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from prometheus_client import REGISTRY
@@ -13,7 +14,6 @@ from prometheus_client import REGISTRY
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import AccountKeys, pending_key
 from services.router.store.model import Pending
-from tests.router.reconciling import settled_once_dead
 
 DAY = period_id("day")
 LIMIT = Allowance("day", tenant_pico=100_000)
@@ -33,14 +33,16 @@ async def test_a_pending_charge_that_cannot_be_settled_holds_up_no_other(redis_u
             assert (await store.admit(account, LIMIT, hold)).refused == ""
         await store.redis.hset(AccountKeys.of(BROKEN).spend(DAY)[0], "other", "1")
         assert await store.reconcile("router-alive", 0.2, 3600) == 0  # the dead router seen missing once
+        await asyncio.sleep(0.3)
         before = failures()
-        assert await settled_once_dead(store, "router-alive", 0.2, 3600) == 1
+        assert await store.reconcile("router-alive", 0.2, 3600) == 1
         assert failures() == before + 1
         assert await store.spent(SOUND, DAY) == (3_000, 3_000)
         assert await store.pending_charge(SOUND, "r-1") is None
         assert await store.pending_charge(BROKEN, "r-1") is not None  # left for a sweep after it is mended
         await store.redis.delete(AccountKeys.of(BROKEN).spend(DAY)[0])
-        assert await settled_once_dead(store, "router-alive", 0.2, 3600) == 1
+        await asyncio.sleep(0.3)
+        assert await store.reconcile("router-alive", 0.2, 3600) == 1
         assert failures() == before + 1  # mended: settled, no failure more
         assert await store.spent(BROKEN, DAY) == (3_000, 3_000)
     finally:
@@ -64,8 +66,9 @@ async def test_an_unreadable_pending_record_holds_up_no_other(redis_url: str) ->
         }
         await store.redis.hset(pending_key(0), mapping=unreadable)
         assert await store.reconcile("router-alive", 0.2, 3600) == 0  # the dead router seen missing once
+        await asyncio.sleep(0.3)
         before = failures()
-        assert await settled_once_dead(store, "router-alive", 0.2, 3600) == 1
+        assert await store.reconcile("router-alive", 0.2, 3600) == 1
         assert failures() == before + len(unreadable)
         assert await store.spent(SOUND, DAY) == (3_000, 3_000)
         assert await store.pending_charge(SOUND, "r-2") is None

@@ -24,6 +24,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 SHARDS = 16
 GLOBAL = "{llmrouter}"  # one slot, knowingly: the reconciler's lease and the routers' heartbeats (rare)
 LEASE = f"{GLOBAL}:reconciler:lease"
+LEASE_HOLDER = f"{GLOBAL}:reconciler:last-holder"  # who last held the lease, kept past it
 # The key id of a request without an API key. It is no key of its own, and every tenant's keyless requests carry
 # it: the key budget holds such a request to its tenant's own spend and holds (AccountKeys), never to one budget
 # shared by the tenants of a shard.

@@ -1241,12 +1241,14 @@ return {total[1] or '', total[2] or '', total[3] or '', redis.call('GET', KEYS[2
 )
 
 # Taken (or renewed) by one router at a time; returns 1 when `router` holds it.
-# The reconciler's lease: 0 held by another, 1 kept (this router held it), 2 taken anew.
+# The reconciler's lease (KEYS: the lease, its last holder): 0 held by another, 1 this router's, held by none other
+# since it last took it, 2 taken from another (or its last holder not known).
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if holder then return 1 end
+local last = redis.call('GETSET', KEYS[2], ARGV[1])
+if last == ARGV[1] then return 1 end
 return 2
 """
 

@@ -31,6 +31,7 @@ from services.router.store.keys import (
     HOLD_TOTALS_LOOK,
     KEEPS_HOLD_TOTALS,
     LEASE,
+    LEASE_HOLDER,
     NO_MOVES,
     OLDER_ROUTERS,
     SHARDS,
@@ -99,7 +100,7 @@ TAKE_PAGE = 250
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 # How long the reconciler and the outbox wait for each master of a Redis Cluster to answer (shards_away).
 MASTER_ANSWERS_S = 1.0
-LEASE_KEPT = 1  # lua.LEASE's answer when this router held the lease already (0: another's, 2: taken anew)
+LEASE_KEPT = 1  # lua.LEASE's answer when no other router held the lease since this one last took it
 
 
 # What the log says of a store refusing this router (a deployment to fix); a read-only store is a failover under way.
@@ -1081,10 +1082,10 @@ class RedisStore:
         return None if before is None else int(before)
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
-        # Since when a router was seen missing is kept only by a round that read the heartbeats, or kept the lease it
-        # held: any other (the lease out of reach, another's or taken anew, a failure part way) starts the records
-        # afresh. A router whose beat lapsed while the master flapped gets its whole grace again, not its requests
-        # charged at their holds at once.
+        # Since when a router was seen missing is kept only by a round that read the heartbeats, or held the lease
+        # that no other router held since: any other (the lease out of reach, another's or taken from another, a
+        # failure part way) starts the records afresh. A router whose beat lapsed while the master flapped gets its
+        # whole grace again, not its requests charged at their holds at once.
         missing, self._missing_since = self._missing_since, {}
         async with _reachable():
             keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
@@ -1101,7 +1102,7 @@ class RedisStore:
                 )
                 return resent
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
-                leased = await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)])
+                leased = await self._lease(keys=[LEASE, LEASE_HOLDER], args=[router, int(lease_s * 1000)])
             if not leased:
                 metrics.RECONCILE_BACKLOG.set(0)  # the lease holder's is the release's
                 return resent
