@@ -1240,9 +1240,9 @@ return {total[1] or '', total[2] or '', total[3] or '', redis.call('GET', KEYS[2
 """
 )
 
-# Taken (or renewed) by one router at a time; returns 1 when `router` holds it.
-# The reconciler's lease (KEYS: the lease, its last holder): 0 held by another, 1 this router's, held by none other
-# since it last took it, 2 taken from another (or its last holder not known).
+# The reconciler's lease, taken (or renewed) by one router at a time (KEYS: the lease, its last holder). Returns 0 when
+# another holds it; 1 when `router` does, and none other held it since it last did; 2 when `router` took it from
+# another (or its last holder is not known).
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
