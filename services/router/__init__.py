@@ -25,6 +25,17 @@ from services.router.upkeep import Upkeep
 log = logging.getLogger("llmrouter.router")
 
 
+def outbox_for(settings: RouterSettings) -> Outbox:
+    """The charge outbox the settings name; a directory or file another user could have made or could change, or one
+    that cannot be made, ends the process with why."""
+    try:
+        return Outbox(settings.data_dir, settings.request_id_ttl_s - settings.request_timeout_s - CHARGE_LANDS_S)
+    except UnsafePath as exc:
+        raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} refused for the charge outbox: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
+
+
 async def build(
     settings: RouterSettings,
 ) -> tuple[Registrations, list[Closer], Callable[[RunningServer], None]]:
@@ -56,12 +67,7 @@ async def build(
         settings.redis_url, settings.request_id_ttl_s, settings.hold_totals, settings.reconcile_master_answers_s
     )
     cache = open_cache(settings.cache_redis_url)
-    try:
-        outbox = Outbox(settings.data_dir, settings.request_id_ttl_s - settings.request_timeout_s - CHARGE_LANDS_S)
-    except UnsafePath as exc:
-        raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} refused for the charge outbox: {exc}") from None
-    except OSError as exc:
-        raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
+    outbox = outbox_for(settings)
     upkeep = Upkeep(
         store,
         outbox,

@@ -4,8 +4,10 @@ them first: a directory of theirs (outbox lines of theirs replayed as charges ag
 (the router writing wherever it points), a file anyone may read or write. Now the defaults are in
 <tempdir>/llmrouter-<uid>/, made 0700, and a router refuses to start on a path another user could have made or could
 change, saying which and why. Paths an operator configured outside the temp directory (the chart's volumes, group
-owned by fsGroup) keep working. Real `python -m services.router` processes, each with its own temp directory (TMPDIR),
-made as /tmp is: anyone may create entries in it."""
+owned by fsGroup) keep working. Each case has its own temp directory, made as /tmp is: anyone may create entries in
+it. The start-up's checks refusing a path run in-process, as the router's start runs them; what needs a real
+`python -m services.router` (the defaults made and taken again, volumes, no /proc, the refusal ending the process) runs
+one."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +26,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmrouter.private_paths import default_path
+from services.ledger.service import ledger_for
+from services.router import outbox_for
 from services.router.outbox import Outbox
+from services.router.settings import RouterSettings
 from services.router.store import MemoryStore
 from tests.ci import missing
 from tests.conftest import ROOT
@@ -70,6 +77,23 @@ def refused(env: dict[str, str]) -> str:
     )
     assert started.returncode != 0 and "READY" not in started.stdout, started.stderr
     return started.stderr
+
+
+def refused_at_start(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path | None = None, ledger_sql_path: Path | None = None
+) -> str:
+    """What the router's start-up checks of its outbox and then its ledger (as its start runs them) said refusing, with
+    `tmp` the temp directory (TMPDIR) and the paths not given at their defaults under it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    settings = RouterSettings(
+        auth="none",
+        data_dir=data_dir or default_path("router"),
+        ledger_sql_path=ledger_sql_path or default_path("ledger.sqlite3"),
+    )
+    with pytest.raises(SystemExit) as refusal:
+        outbox_for(settings)
+        ledger_for(settings).close()
+    return str(refusal.value)
 
 
 @contextmanager
@@ -203,6 +227,7 @@ def _outbox_of_another_user(tmp: Path, elsewhere: Path) -> None:
 def test_a_default_path_another_user_could_have_made_is_refused_at_start(
     shared_tmp: Path,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     plant: Callable[[Path, Path], None],
     setting: str,
     culprit: str,
@@ -211,10 +236,22 @@ def test_a_default_path_another_user_could_have_made_is_refused_at_start(
     elsewhere = tmp_path / "theirs"  # where another user's link points
     elsewhere.mkdir()
     plant(shared_tmp, elsewhere)
-    said = refused(router_env(shared_tmp))
+    said = refused_at_start(shared_tmp, monkeypatch)
     assert f"{setting}=" in said, said
     assert f"{private(shared_tmp) / culprit if culprit else private(shared_tmp)} {problem}" in said, said
     assert list(elsewhere.iterdir()) == []  # nothing written through a link
+
+
+def test_a_router_refusing_a_path_ends_saying_why(shared_tmp: Path, tmp_path: Path) -> None:
+    """The checks above are the router process's: refusing, it exits at start, saying which path and why."""
+    elsewhere = tmp_path / "theirs"
+    elsewhere.mkdir()
+    _symlinked_private_dir(shared_tmp, elsewhere)
+    said = refused(router_env(shared_tmp))
+    data_dir = private(shared_tmp) / "router"
+    assert f"ROUTER_DATA_DIR={data_dir} refused for the charge outbox: {private(shared_tmp)} is a symbolic link" in said
+    assert "remove it, or name a real path" in said and "Traceback" not in said, said
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_volumes_as_the_chart_mounts_them_are_taken(shared_tmp: Path, tmp_path: Path) -> None:
@@ -321,7 +358,7 @@ def test_without_proc_a_file_others_may_read_is_refused_saying_how_to_mend_it(
     ],
 )
 def test_a_configured_path_others_may_use_is_refused_at_start(
-    shared_tmp: Path, tmp_path: Path, setting: str, made: str, problem: str
+    shared_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, made: str, problem: str
 ) -> None:
     path = tmp_path / "volume" / "router"
     if made == "directory":
@@ -331,7 +368,7 @@ def test_a_configured_path_others_may_use_is_refused_at_start(
         path.parent.mkdir()
         path.write_bytes(b"")
         path.chmod(0o646)  # others may write it: they could have made it what they like
-    said = refused(router_env(shared_tmp, **{setting: str(path)}))
+    said = refused_at_start(shared_tmp, monkeypatch, **{setting.removeprefix("ROUTER_").lower(): path})
     assert f"{setting}={path}" in said and f"{path} {problem}" in said, said
 
 
