@@ -991,9 +991,13 @@ class RedisStore:
             return await heartbeats.older_routers(self.redis)
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
-        async with self._call():
-            beat = f"{time.time()} {KEEPS_HOLD_TOTALS}"
-            await self.redis.set(alive_key(router), beat, px=int(ttl_s * 1000))
+        try:
+            async with self._call():
+                beat = f"{time.time()} {KEEPS_HOLD_TOTALS}"
+                await self.redis.set(alive_key(router), beat, px=int(ttl_s * 1000))
+        except StoreUnavailable:
+            self._lost_sight()
+            raise
 
     async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
         """A spend counter of `period` raised by `pico`, and kept as long as a charge keeps it (money_check.py,
@@ -1306,9 +1310,16 @@ class RedisStore:
             async with _reachable():
                 await self.redis.ping()
         except StoreUnavailable:
+            self._lost_sight()
             return False
         await self._follow_clock()
         return True
+
+    def _lost_sight(self) -> None:
+        """The store (or the heartbeats' master) out of this router's reach, so that its upkeep reconciles no more
+        until it answers: what the reconciler saw missing before counts no longer. Another router may beat meanwhile
+        unseen, and with no other holder of the lease through the outage it would be taken for dead at once after."""
+        self._missing_since = {}
 
     async def _follow_clock(self) -> None:
         """The money's clock set by the store's TIME: on a Redis Cluster its GLOBAL slot's master's, the one every
