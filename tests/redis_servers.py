@@ -7,7 +7,7 @@ import asyncio
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class RedisCluster:
             self._command(replica, "CLUSTER", "REPLICATE", master)
         for replica in self.replicas:
             self.linked(replica)
-        return self._ready()
+        return self._ready(self.replicas)
 
     @staticmethod
     def linked(replica: RedisServer) -> None:
@@ -161,13 +161,15 @@ class RedisCluster:
         self.nodes[index].start()
         return self._ready()
 
-    def _ready(self) -> RedisCluster:
+    def _ready(self, replicas: Sequence[RedisServer] = ()) -> RedisCluster:
         """Returns once every master says cluster_state:ok and knows every master's slots. Without full coverage a
         master said ok before it knew another: a master shut down then, the one that knew but it and itself found
         itself in a minority once it took it for failing (after the node timeout, 5 s) and refused every key
         (CLUSTERDOWN), though two masters of three answered."""
         deadline = time.monotonic() + 30
-        while not all(self._whole(node) for node in self.nodes):
+        # And every one of `replicas`: synced with its master a moment after its start (no diskless-sync delay), a
+        # replica not yet told the cluster is whole answers a read CLUSTERDOWN.
+        while not all(self._whole(node) for node in [*self.nodes, *replicas]):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster did not reach cluster_state:ok with every master known")
             time.sleep(0.05)
