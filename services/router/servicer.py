@@ -111,25 +111,29 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         routed = await self._route(request, context)
         await self._refuse_if_cut(routed)
         with self.admitted.tracked():
-            if request.buffer_stream:
-                async for chunk in self._buffered_stream(routed, context):
-                    yield chunk
-                return
+            # Nested, so a cut landing while a failure or a fault is being settled (in the handlers below) is caught
+            # too: left to gRPC, it was a bare cancellation, its caller told nothing of its charge.
             try:
-                async with aclosing(self._complete_stream(routed, context)) as chunks:
-                    async for chunk in chunks:
-                        with self.admitted.sending(cut_after=not chunk.HasField("final")):
-                            yield chunk
-            except ServiceError as failed:
-                await self._settle_failed(routed, failed)
-                raise
-            except Exception as bug:
-                raise await self._failed_unexpectedly(routed, bug) from bug
+                if request.buffer_stream:
+                    async for chunk in self._buffered_stream(routed, context):
+                        yield chunk
+                    return
+                try:
+                    async with aclosing(self._complete_stream(routed, context)) as chunks:
+                        async for chunk in chunks:
+                            with self.admitted.sending(cut_after=not chunk.HasField("final")):
+                                yield chunk
+                except ServiceError as failed:
+                    await self._settle_failed(routed, failed)
+                    raise
+                except Exception as bug:
+                    raise await self._failed_unexpectedly(routed, bug) from bug
             except asyncio.CancelledError:
                 if not self.admitted.was_cut():
                     raise
                 # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it; or
-                # whole, when the cut came as its answer's charge was on its way.
+                # whole, when the cut came as its answer's charge was on its way; or as its failure or fault settles it
+                # (run on, shielded), when the cut came as that was on its way.
                 charged = await self._charged_when_cut(routed)
                 raise cut_error(routed.request_id, charged, routed.released) from None
             finally:

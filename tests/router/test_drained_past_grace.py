@@ -27,8 +27,10 @@ from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router import servicer
 from services.router.admission import Admission
+from services.router.faults import AT_HOLD
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
+from services.router.routed import Served
 from services.router.sessions import Sessions
 from services.router.settings import RouterSettings
 from services.router.shutdown_cut import AdmittedCalls
@@ -780,4 +782,71 @@ async def test_a_buffered_stream_cut_while_its_answer_waits_for_a_slow_reader_en
     assert answered[0].delta.startswith("word word")
     (charge,) = await charges_of(redis_url, request.request_id)
     assert answered[-1].final.cost_usd == charge["cost_usd"]
+    await ledger_is_spend(redis_url)
+
+
+class StreamRefused(Held):
+    """Its stream refused by the upstream (a 400) once sent, before any token: the attempt cost nothing."""
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        messages = aiter(requests)
+        await anext(messages)
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(messages)
+        refused = ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_ERROR", "p: refused", {"upstream_status": "400"}
+        )
+        await context.abort(refused.code, refused.message, refused.trailing_metadata())
+
+
+async def cut_while_settling(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, provider: Held
+) -> tuple[grpc.aio.AioRpcError, list[dict]]:
+    """A stream of `provider`'s ending in a failure or a fault, the drain's cut landing while that ending's charge is
+    on its way to the store: the status the stream ended with, and the request's ledger lines."""
+    charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
+    request = ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        await charging.wait()
+        stopping = await stopping_once_cut(running)
+        charge_goes_on.set()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while await chunks.read() != grpc.aio.EOF:
+                pass
+        await stopping
+    return ended.value, await charges_of(redis_url, request.request_id)
+
+
+async def test_a_stream_cut_while_its_fault_is_settled_is_told_its_charge(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug after the stream's answer was read settles it at its hold (faults.py); the cut landing while that charge
+    was on its way ended the call with gRPC's bare cancellation, its caller told nothing of what it was charged. Told
+    as every cut call is: SHUTTING_DOWN, the hold it was charged, no retry."""
+
+    def a_bug(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Served, "add", a_bug)  # pricing the stream's final chunk
+    ended, charges = await cut_while_settling(tmp_path, redis_url, monkeypatch, Streamed())
+    told = shutting_down(ended)
+    (charge,) = charges
+    assert told.metadata == {"charged_usd": charge["cost_usd"], "retryable": "false"}
+    assert Decimal(charge["cost_usd"]) == Decimal(charge["owed_usd"]) > 0  # its hold, owed whole
+    assert AT_HOLD in charge["reason_detail"], charge
+    await ledger_is_spend(redis_url)
+
+
+async def test_a_stream_cut_while_its_failure_is_settled_is_told_it_may_be_sent_again(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream refusing the stream before any token: settled at nothing, its id released. The cut landing while
+    that charge was on its way ended the call with gRPC's bare cancellation: the caller could not know a retry was
+    safe. Told as a cut call nothing reached is: charged 0, retryable."""
+    ended, charges = await cut_while_settling(tmp_path, redis_url, monkeypatch, StreamRefused())
+    (charge,) = charges
+    assert shutting_down(ended).metadata == {"charged_usd": charge["cost_usd"], "retryable": "true"}
+    assert Decimal(charge["cost_usd"]) == 0
     await ledger_is_spend(redis_url)
