@@ -219,7 +219,16 @@ class Admission:
             marked = marked_until(self.store.request_id_ttl_s, until, money_now())
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until, marked)
             prices = _prices(model) if until else None
-            verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
+            try:
+                verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
+            except ServiceError:
+                raise
+            except Exception:
+                # A bug once the store may have taken the hold (reading its reply, say): the request is settled as any
+                # fault after admission is (faults.py), at nothing, its id released, rather than left held, its caller
+                # told a bare INTERNAL that a retry, another request charged, would follow.
+                routed.hold = hold
+                raise
             if not verdict.refused:
                 routed.hold = hold
                 return

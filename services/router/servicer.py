@@ -185,8 +185,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         routed.timeout_s, routed.session, routed.escalation = self.settings.request_timeout_s, session, mode
         routed.verifier_threshold = verifier_threshold
         if admit:
-            await self.admission.admit(routed)  # counted as it is served: a fault from here on is settled (faults.py)
+            await self._admit(routed)
         return routed
+
+    async def _admit(self, routed: Routed) -> None:
+        """Admitted (counted as it is served): a fault from here on is settled (faults.py), one in the admission itself
+        too once the store may have taken its hold (routed.hold set)."""
+        try:
+            await self.admission.admit(routed)
+        except ServiceError:
+            raise
+        except Exception as bug:
+            if routed.hold is None:
+                raise
+            raise await self._failed_unexpectedly(routed, bug) from bug
 
     async def _refuse_if_cut(self, routed: Routed) -> None:
         """A call admitted once the drain's cut ran (it was being routed then) is not served: gRPC would cancel it at

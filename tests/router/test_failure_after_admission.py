@@ -344,3 +344,35 @@ async def test_a_failed_requests_charge_kept_nowhere_stays_money_not_recorded(
         outbox_unwritable(tmp_path)
         told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-10"), False))
     assert (told.reason, told.metadata.get("cost_pending")) == ("MONEY_NOT_RECORDED", "true")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    # The store took the hold, then the admission failed by a bug: a bare INTERNAL, which the edge made a retryable
+    # 502, the hold left for the reconciler to charge whole while the SDK's retry was refused as a duplicate.
+    admit = RedisStore.admit
+
+    async def held_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        await admit(self, *args, **kwargs)  # the hold taken
+        raise RuntimeError("a bug reading the store's reply")
+
+    monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        told = ServiceError.from_rpc_error(await failure(router, ask("bug-11"), streamed))
+        again = ServiceError.from_rpc_error(await failure(router, ask("bug-11"), streamed))
+    assert (told.code, told.reason, told.metadata) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        {"charged_usd": "0", "retryable": "true"},
+    )
+    assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
+    records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-11"]
+    assert [(r["cost_usd"], UNSERVED in r["reason_detail"]) for r in records] == [("0", True)] * 2, records
+    assert await redis_store.held_pico(CALLER) == (0, 0)
+    assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
