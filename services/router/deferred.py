@@ -314,7 +314,11 @@ class Deferred:
 
     async def _admit(self, request: router_pb2.CompleteRequest, context: Any) -> Routed | None:
         """The line routed and admitted at its model's batch price; None when it is not deferred (nothing held):
-        its model has no batch price or Batch API, or routing or admission refused it (Complete says why)."""
+        its model has no batch price or Batch API, or routing or admission refused it (Complete says why), or failed
+        by a bug of the router's (faults.py): that line's admission, should the store have taken it, is withdrawn, and
+        the call's other lines go on. Left to fail the call, a bug in one line's left every other line admitted, never
+        sent, each charged its hold as it lapsed."""
+        routed: Routed | None = None
         try:
             routed = await self.route(request, context)
             assert routed.registry is not None  # every routed request keeps its registry snapshot
@@ -329,6 +333,11 @@ class Deferred:
             await self.admission.admit(routed, until=money_now() + self.hold_s)
         except ServiceError as exc:
             log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
+            return None
+        except Exception:
+            log.exception("batch line not deferred: an unexpected failure", extra={"request_id": request.request_id})
+            if routed is not None and routed.hold is not None:  # admission.admit sets it once the store may hold it
+                await self.admission.withdraw(routed)
             return None
         return routed
 

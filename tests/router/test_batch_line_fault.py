@@ -1,0 +1,79 @@
+"""A bug of the router's routing or admitting one line of a SubmitBatch. It failed the whole call (a bare INTERNAL)
+while the call's other lines, admitted, stayed held and were never sent: no provider batch recorded for them, each was
+charged its hold as it lapsed, for a line no provider ran. Now that line alone is not deferred (sent to Complete, which
+says what became of it), its admission withdrawn should the store have taken it, and the other lines are sent. A real
+router gRPC server over Redis; a providers gRPC server creating batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.router.sessions import Sessions
+from services.router.store import Account, RedisStore
+from tests.router.servicer_kit import served_router
+from tests.router.test_collect_model import REGISTRY, BatchProvider
+
+ACCOUNT = Account("acme", "anonymous")
+FAULTY = "b:f1"
+
+
+def line(request_id: str) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=f"Explain tides, {request_id}")],
+        model="strong",
+        tenant="acme",
+        api_key_id="anonymous",
+        request_id=request_id,
+    )
+
+
+def bug_in_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store takes the faulty line's hold, then reading its reply fails by a bug."""
+    admit = RedisStore.admit
+
+    async def held_then_a_bug(self: RedisStore, account: Account, allowance: Any, hold: Any, *args: Any) -> Any:
+        verdict = await admit(self, account, allowance, hold, *args)
+        if hold.request_id == FAULTY:
+            raise RuntimeError("a bug reading the store's reply")
+        return verdict
+
+    monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
+
+
+def bug_in_routing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the faulty line's session, as it is routed, fails by a bug: nothing of it held."""
+    get = Sessions.get
+
+    async def a_bug_for_the_faulty_line(self: Sessions, account: Account, request: Any) -> Any:
+        if request.request_id == FAULTY:
+            raise RuntimeError("a bug reading the session")
+        return await get(self, account, request)
+
+    monkeypatch.setattr(Sessions, "get", a_bug_for_the_faulty_line)
+
+
+@pytest.mark.parametrize("bug", [bug_in_admission, bug_in_routing])
+async def test_a_bug_in_one_batch_lines_admission_leaves_it_unheld_and_sends_the_others(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug: Any
+) -> None:
+    bug(monkeypatch)
+    lines = [line(f"b:f{i}") for i in range(3)]
+    async with (
+        served_router(tmp_path, redis_store, BatchProvider(), REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        reply = await router_pb2_grpc.RouterStub(channel).SubmitBatch(
+            router_pb2.SubmitLinesRequest(lines=lines), timeout=10
+        )
+    told = {each.request_id: (each.deferred, each.provider_batch_id, each.error) for each in reply.lines}
+    assert told == {"b:f0": (True, "pbatch-1", ""), FAULTY: (False, "", ""), "b:f2": (True, "pbatch-1", "")}
+    assert await redis_store.pending_charge(ACCOUNT, FAULTY) is None  # withdrawn: nothing held, nothing owed
+    sent = [await redis_store.pending_charge(ACCOUNT, f"b:f{i}") for i in (0, 2)]
+    assert [p.provider_batch if p else None for p in sent] == ["pbatch-1"] * 2
+    held = sum(p.hold_pico for p in sent if p)
+    assert await redis_store.held_pico(ACCOUNT) == (held, held)  # the sent lines' holds alone
