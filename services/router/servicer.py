@@ -111,13 +111,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         routed = await self._route(request, context)
         await self._refuse_if_cut(routed)
         with self.admitted.tracked():
+            if request.buffer_stream:  # settled by its own work alone, which nothing else may settle while it runs
+                async for chunk in self._buffered_stream(routed, context):
+                    yield chunk
+                return
             # Nested, so a cut landing while a failure or a fault is being settled (in the handlers below) is caught
             # too: left to gRPC, it was a bare cancellation, its caller told nothing of its charge.
             try:
-                if request.buffer_stream:
-                    async for chunk in self._buffered_stream(routed, context):
-                        yield chunk
-                    return
                 try:
                     async with aclosing(self._complete_stream(routed, context)) as chunks:
                         async for chunk in chunks:
