@@ -344,12 +344,19 @@ class Deferred:
     async def _send(self, model: str, group: list[Routed], started: float) -> dict[str, router_pb2.DeferredLine]:
         """One provider batch of the lines for `model`. When the provider is known to have created none, or the
         call is past SEND_START_S (its lines admitted too slowly), their admissions are withdrawn (they go to
-        Complete instead); when that is unknown, their holds stay, to be charged when they lapse."""
+        Complete instead); when that is unknown, their holds stay, to be charged when they lapse. So are they withdrawn
+        when making the provider's request fails by a bug: nothing was sent (left to fail the call, they stayed held,
+        never sent, charged their holds as they lapsed)."""
         if time.monotonic() - started > SEND_START_S:
             log.warning("provider batch not sent: its lines took too long to admit", extra={"model": model})
             await self._withdraw(group)
             return {}
-        calls = [generate_request(routed, routed.plan.order[0].model, self.admission.end_users) for routed in group]
+        try:
+            calls = [generate_request(r, r.plan.order[0].model, self.admission.end_users) for r in group]
+        except Exception:
+            log.exception("provider batch not sent: an unexpected failure making it", extra={"model": model})
+            await self._withdraw(group)
+            return {}
         try:
             reply = await self.providers.SubmitBatch(
                 provider_pb2.SubmitBatchRequest(model=model, requests=calls), timeout=PROVIDER_CALL_S
@@ -408,7 +415,7 @@ class Deferred:
 
     async def _record_batch(self, group: list[Routed], batch_id: str) -> None:
         """Each line's provider batch recorded beside its pending charge: only its results settle the line. One not
-        recorded (the store out of reach) keeps '' there: no batch's results settle it (module docstring)."""
+        recorded (the store out of reach, or a bug) keeps '' there: no batch's results settle it (module docstring)."""
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
 
         async def record(routed: Routed) -> bool:
@@ -416,8 +423,11 @@ class Deferred:
             async with slots:
                 try:
                     return await self.store.record_provider_batch(routed.account, routed.hold, batch_id)
-                except StoreUnavailable:
-                    log.error("provider batch of a line not recorded", extra={"request_id": routed.request_id})
+                except Exception as failed:  # a bug too: as the store out of reach, not failing a call whose batch ran
+                    bug = None if isinstance(failed, StoreUnavailable) else failed
+                    log.error(
+                        "provider batch of a line not recorded", exc_info=bug, extra={"request_id": routed.request_id}
+                    )
                     return False
 
         await asyncio.gather(*(record(routed) for routed in group))

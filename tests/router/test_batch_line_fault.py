@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.router import deferred
 from services.router.sessions import Sessions
 from services.router.store import Account, RedisStore
 from tests.router.servicer_kit import served_router
@@ -57,12 +58,11 @@ def bug_in_routing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Sessions, "get", a_bug_for_the_faulty_line)
 
 
-@pytest.mark.parametrize("bug", [bug_in_admission, bug_in_routing])
-async def test_a_bug_in_one_batch_lines_admission_leaves_it_unheld_and_sends_the_others(
-    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug: Any
-) -> None:
-    bug(monkeypatch)
-    lines = [line(f"b:f{i}") for i in range(3)]
+async def submitted(
+    redis_store: RedisStore, tmp_path: Path, lines: list[router_pb2.CompleteRequest]
+) -> dict[str, tuple[bool, str, str]]:
+    """The lines offered to a router whose provider creates every batch: each line's reply (deferred, its provider
+    batch, its error), by request id."""
     async with (
         served_router(tmp_path, redis_store, BatchProvider(), REGISTRY) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
@@ -70,10 +70,55 @@ async def test_a_bug_in_one_batch_lines_admission_leaves_it_unheld_and_sends_the
         reply = await router_pb2_grpc.RouterStub(channel).SubmitBatch(
             router_pb2.SubmitLinesRequest(lines=lines), timeout=10
         )
-    told = {each.request_id: (each.deferred, each.provider_batch_id, each.error) for each in reply.lines}
+    return {each.request_id: (each.deferred, each.provider_batch_id, each.error) for each in reply.lines}
+
+
+@pytest.mark.parametrize("bug", [bug_in_admission, bug_in_routing])
+async def test_a_bug_in_one_batch_lines_admission_leaves_it_unheld_and_sends_the_others(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug: Any
+) -> None:
+    bug(monkeypatch)
+    told = await submitted(redis_store, tmp_path, [line(f"b:f{i}") for i in range(3)])
     assert told == {"b:f0": (True, "pbatch-1", ""), FAULTY: (False, "", ""), "b:f2": (True, "pbatch-1", "")}
     assert await redis_store.pending_charge(ACCOUNT, FAULTY) is None  # withdrawn: nothing held, nothing owed
     sent = [await redis_store.pending_charge(ACCOUNT, f"b:f{i}") for i in (0, 2)]
     assert [p.provider_batch if p else None for p in sent] == ["pbatch-1"] * 2
     held = sum(p.hold_pico for p in sent if p)
     assert await redis_store.held_pico(ACCOUNT) == (held, held)  # the sent lines' holds alone
+
+
+async def test_a_bug_making_the_provider_batch_withdraws_its_lines(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing sent: the lines go to Complete, nothing held (they stayed held, the call failing, charged their holds as
+    they lapsed)."""
+
+    def a_bug(*args: Any) -> Any:
+        raise RuntimeError("a bug making the provider's request")
+
+    monkeypatch.setattr(deferred, "generate_request", a_bug)
+    told = await submitted(redis_store, tmp_path, [line(f"b:f{i}") for i in range(3)])
+    assert told == {f"b:f{i}": (False, "", "") for i in range(3)}
+    for i in range(3):
+        assert await redis_store.pending_charge(ACCOUNT, f"b:f{i}") is None
+    assert await redis_store.held_pico(ACCOUNT) == (0, 0)
+
+
+async def test_a_bug_recording_a_lines_provider_batch_is_taken_as_the_store_out_of_reach(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch created, one line's record of it failing by a bug: the call failed (a bare INTERNAL) though its batch
+    ran. Answered as when the store is out of reach to record it: deferred, its hold charged when it lapses (no batch's
+    results settle it); the others recorded."""
+    record = RedisStore.record_provider_batch
+
+    async def a_bug_for_the_faulty_line(self: RedisStore, account: Account, hold: Any, batch_id: str) -> bool:
+        if hold.request_id == FAULTY:
+            raise RuntimeError("a bug recording the batch")
+        return await record(self, account, hold, batch_id)
+
+    monkeypatch.setattr(RedisStore, "record_provider_batch", a_bug_for_the_faulty_line)
+    told = await submitted(redis_store, tmp_path, [line(f"b:f{i}") for i in range(3)])
+    assert told == {f"b:f{i}": (True, "pbatch-1", "") for i in range(3)}
+    pending = [await redis_store.pending_charge(ACCOUNT, f"b:f{i}") for i in range(3)]
+    assert [p.provider_batch if p else None for p in pending] == ["pbatch-1", "", "pbatch-1"]
