@@ -134,8 +134,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it; or
                 # whole, when the cut came as its answer's charge was on its way; or as its failure or fault settles it
                 # (run on, shielded), when the cut came as that was on its way.
-                charged = await self._charged_when_cut(routed)
-                raise cut_error(routed.request_id, charged, routed.released) from None
+                raise await self._ended_by_cut(routed) from None
             finally:
                 await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
@@ -206,8 +205,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if not self.admitted.ran:
             return
         routed.failure, routed.note = "cancelled", "refused unserved: the router was shutting down"
+        raise await self._ended_by_cut(routed)
+
+    async def _ended_by_cut(self, routed: Routed) -> ServiceError:
+        """The error of a call the drain's cut ends, telling what it was charged."""
         charged = await self._charged_when_cut(routed)
-        raise cut_error(routed.request_id, charged, routed.released)
+        return cut_error(routed.request_id, charged, routed.released)
 
     async def _charged_when_cut(self, routed: Routed) -> Decimal | None:
         """What a call the drain's cut ends was charged (Charger.charged). Its charge failing by a bug is told as any
@@ -316,7 +319,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 with self.admitted.sending(cut_after=False):  # its answer generated and charged: nothing left to cut
                     yield chunk
         except Exception as bug:  # its work ended, settled: the error tells what it was charged (faults.py)
-            raise await self._failed_unexpectedly(routed, bug) from bug
+            try:
+                fault = await self._failed_unexpectedly(routed, bug)
+            except asyncio.CancelledError:  # the cut, as that charge was read: told as every cut call is
+                if not self.admitted.was_cut():
+                    raise
+                fault = await self._ended_by_cut(routed)
+            raise fault from bug
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         self.routing.count(routed)

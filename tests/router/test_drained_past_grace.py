@@ -850,3 +850,35 @@ async def test_a_stream_cut_while_its_failure_is_settled_is_told_it_may_be_sent_
     assert shutting_down(ended).metadata == {"charged_usd": charge["cost_usd"], "retryable": "true"}
     assert Decimal(charge["cost_usd"]) == 0
     await ledger_is_spend(redis_url)
+
+
+async def test_a_buffered_stream_cut_while_its_fault_is_told_is_told_its_charge(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffered stream's answer, generated and charged, failing by a bug as it is made a stream's chunks, the cut
+    landing as that fault is told (its charge read): ended with gRPC's bare cancellation, its caller told nothing of
+    the charge. Told as every cut call is: SHUTTING_DOWN, what it was charged."""
+    the_cut = CutByHand()
+
+    def cut_then_a_bug(response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:
+        the_cut()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(servicer, "answer_chunks", cut_then_a_bug)
+    provider, request = Held(), ask()
+    request.buffer_stream = True
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        the_cut.take(running)  # cut as the fault is told, not at cut_at
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        provider.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await chunks.read()
+        await stopping
+    told = shutting_down(ended.value)
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert charge["outcome"] == "ok"
+    assert told.metadata == {"charged_usd": charge["cost_usd"], "retryable": "false"}
+    await ledger_is_spend(redis_url)
