@@ -227,7 +227,7 @@ class Deferred:
         taken = {routed.request_id for routed in admitted if routed is not None}
         try:
             answers.update(await self._sent([line for line in lines if line.request_id not in found.keys() | taken]))
-        except ServiceError:
+        except Exception:  # a bug too: its lines, never sent, are not left held to be charged their holds
             await self._withdraw([routed for routed in admitted if routed is not None])
             raise
         groups: dict[str, list[Routed]] = {}

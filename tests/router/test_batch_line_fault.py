@@ -122,3 +122,30 @@ async def test_a_bug_recording_a_lines_provider_batch_is_taken_as_the_store_out_
     assert told == {f"b:f{i}": (True, "pbatch-1", "") for i in range(3)}
     pending = [await redis_store.pending_charge(ACCOUNT, f"b:f{i}") for i in range(3)]
     assert [p.provider_batch if p else None for p in pending] == ["pbatch-1", "", "pbatch-1"]
+
+
+async def test_a_bug_looking_the_lines_up_again_withdraws_every_admitted_line(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines admitted, the second look-up of a line not admitted (one another call of the same lines may have
+    taken meanwhile) failing by a bug: the call fails, and its admitted lines, never sent, were left held, each charged
+    its hold as it lapsed. Withdrawn, as when that look-up finds the store out of reach."""
+    pending_charge = RedisStore.pending_charge
+    looked_up: list[str] = []
+
+    async def a_bug_the_second_time(self: RedisStore, account: Account, request_id: str) -> Any:
+        if request_id in looked_up:
+            raise RuntimeError("a bug reading a pending charge")
+        looked_up.append(request_id)
+        return await pending_charge(self, account, request_id)
+
+    monkeypatch.setattr(RedisStore, "pending_charge", a_bug_the_second_time)
+    refused = line("b:refused")
+    refused.quality_target = 2  # refused as it is routed: not admitted, so looked up again
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await submitted(redis_store, tmp_path, [*(line(f"b:f{i}") for i in range(3)), refused])
+    monkeypatch.setattr(RedisStore, "pending_charge", pending_charge)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    for i in range(3):
+        assert await redis_store.pending_charge(ACCOUNT, f"b:f{i}") is None, i  # withdrawn: nothing owed
+    assert await redis_store.held_pico(ACCOUNT) == (0, 0)
