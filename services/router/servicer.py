@@ -192,10 +192,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         too once the store may have taken its hold (routed.hold set)."""
         try:
             await self.admission.admit(routed)
-        except ServiceError:
-            raise
         except Exception as bug:
-            if routed.hold is None:
+            if routed.hold is None:  # refused (a ServiceError), or failed before its hold was asked of the store
                 raise
             raise await self._failed_unexpectedly(routed, bug) from bug
 
