@@ -84,7 +84,7 @@ class Decision(_message.Message):
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ..., max_tokens_capped: _Optional[int] = ..., model_with_every_provider: _Optional[str] = ..., reason_with_every_provider: _Optional[str] = ..., session_affinity: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json", "escalation_signal", "logprobs_json", "refusal")
+    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json", "escalation_signal", "logprobs_json", "refusal", "cost_pending")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class CompleteResponse(_message.Message):
     ESCALATION_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_JSON_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    COST_PENDING_FIELD_NUMBER: _ClassVar[int]
     id: str
     content: str
     model: str
@@ -117,7 +118,8 @@ class CompleteResponse(_message.Message):
     escalation_signal: str
     logprobs_json: str
     refusal: str
-    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., escalation_signal: _Optional[str] = ..., logprobs_json: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
+    cost_pending: bool
+    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., escalation_signal: _Optional[str] = ..., logprobs_json: _Optional[str] = ..., refusal: _Optional[str] = ..., cost_pending: _Optional[bool] = ...) -> None: ...
 
 class CompleteChunk(_message.Message):
     __slots__ = ("decision", "delta", "final", "refusal_delta")
@@ -176,18 +178,20 @@ class CollectBatchRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CollectedLine(_message.Message):
-    __slots__ = ("request_id", "succeeded", "response", "error", "charged_usd")
+    __slots__ = ("request_id", "succeeded", "response", "error", "charged_usd", "cost_pending")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CHARGED_USD_FIELD_NUMBER: _ClassVar[int]
+    COST_PENDING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     succeeded: bool
     response: CompleteResponse
     error: str
     charged_usd: str
-    def __init__(self, request_id: _Optional[str] = ..., succeeded: _Optional[bool] = ..., response: _Optional[_Union[CompleteResponse, _Mapping]] = ..., error: _Optional[str] = ..., charged_usd: _Optional[str] = ...) -> None: ...
+    cost_pending: bool
+    def __init__(self, request_id: _Optional[str] = ..., succeeded: _Optional[bool] = ..., response: _Optional[_Union[CompleteResponse, _Mapping]] = ..., error: _Optional[str] = ..., charged_usd: _Optional[str] = ..., cost_pending: _Optional[bool] = ...) -> None: ...
 
 class CollectBatchResponse(_message.Message):
     __slots__ = ("status", "ended", "lines")

@@ -226,13 +226,15 @@ class Deferral:
                 if line.succeeded:
                     room = wire.logprobs_room(batch, self.max_file_bytes)
                     body = completion_body(without_large_logprobs(line.response, room))
-                    await results.record(self.store, batch_id, index, custom_id, 200, body, line.response.cost_usd)
+                    cost, pending = line.response.cost_usd, line.response.cost_pending
+                    await results.record(self.store, batch_id, index, custom_id, 200, body, cost, pending)
                 else:
                     cost = line.charged_usd or "0"
-                    # Charged without an answer: its worst case, as the provider may have run and billed it.
-                    code = UNKNOWN if Decimal(cost) else "provider_batch_line_failed"
-                    body = _charged_error(line.error, code, cost)
-                    await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
+                    # Charged without an answer: its worst case, as the provider may have run and billed it; or
+                    # charged before, at an amount the router could not tell (pending).
+                    code = UNKNOWN if line.cost_pending or Decimal(cost) else "provider_batch_line_failed"
+                    body = _charged_error(line.error, code, cost, line.cost_pending)
+                    await results.record(self.store, batch_id, index, custom_id, 502, body, cost, line.cost_pending)
         return True
 
 
@@ -248,10 +250,11 @@ def without_large_logprobs(response: router_pb2.CompleteResponse, room: int) -> 
     return response
 
 
-def _charged_error(message: str, code: str, cost: str) -> dict[str, Any]:
+def _charged_error(message: str, code: str, cost: str, cost_pending: bool = False) -> dict[str, Any]:
     """A deferred line's error body, with what it is charged (as an answer's x_router.cost_usd): the files' costs
-    add up to the ledger's."""
-    return {**ApiError(502, message, code=code).body(), "x_router": {"cost_usd": cost}}
+    add up to the ledger's, but for lines whose cost is pending (x_router.cost_pending, as an answer's)."""
+    told = {"cost_pending": True} if cost_pending else {"cost_usd": cost}
+    return {**ApiError(502, message, code=code).body(), "x_router": told}
 
 
 def _parts(

@@ -17,13 +17,27 @@ from services.batches.store import Store, batch_key, results_key
 # failed)
 LINES = Counter("llmrouter_edge_batch_lines_total", "Batch lines finished", ["outcome"])
 COST = Counter("llmrouter_edge_batch_cost_usd_total", "What finished batch lines cost")
+# Lines whose charge the router could not tell (cost_pending): in the ledger, at most their hold, not in COST.
+COST_PENDING = Counter(
+    "llmrouter_edge_batch_cost_pending_lines_total", "Finished batch lines whose cost is pending, not in the cost"
+)
 
 
 async def record(
-    store: Store, batch_id: str, index: int, custom_id: str | None, status: int, body: Any, cost: str = "0"
+    store: Store,
+    batch_id: str,
+    index: int,
+    custom_id: str | None,
+    status: int,
+    body: Any,
+    cost: str = "0",
+    cost_pending: bool = False,
 ) -> None:
+    """`cost_pending`: the router could not tell what the line was charged (its body says so): counted as pending,
+    not as `cost`."""
     line = wire.output_line(custom_id, wire.request_id(batch_id, index, custom_id), status, body)
-    await _write(store, batch_id, index, status == 200, line, cost, "completed" if status == 200 else "failed")
+    outcome = "completed" if status == 200 else "failed"
+    await _write(store, batch_id, index, status == 200, line, cost, outcome, cost_pending)
 
 
 async def record_expired(store: Store, batch_id: str, index: int, custom_id: str | None) -> None:
@@ -41,9 +55,15 @@ async def record_unknown(
     await _write(store, batch_id, index, False, line, "0", "failed")
 
 
-async def _write(store: Store, batch_id: str, index: int, ok: bool, line: str, cost: str, outcome: str) -> None:
-    result = {"ok": ok, "line": line, "cost": cost}
+async def _write(
+    store: Store, batch_id: str, index: int, ok: bool, line: str, cost: str, outcome: str, cost_pending: bool = False
+) -> None:
+    result = {"ok": ok, "line": line, "cost": "" if cost_pending else cost, "cost_pending": cost_pending}
     if await store.put_once(results_key(batch_id), str(index), json.dumps(result).encode()):
         await store.add(batch_key(batch_id), "completed" if ok else "failed", 1)
         LINES.labels(outcome).inc()
-        COST.inc(float(Decimal(cost)))
+        if cost_pending:
+            await store.add(batch_key(batch_id), wire.COST_PENDING_FIELD, 1)
+            COST_PENDING.inc()
+        else:
+            COST.inc(float(Decimal(cost)))

@@ -578,8 +578,10 @@ class Runner:
                     return
                 answered = answered.status, answered.body  # written pending, at its hold
             status, body = answered
-            cost = body.get("x_router", {}).get("cost_usd", "0")  # a failure's too: what its attempts were charged
-            await results.record(self.store, batch_id, index, custom_id, status, body, cost)
+            told = body.get("x_router", {})
+            cost = told.get("cost_usd", "0")  # a failure's too: what its attempts were charged
+            pending_cost = told.get("cost_pending") is True  # charged, by how much the ledger alone says
+            await results.record(self.store, batch_id, index, custom_id, status, body, cost, pending_cost)
             pending.finished()
         finally:
             self.slots.release()

@@ -23,6 +23,8 @@ MAX_LINES = 50_000  # as OpenAI
 MAX_CUSTOM_ID = 200
 LINE_KEYS = ("custom_id", "method", "url", "body")  # a line's, as OpenAI's
 DAY_S = 86_400
+# The batch's count of its finished lines whose cost is pending (results.py adds to it, batch_body tells it).
+COST_PENDING_FIELD = "cost_pending_lines"
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 # A line in doubt (sent, its result lost) that was not sent again: as an edge not serving the batch's key sends none,
 # or as its line can no longer be parsed (unparsed.py; it may have run, parsed as it was then).
@@ -292,4 +294,7 @@ def batch_body(batch_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
             "failed": int(fields.get("failed", b"0")),
         },
         "metadata": json.loads(fields["metadata"]) if "metadata" in fields else None,
+        # Of its finished lines, those whose cost the router could not tell (their x_router.cost_pending): charged, at
+        # most their hold, by how much the ledger alone says; they are in no cost counted at 0.
+        "x_router": {"cost_pending_lines": int(fields.get(COST_PENDING_FIELD, b"0"))},
     }

@@ -43,6 +43,7 @@ from services.edge.openai_api import (
     check_encoded_size,
     chunk_body,
     completion_body,
+    cost_headers,
     logprobs,
     models_body,
     parse_request,
@@ -293,7 +294,7 @@ def answered(response: router_pb2.CompleteResponse, request_id: str) -> JSONResp
     """The router's answer as an unstreamed chat completion, with its headers."""
     headers = {
         "x-router-model": response.model,
-        "x-router-cost-usd": response.cost_usd,
+        **cost_headers(response),
         "x-router-reason": header_safe(response.decision.reason),
         "x-request-id": request_id,
     }

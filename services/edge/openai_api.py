@@ -664,10 +664,21 @@ def usage_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
     }
 
 
+def cost_told(response: router_pb2.CompleteResponse) -> dict[str, Any]:
+    """An answer's cost in x_router: its exact charge, or, when the router could not read what the ledger charged it
+    (cost_pending), no amount but that it is pending, as a failure whose charge is pending says it."""
+    return {"cost_pending": True} if response.cost_pending else {"cost_usd": response.cost_usd}
+
+
+def cost_headers(response: router_pb2.CompleteResponse) -> dict[str, str]:
+    """cost_told as an answer's headers: x-router-cost-usd, or x-router-cost-pending in its stead."""
+    return {"x-router-cost-pending": "true"} if response.cost_pending else {"x-router-cost-usd": response.cost_usd}
+
+
 def router_extension(response: router_pb2.CompleteResponse) -> dict[str, Any]:
     """The router's accounting, beside OpenAI's fields (SDKs keep unknown fields as extras)."""
     return {
-        "cost_usd": response.cost_usd,
+        **cost_told(response),
         "provider": response.provider,
         "latency_ms": response.latency_ms,
         "reason": response.decision.reason,

@@ -131,6 +131,7 @@ class ResponseCache:
         if response is None:
             return None
         response.id, response.cache_hit, response.cost_usd = routed.request_id, True, "0"
+        response.cost_pending = False  # the kept answer's own charge was unread; this request's, nothing, is known
         response.latency_ms = int((time.perf_counter() - routed.started) * 1000)
         response.decision.CopyFrom(routed.decision)
         response.decision.reason = "served from the response cache"

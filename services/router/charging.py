@@ -246,17 +246,20 @@ class Charger:
     async def _as_charged(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
         """A request charged before (the reconciler settled it at its hold while it ran, its router taken for dead)
         is told at what the ledger charged it, which its charged marker says. When the marker does not say (a router of
-        the version before charged it) or cannot be read, its answer says what it computed (the caller is answered all
-        the same), but the request's charge is unknown (None): a status telling it says it pending, not 0."""
+        the version before charged it) or cannot be read, the caller is answered all the same, its charge unknown
+        (None): the answer says it pending (cost_pending, no cost_usd: what it computed is not what the ledger holds),
+        and so does a status telling it, not 0."""
         routed.charged = None
         try:
             pico = await self.store.charged_pico(routed.account, routed.request_id)
         except Exception:
             log.exception("charged before: its charge not read", extra={"request_id": routed.request_id})
+            pico = None
+        if pico is None:
+            response.cost_usd, response.cost_pending = "", True
             return
-        if pico is not None:
-            routed.charged = Decimal(pico) / PICO
-            response.cost_usd = format(routed.charged, "f")
+        routed.charged = Decimal(pico) / PICO
+        response.cost_usd = format(routed.charged, "f")
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse, served: Served | None) -> str:

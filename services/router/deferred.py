@@ -793,12 +793,16 @@ class Deferred:
     ) -> router_pb2.CollectedLine:
         """A line settled before, reported at what the ledger charged it, which its outcome read again may not say: the
         hold it was charged when that outcome was unknown, or its batch given up on, or its hold lapsed, was told as 0,
-        or as the answer's own cost. Told as read when its charged marker does not say (a router of the version before
-        charged it). Its charge is counted by this collect when it is counted nowhere yet: the reply to the collect that
-        made it was lost (`counts`, taken by any charge id at the collect's end)."""
+        or as the answer's own cost. Told pending when its charged marker does not say (a router of the version before
+        charged it): no amount, rather than one the ledger may not hold. Its charge is counted by this collect when it
+        is counted nowhere yet: the reply to the collect that made it was lost (`counts`, taken by any charge id at the
+        collect's end)."""
         counts.append(UncountedCharge(account, request_id))
         pico = await self.store.charged_pico(account, request_id)
         if pico is None:
+            line.cost_pending, line.charged_usd = True, ""
+            if line.succeeded:
+                line.response.cost_pending, line.response.cost_usd = True, ""
             return line
         charged = format(Decimal(pico) / PICO, "f")
         # An answer is told at that charge whatever its usage costs now: read again, it is priced at today's prices,

@@ -266,8 +266,9 @@ async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadabl
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The collect that charged the line's answer lost its reply, and its charged marker says no amount (as a router
-    of the version before wrote it); the provider then forgot the batch. The next collect tells the answer kept, at its
-    cost: with no charge on record to tell otherwise, not failed for want of one."""
+    of the version before wrote it); the provider then forgot the batch. The next collect tells the answer kept, not
+    failed for want of a charge on record, its cost pending: the ledger alone says what it charged (the answer's cost,
+    or the hold, had the line been charged without it), so no amount is told."""
     store = RedisStore(redis_url)
     clock = WaitingClock(monkeypatch)
     charged = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
@@ -289,8 +290,10 @@ async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadabl
     finally:
         await store.close()
     assert lost.succeeded and again.succeeded, again
-    assert again.response == lost.response
-    assert Decimal(again.response.cost_usd) == Decimal(batch_cost("strong")) / PICO
+    assert Decimal(lost.response.cost_usd) == Decimal(batch_cost("strong")) / PICO
+    assert again.cost_pending and again.response.cost_pending and not again.response.cost_usd, again
+    again.response.cost_usd, again.response.cost_pending = lost.response.cost_usd, False
+    assert again.response == lost.response  # the answer kept, told whole
 
 
 class BatchAfterBatch(BatchProvider):

@@ -1,0 +1,63 @@
+"""A batch line whose answer says its cost is pending (the router could not read what the ledger charged it:
+CompleteResponse.cost_pending) is counted pending, not at 0: its output line says x_router.cost_pending, the batch
+says how many of its lines are so (x_router.cost_pending_lines), and the edge counts it in
+llmrouter_edge_batch_cost_pending_lines_total, not in llmrouter_edge_batch_cost_usd_total. It was counted 0 there
+silently. The real edge over a stand-in router on loopback gRPC, read with the official openai SDK."""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_router
+from tests.integration.test_batch_parking import edge_of, submit
+from tests.integration.test_provider_batches import finished, lines_of
+
+EXACT = "0.000123"
+
+
+class OnePending(router_pb2_grpc.RouterServicer):
+    """Answers every line, the first (custom_id parked-0) with its cost pending, the others at EXACT."""
+
+    async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
+        answer = router_pb2.CompleteResponse(id=request.request_id, model="cheap-model", content="hi")
+        if request.request_id.endswith(":parked-0"):
+            answer.cost_pending = True
+        else:
+            answer.cost_usd = EXACT
+        return answer
+
+
+def counted(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() -> None:
+    tenant, key = f"pending-{secrets.token_hex(4)}", f"sk-pending-{secrets.token_urlsafe(12)}"
+    cost, pending = (
+        counted("llmrouter_edge_batch_cost_usd_total"),
+        counted("llmrouter_edge_batch_cost_pending_lines_total"),
+    )
+    async with served_router(OnePending()) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
+            api_keys=SecretStr(key_line(tenant, key)),
+        )  # fmt: skip
+        async with edge_of(settings, key) as client:
+            done = await finished(client, await submit(client, 3), timeout_s=30)
+            answers = await lines_of(client, done.output_file_id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 3, 0)
+    assert (done.model_extra or {})["x_router"] == {"cost_pending_lines": 1}
+    told = {custom_id: line["response"]["body"]["x_router"] for custom_id, line in answers.items()}
+    assert told["parked-0"]["cost_pending"] is True and "cost_usd" not in told["parked-0"], told
+    assert [told[f"parked-{i}"]["cost_usd"] for i in (1, 2)] == [EXACT, EXACT]
+    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 1
+    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(2 * Decimal(EXACT)))

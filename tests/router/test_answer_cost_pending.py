@@ -1,0 +1,129 @@
+"""An answer whose charge the router cannot read says its cost is pending. The reconciler settled the request at its
+hold while it ran (its router taken for dead); the router's own charge then meets that one, and its charged marker
+says no amount (as a router of the version before wrote it). The answer told its caller the cost it computed, in
+cost_usd, x-router-cost-usd and x_router.cost_usd, while the ledger had charged the hold. Now it says no amount but
+that its cost is pending (CompleteResponse.cost_pending; at the edge x-router-cost-pending and
+x_router.cost_pending), unary and in a stream's final chunk. A real router gRPC server over Redis, a real providers
+gRPC server, the real edge, and the official openai SDK reading its answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from services.edge.settings import EdgeSettings
+from services.router.store import Account, AccountKeys, RedisStore
+from services.router.store.model import CHARGED_TOTAL
+from tests.conftest import ledger_records
+from tests.integration.conftest import free_port, served_edge
+from tests.router.servicer_kit import served_router, store_on
+from tests.router.test_admission import REGISTRY
+from tests.waiting import eventually
+
+
+class Held(provider_pb2_grpc.ProviderServicer):
+    """A providers service whose answer, unary or streamed, waits until `answer` is set."""
+
+    def __init__(self) -> None:
+        self.called, self.answer = asyncio.Event(), asyncio.Event()
+
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.called.set()
+        await self.answer.wait()
+        usage = common_pb2.Usage(input_tokens=10, output_tokens=5)
+        return provider_pb2.GenerateResponse(content="an answer", usage=usage, model=request.model)
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        first = await anext(aiter(requests))
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(aiter(requests))  # the router's word to send it
+        reply = await self.Generate(first.request, context)
+        yield provider_pb2.GenerateChunk(delta=reply.content)
+        yield provider_pb2.GenerateChunk(final=provider_pb2.GenerateResponse(usage=reply.usage, model=reply.model))
+
+
+async def answered_after_reconciled(
+    tmp_path: Path, redis_url: str, ask: Callable[[str], Awaitable[Any]]
+) -> tuple[Any, str, list[dict[str, Any]]]:
+    """`ask(edge base URL)`'s result once the request it makes was settled at its hold by another router's reconciler
+    and its charged marker made to say no amount; with the hold and the ledger's records."""
+    held = Held()
+    reconciler = RedisStore(redis_url)
+    db: Any = redis.from_url(redis_url)
+    try:
+        async with store_on(redis_url) as store, served_router(tmp_path, store, held) as running:
+            settings = EdgeSettings(
+                port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
+            )
+            async with served_edge(settings) as base:
+                asking = asyncio.create_task(ask(base))
+                await held.called.wait()
+                # This router never beats (no upkeep runs here): another router's reconciler settles it at its hold.
+                await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+                (record,) = await ledger_records(db)
+                marker = AccountKeys.of(Account(record["tenant"], record["key"])).charged(record["request_id"])
+                entries, total = (await db.get(marker)).decode().rsplit(" ", 1)
+                assert total.startswith(CHARGED_TOTAL)
+                await db.set(marker, entries, keepttl=True)  # as the version before wrote it: its entries alone
+                held.answer.set()
+                answer = await asking
+        return answer, record["cost_usd"], await ledger_records(db)
+    finally:
+        await db.aclose()
+        await reconciler.close()
+
+
+BODY = {"model": "cheap", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 50}
+# Each route that answers a completion: the chat route's, and the legacy and Responses routes it serves.
+ROUTES = {
+    "/chat/completions": BODY,
+    "/completions": {"model": "cheap", "prompt": "Hello there", "max_tokens": 50},
+    "/responses": {"model": "cheap", "input": "Hello there", "max_output_tokens": 50},
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+async def test_an_answer_whose_charge_is_unread_says_its_cost_pending(
+    tmp_path: Path, redis_url: str, route: str
+) -> None:
+    async def ask(base: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            return await client.post(route, json=ROUTES[route])
+
+    reply, hold, records = await answered_after_reconciled(tmp_path, redis_url, ask)
+    assert reply.status_code == 200, reply.text
+    assert "an answer" in reply.text
+    assert reply.headers["x-router-cost-pending"] == "true"
+    assert "x-router-cost-usd" not in reply.headers  # the answer's computed cost is not what the ledger charged
+    told = reply.json()["x_router"]
+    assert told["cost_pending"] is True and "cost_usd" not in told, told
+    assert [(r["outcome"], r["cost_usd"]) for r in records] == [("reconciled", hold)]  # charged once, its hold
+
+
+async def test_a_streamed_answer_whose_charge_is_unread_says_its_cost_pending_in_its_last_chunk(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async def ask(base: str) -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+        stream = await client.chat.completions.create(**BODY, stream=True, stream_options={"include_usage": True})
+        return [chunk async for chunk in stream]
+
+    chunks, hold, records = await answered_after_reconciled(tmp_path, redis_url, ask)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "an answer"
+    last = chunks[-1]
+    assert last.usage is not None and last.usage.completion_tokens == 5  # OpenAI's fields read as ever
+    told = (last.model_extra or {})["x_router"]
+    assert told["cost_pending"] is True and "cost_usd" not in told, json.dumps(told)
+    assert [(r["outcome"], r["cost_usd"]) for r in records] == [("reconciled", hold)]
