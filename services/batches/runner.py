@@ -612,6 +612,10 @@ class Runner:
             # line sent before was charged, or that its charge is still pending.
             if error.reason == "DUPLICATE_REQUEST" and error.metadata.get("held_usd"):
                 return ChargeOpen(api_error.status, api_error.body())
+            if error.reason == "DUPLICATE_REQUEST" and not error.metadata.get("charged_usd"):
+                # This line's own id (the batch's in it), charged before at an amount the router cannot tell (its
+                # charged marker says none): pending, not 0.
+                api_error.cost_pending = True
             return api_error.status, api_error.body()
         return 200, completion_body(without_large_logprobs(response, wire.logprobs_room(batch, self.max_file_bytes)))
 

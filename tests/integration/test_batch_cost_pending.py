@@ -7,7 +7,6 @@ silently. The real edge over a stand-in router on loopback gRPC, read with the o
 from __future__ import annotations
 
 import secrets
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,6 +16,8 @@ from pydantic import SecretStr
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from services.router.admission import _duplicate
+from services.router.store import Verdict
 from tests.integration.conftest import free_port, served_router
 from tests.integration.test_batch_parking import edge_of, submit
 from tests.integration.test_provider_batches import finished, lines_of
@@ -24,15 +25,19 @@ from tests.integration.test_provider_batches import finished, lines_of
 EXACT = "0.000123"
 
 
-class OnePending(router_pb2_grpc.RouterServicer):
-    """Answers every line, the first (custom_id parked-0) with its cost pending, the others at EXACT."""
+class SomePending(router_pb2_grpc.RouterServicer):
+    """Answers the first line (custom_id parked-0) with its cost pending, the second at EXACT, and refuses the third
+    as a duplicate whose charge it cannot tell (as admission does when the line's charged marker says no amount)."""
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         answer = router_pb2.CompleteResponse(id=request.request_id, model="cheap-model", content="hi")
         if request.request_id.endswith(":parked-0"):
             answer.cost_pending = True
-        else:
+        elif request.request_id.endswith(":parked-1"):
             answer.cost_usd = EXACT
+        else:
+            error = _duplicate(Verdict("duplicate"), request.request_id)
+            await context.abort(error.code, error.message, error.trailing_metadata())
         return answer
 
 
@@ -46,7 +51,7 @@ async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() 
         counted("llmrouter_edge_batch_cost_usd_total"),
         counted("llmrouter_edge_batch_cost_pending_lines_total"),
     )
-    async with served_router(OnePending()) as router_addr:
+    async with served_router(SomePending()) as router_addr:
         settings = EdgeSettings(
             port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
             api_keys=SecretStr(key_line(tenant, key)),
@@ -54,10 +59,13 @@ async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() 
         async with edge_of(settings, key) as client:
             done = await finished(client, await submit(client, 3), timeout_s=30)
             answers = await lines_of(client, done.output_file_id)
-    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 3, 0)
-    assert (done.model_extra or {})["x_router"] == {"cost_pending_lines": 1}
-    told = {custom_id: line["response"]["body"]["x_router"] for custom_id, line in answers.items()}
-    assert told["parked-0"]["cost_pending"] is True and "cost_usd" not in told["parked-0"], told
-    assert [told[f"parked-{i}"]["cost_usd"] for i in (1, 2)] == [EXACT, EXACT]
-    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 1
-    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(2 * Decimal(EXACT)))
+            errors = await lines_of(client, done.error_file_id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 2, 1)
+    assert (done.model_extra or {})["x_router"] == {"cost_pending_lines": 2}
+    told = {custom_id: line["response"]["body"]["x_router"] for custom_id, line in {**answers, **errors}.items()}
+    for pending_line in ("parked-0", "parked-2"):
+        assert told[pending_line]["cost_pending"] is True and "cost_usd" not in told[pending_line], told
+    assert told["parked-1"]["cost_usd"] == EXACT
+    assert errors["parked-2"]["response"]["body"]["error"]["code"] == "duplicate_request"
+    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
+    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
