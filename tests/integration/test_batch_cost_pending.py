@@ -69,3 +69,59 @@ async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() 
     assert errors["parked-2"]["response"]["body"]["error"]["code"] == "duplicate_request"
     assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
     assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
+
+
+class DeferringSomePending(router_pb2_grpc.RouterServicer):
+    """Defers every line to one provider batch; collected, the first line (parked-0) is an answer whose cost is pending,
+    the second a failure whose charge is pending (CollectedLine.cost_pending: charged before under a marker saying no
+    amount), the third an answer at EXACT."""
+
+    async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
+        deferred = [
+            router_pb2.DeferredLine(
+                request_id=line.request_id, deferred=True, model="cheap-model", provider_batch_id="pb-1", held_usd="1"
+            )
+            for line in request.lines
+        ]
+        return router_pb2.SubmitLinesResponse(lines=deferred)
+
+    async def CollectBatch(
+        self, request: router_pb2.CollectBatchRequest, context: Any
+    ) -> router_pb2.CollectBatchResponse:
+        lines = []
+        for request_id in request.request_ids:
+            answer = router_pb2.CompleteResponse(id=request_id, model="cheap-model", content="hi")
+            if request_id.endswith(":parked-0"):
+                answer.cost_pending = True
+                lines.append(router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=answer))
+            elif request_id.endswith(":parked-1"):
+                lines.append(router_pb2.CollectedLine(request_id=request_id, error="charged before", cost_pending=True))
+            else:
+                answer.cost_usd = EXACT
+                lines.append(router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=answer))
+        return router_pb2.CollectBatchResponse(status="ended", ended=True, lines=lines)
+
+
+async def test_a_collected_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() -> None:
+    tenant, key = f"deferred-{secrets.token_hex(4)}", f"sk-deferred-{secrets.token_urlsafe(12)}"
+    cost, pending = (
+        counted("llmrouter_edge_batch_cost_usd_total"),
+        counted("llmrouter_edge_batch_cost_pending_lines_total"),
+    )
+    async with served_router(DeferringSomePending()) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, batch_poll_s=0.05,
+            api_keys=SecretStr(key_line(tenant, key)),
+        )  # fmt: skip
+        async with edge_of(settings, key) as client:
+            done = await finished(client, await submit(client, 3), timeout_s=30)
+            answers = await lines_of(client, done.output_file_id)
+            errors = await lines_of(client, done.error_file_id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 2, 1)
+    assert (done.model_extra or {})["x_router"] == {"cost_pending_lines": 2}
+    told = {custom_id: line["response"]["body"]["x_router"] for custom_id, line in {**answers, **errors}.items()}
+    for pending_line in ("parked-0", "parked-1"):
+        assert told[pending_line]["cost_pending"] is True and "cost_usd" not in told[pending_line], told
+    assert told["parked-2"]["cost_usd"] == EXACT
+    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
+    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
