@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class Held(provider_pb2_grpc.ProviderServicer):
 
 
 async def answered_after_reconciled(
-    tmp_path: Path, redis_url: str, ask: Callable[[str], Awaitable[Any]]
+    tmp_path: Path, redis_url: str, ask: Callable[[str], Coroutine[Any, Any, Any]]
 ) -> tuple[Any, str, list[dict[str, Any]]]:
     """`ask(edge base URL)`'s result once the request it makes was settled at its hold by another router's reconciler
     and its charged marker made to say no amount; with the hold and the ledger's records."""
@@ -68,7 +68,7 @@ async def answered_after_reconciled(
                 port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
             )
             async with served_edge(settings) as base:
-                asking = asyncio.create_task(ask(base))
+                asking: asyncio.Task[Any] = asyncio.create_task(ask(base))
                 await held.called.wait()
                 # This router never beats (no upkeep runs here): another router's reconciler settles it at its hold.
                 await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
@@ -117,7 +117,13 @@ async def test_a_streamed_answer_whose_charge_is_unread_says_its_cost_pending_in
 ) -> None:
     async def ask(base: str) -> list[Any]:
         client = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
-        stream = await client.chat.completions.create(**BODY, stream=True, stream_options={"include_usage": True})
+        stream = await client.chat.completions.create(
+            model="cheap",
+            messages=[{"role": "user", "content": "Hello there"}],
+            max_tokens=50,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         return [chunk async for chunk in stream]
 
     chunks, hold, records = await answered_after_reconciled(tmp_path, redis_url, ask)
