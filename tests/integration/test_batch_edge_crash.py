@@ -41,6 +41,7 @@ from tests.integration.test_provider_batches import finished, lines_of
 
 WINDOW_S = 3
 BATCH_COST = "llmrouter_edge_batch_cost_usd_total"
+BATCH_COST_PENDING = "llmrouter_edge_batch_cost_pending_lines_total"
 
 
 async def charged(db: redis.Redis, tenant: str, request_id: str) -> Decimal:
@@ -248,14 +249,14 @@ async def test_a_line_resent_while_its_first_attempt_runs_has_what_that_attempt_
 async def test_a_line_whose_charge_is_still_pending_when_the_window_ends_is_written_pending(chain: Chain) -> None:
     """The router runs the line's first attempt past the batch's window: asked again meanwhile (nothing written), the
     line is written when the window ends, as its refusal then says (pending, at its hold: x_router.cost_pending and
-    held_usd, counted at 0), not sent until its charge settles; the batch ends `expired` with the charge still open,
-    which the ledger has once that attempt ends."""
+    held_usd, counted pending, not at 0), not sent until its charge settles; the batch ends `expired` with the charge
+    still open, which the ledger has once that attempt ends."""
     window_s, delay_s = 5, 14  # the line sent again within the window, and still running a few seconds past it
     tenant, key = f"pending-late-{secrets.token_hex(4)}", f"sk-pending-late-{secrets.token_urlsafe(12)}"
     env = edge_env(chain, tenant, key, EDGE_BATCH_WINDOW_S=str(window_s))
     db = redis.from_url(chain.redis_url)
     store = RedisStore(chain.redis_url)
-    counted = batch_cost_counted()
+    counted, pending = batch_cost_counted(), REGISTRY.get_sample_value(BATCH_COST_PENDING) or 0.0
     try:
         batch = await died_with_a_line_in_flight(chain, env, key, delay_s=delay_s)
         line = f"{batch.id}:doomed-0"
@@ -269,12 +270,13 @@ async def test_a_line_whose_charge_is_still_pending_when_the_window_ends_is_writ
             errors = await lines_of(client, batch.error_file_id)
         # Ended without waiting for the charge: still open, the first attempt still at the upstream.
         assert await store.pending_charge(Account(tenant, key_id(key)), line) is not None, "its charge was settled"
-        line_cost = await recorded_cost(db, batch.id, 0)
+        line_result = json.loads(await db.hget(results_key(batch.id), "0") or b"{}")
         ledger_cost = await charged(db, tenant, line)  # once the first attempt ends
     finally:
         await store.close()
         await db.aclose()
     counted = batch_cost_counted() - counted
+    pending = (REGISTRY.get_sample_value(BATCH_COST_PENDING) or 0.0) - pending
 
     assert batch.status == "expired", batch
     assert errors["doomed-1"]["error"]["code"] == "batch_expired"  # never sent: the batch waited on its first line
@@ -283,7 +285,10 @@ async def test_a_line_whose_charge_is_still_pending_when_the_window_ends_is_writ
     told = response["body"]["x_router"]
     assert told["cost_pending"] is True and "cost_usd" not in told, told
     assert Decimal(told["held_usd"]) >= ledger_cost > 0, (told, ledger_cost)  # charged its cost, within its hold
-    assert line_cost == 0 and counted == 0  # what it costs is in the ledger, not yet known as the batch ended
+    # What it costs is in the ledger, not yet known as the batch ended: counted pending, not at 0.
+    assert (line_result["cost"], line_result["cost_pending"]) == ("", True), line_result
+    assert (counted, pending) == (0, 1)
+    assert (batch.model_extra or {})["x_router"] == {"cost_pending_lines": 1}
 
 
 async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_after_the_window(
