@@ -44,14 +44,18 @@ def ask(client: Client, args: argparse.Namespace) -> Result:
     reply = client.call("POST", "/chat/completions", json=_chat(args))
     body = client.decoded(reply)
     answer = body["choices"][0]["message"]["content"] or ""
+    # The router could not read what the ledger charged (x-router-cost-pending): no amount, rather than a wrong one.
+    pending = reply.headers.get("x-router-cost-pending") == "true"
     data = {
         "answer": answer,
         "model": reply.headers.get("x-router-model", body.get("model")),
         "cost_usd": reply.headers.get("x-router-cost-usd", ""),
+        "cost_pending": pending,
         "reason": reply.headers.get("x-router-reason", ""),
         "usage": body.get("usage", {}),
     }
-    text = f"{answer}\n\nmodel   {data['model']}\ncost    ${data['cost_usd']}\nreason  {data['reason']}"
+    cost = "pending (the ledger has it, at most its hold)" if pending else f"${data['cost_usd']}"
+    text = f"{answer}\n\nmodel   {data['model']}\ncost    {cost}\nreason  {data['reason']}"
     return Result(data, text)
 
 

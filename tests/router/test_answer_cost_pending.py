@@ -19,6 +19,7 @@ import openai
 import pytest
 import redis.asyncio as redis
 
+from llmrouter.cli.__main__ import main
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore
@@ -133,3 +134,19 @@ async def test_a_streamed_answer_whose_charge_is_unread_says_its_cost_pending_in
     told = (last.model_extra or {})["x_router"]
     assert told["cost_pending"] is True and "cost_usd" not in told, json.dumps(told)
     assert [(r["outcome"], r["cost_usd"]) for r in records] == [("reconciled", hold)]
+
+
+async def test_the_cli_says_an_answers_cost_pending(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmrouter ask` printed `cost    $` and `"cost_usd": ""` for such an answer."""
+
+    async def ask(base: str) -> int:
+        return await asyncio.to_thread(main, ["--url", base, "--json", "ask", "Hello there"])
+
+    code, _, records = await answered_after_reconciled(tmp_path, redis_url, ask)
+    out = capsys.readouterr().out
+    asked = json.loads(out[out.index("{") :])  # after the edge's READY line
+    assert code == 0 and asked["answer"] == "an answer"
+    assert (asked["cost_pending"], asked["cost_usd"]) == (True, ""), asked
+    assert [r["outcome"] for r in records] == ["reconciled"]
