@@ -150,3 +150,19 @@ async def test_the_cli_says_an_answers_cost_pending(
     assert code == 0 and asked["answer"] == "an answer"
     assert (asked["cost_pending"], asked["cost_usd"]) == (True, ""), asked
     assert [r["outcome"] for r in records] == ["reconciled"]
+
+
+async def test_that_answer_served_again_from_the_cache_tells_its_own_cost(tmp_path: Path, redis_url: str) -> None:
+    """Kept in the response cache as it was told, pending: the same request served from the cache is charged nothing,
+    and says so, not that its cost is pending."""
+
+    async def ask(base: str) -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            return await client.post("/chat/completions", json=BODY), await client.post("/chat/completions", json=BODY)
+
+    (first, again), _, records = await answered_after_reconciled(tmp_path, redis_url, ask)
+    assert first.json()["x_router"]["cost_pending"] is True
+    told = again.json()["x_router"]
+    assert told["cache_hit"] is True and told["cost_usd"] == "0" and "cost_pending" not in told, told
+    assert again.headers["x-router-cost-usd"] == "0" and "x-router-cost-pending" not in again.headers
+    assert [r["outcome"] for r in records] == ["reconciled", "cache_hit"]
