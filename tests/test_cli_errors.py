@@ -1,23 +1,26 @@
-"""The `llmrouter` CLI, run as a command: a file it cannot read is one line on standard error and exit status 1, never
-a traceback; a count below 1, a NaN or an infinity is its usage error (exit status 2), said beside the option before
-anything is sent."""
+"""The `llmrouter` CLI, its main() run in this process (as a process of its own where that is what is tested): a file
+it cannot read is one line on standard error and exit status 1, never a traceback; a count below 1, a NaN or an
+infinity is its usage error (exit status 2), said beside the option before anything is sent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from llmrouter.cli.__main__ import main
 from tests.conftest import ROOT
+from tests.in_process import Ran, environment_without, run_main
 
 
 def closed_url() -> str:
@@ -27,16 +30,50 @@ def closed_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def llmrouter(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER_")}
+Llmrouter = Callable[..., Ran]
+
+
+@pytest.fixture
+def llmrouter(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> Llmrouter:
+    """`llmrouter --url <closed> ARGV` from a shell without LLMROUTER_ settings, its main() run in this process."""
+    environment_without(monkeypatch, "LLMROUTER_")
+    return lambda *argv: run_main(main, ["--url", closed_url(), *argv], capfd)
+
+
+def shell_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER_")}
+
+
+def as_a_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m llmrouter.cli --url <closed> ARGV` as a process of its own, from a shell_environment()."""
     return subprocess.run(
         [sys.executable, "-m", "llmrouter.cli", "--url", closed_url(), *argv],
         cwd=ROOT,
-        env=env,
+        env=shell_environment(),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "said"),
+    [
+        (["evaluate", "{missing}"], 1, "llmrouter evaluate: cannot read {missing}: No such file or directory\n"),
+        (["ask", "hi", "--max-tokens", "0"], 2, "error: argument --max-tokens: must be at least 1, not 0\n"),
+    ],
+    ids=["unreadable-file", "usage-error"],
+)
+def test_the_command_exits_with_its_status_and_says_why_on_standard_error(
+    tmp_path: Path, argv: list[str], status: int, said: str
+) -> None:
+    """The process boundary the in-process tests below leave out: `python -m llmrouter.cli` exits with the status
+    main() returns (or argparse's), its one line on standard error, nothing on standard output."""
+    missing = tmp_path / "missing.jsonl"
+    result = as_a_process(*(a.format(missing=missing) for a in argv))
+    assert result.returncode == status
+    assert result.stderr.endswith(said.format(missing=missing)) and "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -47,7 +84,9 @@ def llmrouter(*argv: str) -> subprocess.CompletedProcess[str]:
         ("latin1.txt", "not UTF-8 text (at byte 3)"),
     ],
 )
-def test_a_prompt_file_it_cannot_read_is_one_line_and_status_1(tmp_path: Path, prompts: str, said: str) -> None:
+def test_a_prompt_file_it_cannot_read_is_one_line_and_status_1(
+    llmrouter: Llmrouter, tmp_path: Path, prompts: str, said: str
+) -> None:
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") + b"\n")
     path = tmp_path / prompts
     result = llmrouter("evaluate", str(path))
@@ -67,7 +106,9 @@ def test_a_prompt_file_it_cannot_read_is_one_line_and_status_1(tmp_path: Path, p
         ('""', "an empty prompt"),
     ],
 )
-def test_a_prompt_file_line_that_holds_no_prompt_is_one_line_and_status_1(tmp_path: Path, line: str, said: str) -> None:
+def test_a_prompt_file_line_that_holds_no_prompt_is_one_line_and_status_1(
+    llmrouter: Llmrouter, tmp_path: Path, line: str, said: str
+) -> None:
     """Read before anything is sent: the edge this run names is out of reach, and the file's line is what it says."""
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "What is 2+2?"}\n\n' + line + "\n")
@@ -75,6 +116,19 @@ def test_a_prompt_file_line_that_holds_no_prompt_is_one_line_and_status_1(tmp_pa
     assert result.returncode == 1
     assert result.stderr == f"llmrouter evaluate: cannot read {path}: line 3 is {said}\n"
     assert result.stdout == ""
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on loopback for the block: its API base URL. Its loop looks for the block's end every 10 ms
+    (the default half second was most of each test's time)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class RecordingDecide(BaseHTTPRequestHandler):
@@ -96,40 +150,30 @@ class RecordingDecide(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_prompt_file_line_of_plain_text_is_the_prompt_as_written(tmp_path: Path) -> None:
+def test_a_prompt_file_line_of_plain_text_is_the_prompt_as_written(llmrouter: Llmrouter, tmp_path: Path) -> None:
     """A plain line that happens to parse as JSON other than a string or an object (`true`, `1e3`, `[1, 2]`) is
     plain text, sent as written, not as Python writes the value it parses to (`True`, `1000.0`)."""
     handler: type[RecordingDecide] = type("Recording", (RecordingDecide,), {"prompts": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        path = tmp_path / "prompts.txt"
-        path.write_text('true\n1e3\n[1, 2]\nWhat is 2+2?\n"a JSON string"\n{"prompt": "an object\'s prompt"}\n')
-        result = llmrouter("--url", f"http://127.0.0.1:{server.server_address[1]}/v1", "evaluate", str(path))
-    finally:
-        server.shutdown()
-        server.server_close()
+    path = tmp_path / "prompts.txt"
+    path.write_text('true\n1e3\n[1, 2]\nWhat is 2+2?\n"a JSON string"\n{"prompt": "an object\'s prompt"}\n')
+    with serving(handler) as url:
+        result = llmrouter("--url", url, "evaluate", str(path))
     assert result.returncode == 0, result.stderr
     assert handler.prompts == ["true", "1e3", "[1, 2]", "What is 2+2?", "a JSON string", "an object's prompt"]
 
 
 def test_a_prompt_file_saved_with_a_bom_and_crlf_or_a_line_separator_in_a_prompt_is_read_line_by_line(
-    tmp_path: Path,
+    llmrouter: Llmrouter, tmp_path: Path
 ) -> None:
     """A file an editor saved with a byte order mark and CRLF line ends, and a JSON line whose prompt holds U+2028 as
     JSON allows it unescaped: the BOM made the first line no JSON, routed as its text (`{"prompt": ...}`), and the
     line separator split one line in two, each routed as a fragment of JSON."""
     handler: type[RecordingDecide] = type("Recording", (RecordingDecide,), {"prompts": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        path = tmp_path / "prompts.jsonl"
-        lines = ['{"prompt": "first"}', '{"prompt": "one\u2028line"}', "plain"]
-        path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
-        result = llmrouter("--url", f"http://127.0.0.1:{server.server_address[1]}/v1", "evaluate", str(path))
-    finally:
-        server.shutdown()
-        server.server_close()
+    path = tmp_path / "prompts.jsonl"
+    lines = ['{"prompt": "first"}', '{"prompt": "one\u2028line"}', "plain"]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    with serving(handler) as url:
+        result = llmrouter("--url", url, "evaluate", str(path))
     assert result.returncode == 0, result.stderr
     assert handler.prompts == ["first", "one\u2028line", "plain"]
 
@@ -150,7 +194,9 @@ def test_a_prompt_file_saved_with_a_bom_and_crlf_or_a_line_separator_in_a_prompt
         (["stats", "--until", "nan"], "--until", "'nan' is neither Unix seconds nor a"),
     ],
 )
-def test_a_number_out_of_its_range_is_a_usage_error(tmp_path: Path, argv: list[str], option: str, said: str) -> None:
+def test_a_number_out_of_its_range_is_a_usage_error(
+    llmrouter: Llmrouter, tmp_path: Path, argv: list[str], option: str, said: str
+) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is 2+2?\n")
     out = tmp_path / "ledger.jsonl"
@@ -179,19 +225,13 @@ class NotTheEdge(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def not_the_edge() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotTheEdge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(NotTheEdge) as url:
+        yield url
 
 
 @pytest.mark.parametrize("command", [["evaluate", "{prompts}"], ["decide", "hi"], ["ask", "hi"]])
 def test_an_answer_that_is_no_json_is_one_line_and_status_1(
-    tmp_path: Path, not_the_edge: str, command: list[str]
+    llmrouter: Llmrouter, tmp_path: Path, not_the_edge: str, command: list[str]
 ) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is 2+2?\n")
@@ -223,14 +263,8 @@ class OtherJsonApi(BaseHTTPRequestHandler):
 @pytest.fixture
 def other_json_api() -> Iterator[tuple[str, type[OtherJsonApi]]]:
     handler = type("Answering", (OtherJsonApi,), {})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as url:
+        yield url, handler
 
 
 @pytest.mark.parametrize(
@@ -254,7 +288,11 @@ def other_json_api() -> Iterator[tuple[str, type[OtherJsonApi]]]:
     ],
 )
 def test_a_json_answer_of_another_shape_is_one_line_and_status_1(
-    tmp_path: Path, other_json_api: tuple[str, type[OtherJsonApi]], command: list[str], body: bytes
+    llmrouter: Llmrouter,
+    tmp_path: Path,
+    other_json_api: tuple[str, type[OtherJsonApi]],
+    command: list[str],
+    body: bytes,
 ) -> None:
     url, handler = other_json_api
     handler.body = body
@@ -274,9 +312,10 @@ def test_a_reader_that_leaves_early_gets_no_traceback(other_json_api: tuple[str,
     row = {"scope": "tenant", "name": "acme", "tenant": "acme", "limit_usd": "", "spent_usd": "0", "held_usd": "0"}
     row |= {"remaining_usd": "", "period": "day", "period_end": "0"}
     handler.body = json.dumps({"budgets": [row] * 5000}).encode()  # far more than a pipe holds
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER_")}
     command = [sys.executable, "-m", "llmrouter.cli", "--url", url, "--json", "budgets"]
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as cli:
+    with subprocess.Popen(
+        command, cwd=ROOT, env=shell_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as cli:
         assert cli.stdout is not None and cli.stderr is not None
         assert cli.stdout.read(10) == b'{\n  "budge'
         cli.stdout.close()
