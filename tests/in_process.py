@@ -6,6 +6,7 @@ as a subprocess."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,10 +26,18 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str], capfd: pytes
     capfd.readouterr()  # what the test printed before is not the command's
     try:
         status = main(list(argv))
-    except SystemExit as exited:  # argparse's usage error, or load_settings' refusal
-        status = exited.code if isinstance(exited.code, int) else (0 if exited.code is None else 1)
+    except SystemExit as exited:  # argparse's usage error, a refused setting: as the interpreter ends on it
+        status = exited_with(exited)
     out, err = capfd.readouterr()
     return Ran(status, out, err)
+
+
+def exited_with(exited: SystemExit) -> int:
+    """The status Python exits with on `exited`; a message (SystemExit("...")) is written to standard error first."""
+    if exited.code is None or isinstance(exited.code, int):
+        return exited.code or 0
+    print(exited.code, file=sys.stderr)
+    return 1
 
 
 def environment_without(monkeypatch: pytest.MonkeyPatch, prefix: str, **settings: str) -> None:
