@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import metrics
 from services.router.routed import Served
+from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, StoreUnavailable, key_id, period_id
 from services.router.store.model import CHARGED_TOTAL
@@ -48,40 +51,72 @@ class Held(provider_pb2_grpc.ProviderServicer):
         return provider_pb2.GenerateResponse(content="an answer", usage=usage, model=request.model)
 
 
+@asynccontextmanager
+async def stores(redis_url: str) -> AsyncIterator[tuple[RedisStore, RedisStore, Any]]:
+    """The router's money store, another router's (its reconciler's), and a plain client reading the ledger, all on
+    the test's Redis; closed when the block ends, after the router's servicer over the first has stopped."""
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
+    db: Any = redis.from_url(redis_url)
+    try:
+        yield store, reconciler, db
+    finally:
+        await db.aclose()
+        await store.close()
+        await reconciler.close()
+
+
+async def held_at_its_provider(servicer: RouterServicer, provider: Held, request_id: str) -> asyncio.Task[Any]:
+    """A completion of `request_id` under way, its providers call reached and holding until provider.answer is set."""
+    message = common_pb2.ChatMessage(role="user", content="Hello there")
+    request = router_pb2.CompleteRequest(
+        messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id=request_id
+    )
+
+    async def complete() -> router_pb2.CompleteResponse:
+        with acting_as(ANONYMOUS):
+            return await servicer.Complete(request, NoDeadline())
+
+    completing = asyncio.create_task(complete())
+    await provider.called.wait()
+    return completing
+
+
+async def settled_at_its_hold(reconciler: RedisStore) -> None:
+    """Its router (which never beats: no upkeep runs here) taken for dead once missing past the grace (0.2 s), and its
+    request settled at its hold by another router's reconciler."""
+    await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+
+
+async def charged_marker_unread(self: RedisStore, account: Account, request_id: str) -> int | None:
+    """RedisStore.charged_pico with the store out of reach just then."""
+    raise StoreUnavailable()
+
+
+async def ledger_of(db: Any) -> list[dict[str, Any]]:
+    return [json.loads(r[b"record"]) for _, r in await db.xrange(AccountKeys.of(ACCOUNT).ledger)]
+
+
 async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_router(
     tmp_path: Path, redis_url: str
 ) -> None:
     held = Held()
-    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
-    db: Any = redis.from_url(redis_url)
-    keys = AccountKeys.of(ACCOUNT)
-    try:
+    async with stores(redis_url) as (store, reconciler, db):
         async with router_servicer(tmp_path, store, held) as servicer:
-            message = common_pb2.ChatMessage(role="user", content="Hello there")
-            request = router_pb2.CompleteRequest(
-                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-long"
-            )
-
-            async def complete() -> router_pb2.CompleteResponse:
-                with acting_as(ANONYMOUS):
-                    return await servicer.Complete(request, NoDeadline())
-
             counted_before = metrics.COST.labels("cheap")._value.get()
-            completing = asyncio.create_task(complete())
-            await held.called.wait()
+            completing = await held_at_its_provider(servicer, held, "r-long")
             # This router never beats (no upkeep runs here, as if cut off from the store): another router's
             # reconciler settles its request at its hold.
             assert await reconciler.reconcile("router-alive", 0.2, 3600) == 0  # seen missing once
             await asyncio.sleep(0.3)
             assert await reconciler.reconcile("router-alive", 0.2, 3600) == 1
-            hold = json.loads((await db.xrange(keys.ledger))[-1][1][b"record"])["cost_usd"]
+            hold = (await ledger_of(db))[-1]["cost_usd"]
             spent = await store.spent(ACCOUNT, period_id("day"))
             held.answer.set()  # back in reach, the router finishes the request and charges what it cost
             response = await completing
         assert response.content == "an answer"
         assert response.cost_usd == hold  # the caller is told what the ledger charged, not what its answer came to
         assert await store.spent(ACCOUNT, period_id("day")) == spent  # once, at the hold
-        records = [json.loads(r[b"record"]) for _, r in await db.xrange(keys.ledger)]
+        records = await ledger_of(db)
         assert [(r["request_id"], r["outcome"], r["cost_usd"]) for r in records] == [("r-long", "reconciled", hold)]
         # An auditor reads which model the hold was for and why it was charged whole, nothing of it from tokens.
         (record,) = records
@@ -90,10 +125,6 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
         assert record["generations"] == [], record  # no tokens on record: the cost is all owed
         # Counted in the cost metric by the reconciler that charged it, once: the router's own charge added nothing.
         assert metrics.COST.labels("cheap")._value.get() - counted_before == pytest.approx(float(hold))
-    finally:
-        await db.aclose()
-        await store.close()
-        await reconciler.close()
 
 
 @pytest.mark.parametrize("ttl", [1, 359])
@@ -118,32 +149,15 @@ async def test_a_request_the_reconciler_settled_that_then_failed_tells_the_hold_
 ) -> None:
     """Its error's charged_usd says what the ledger charged (the hold), not what its failed attempt came to."""
     held = HeldThenFailed()
-    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
-    db: Any = redis.from_url(redis_url)
-    try:
+    async with stores(redis_url) as (store, reconciler, db):
         async with router_servicer(tmp_path, store, held) as servicer:
-            message = common_pb2.ChatMessage(role="user", content="Hello there")
-            request = router_pb2.CompleteRequest(
-                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-failed"
-            )
-
-            async def complete() -> router_pb2.CompleteResponse:
-                with acting_as(ANONYMOUS):
-                    return await servicer.Complete(request, NoDeadline())
-
-            completing = asyncio.create_task(complete())
-            await held.called.wait()
-            # Its router taken for dead once missing past the grace (0.2 s): settled at its hold.
-            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
-            hold = json.loads((await db.xrange(AccountKeys.of(ACCOUNT).ledger))[-1][1][b"record"])["cost_usd"]
+            completing = await held_at_its_provider(servicer, held, "r-failed")
+            await settled_at_its_hold(reconciler)
+            hold = (await ledger_of(db))[-1]["cost_usd"]
             held.answer.set()
             with pytest.raises(ServiceError) as failed:
                 await completing
         assert failed.value.metadata.get("charged_usd") == hold, failed.value.metadata
-    finally:
-        await db.aclose()
-        await store.close()
-        await reconciler.close()
 
 
 async def test_a_request_the_reconciler_settled_that_then_failed_tells_its_charge_pending_when_unread(
@@ -153,34 +167,17 @@ async def test_a_request_the_reconciler_settled_that_then_failed_tells_its_charg
     its error says the charge is pending (the ledger has it), as a cut call's does. It said nothing of the money, and
     the edge let the SDK retry a failure the ledger had charged its hold."""
 
-    async def unread(self: RedisStore, account: Account, request_id: str) -> int | None:
-        raise StoreUnavailable()
-
-    monkeypatch.setattr(RedisStore, "charged_pico", unread)
+    monkeypatch.setattr(RedisStore, "charged_pico", charged_marker_unread)
     held = HeldThenFailed()
-    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
-    try:
+    async with stores(redis_url) as (store, reconciler, _):
         async with router_servicer(tmp_path, store, held) as servicer:
-            message = common_pb2.ChatMessage(role="user", content="Hello there")
-            request = router_pb2.CompleteRequest(
-                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-unread"
-            )
-
-            async def complete() -> router_pb2.CompleteResponse:
-                with acting_as(ANONYMOUS):
-                    return await servicer.Complete(request, NoDeadline())
-
-            completing = asyncio.create_task(complete())
-            await held.called.wait()
-            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            completing = await held_at_its_provider(servicer, held, "r-unread")
+            await settled_at_its_hold(reconciler)
             held.answer.set()
             with pytest.raises(ServiceError) as failed:
                 await completing
         assert failed.value.metadata.get("cost_pending") == "true", failed.value.metadata
         assert "charged_usd" not in failed.value.metadata
-    finally:
-        await store.close()
-        await reconciler.close()
 
 
 async def test_a_request_charged_before_under_a_marker_without_its_total_tells_its_charge_pending(
@@ -190,23 +187,11 @@ async def test_a_request_charged_before_under_a_marker_without_its_total_tells_i
     the router does not know what the ledger charged either, so its error says the charge is pending, not nothing
     (which the edge let the SDKs retry, charged again)."""
     held = HeldThenFailed()
-    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
-    db: Any = redis.from_url(redis_url)
     marker = AccountKeys.of(ACCOUNT).charged("r-untotalled")
-    try:
+    async with stores(redis_url) as (store, reconciler, db):
         async with router_servicer(tmp_path, store, held) as servicer:
-            message = common_pb2.ChatMessage(role="user", content="Hello there")
-            request = router_pb2.CompleteRequest(
-                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-untotalled"
-            )
-
-            async def complete() -> router_pb2.CompleteResponse:
-                with acting_as(ANONYMOUS):
-                    return await servicer.Complete(request, NoDeadline())
-
-            completing = asyncio.create_task(complete())
-            await held.called.wait()
-            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            completing = await held_at_its_provider(servicer, held, "r-untotalled")
+            await settled_at_its_hold(reconciler)
             entries, total = (await db.get(marker)).decode().rsplit(" ", 1)
             assert total.startswith(CHARGED_TOTAL)
             await db.set(marker, entries, keepttl=True)  # as the version before wrote it: its entries alone
@@ -215,12 +200,8 @@ async def test_a_request_charged_before_under_a_marker_without_its_total_tells_i
                 await completing
         assert failed.value.metadata.get("cost_pending") == "true", failed.value.metadata
         assert "charged_usd" not in failed.value.metadata
-        records = [json.loads(r[b"record"]) for _, r in await db.xrange(AccountKeys.of(ACCOUNT).ledger)]
+        records = await ledger_of(db)
         assert [(r["request_id"], r["outcome"]) for r in records] == [("r-untotalled", "reconciled")]  # charged once
-    finally:
-        await db.aclose()
-        await store.close()
-        await reconciler.close()
 
 
 @pytest.mark.parametrize("read", [True, False], ids=["marker-read", "marker-unread"])
@@ -234,38 +215,18 @@ async def test_a_request_the_reconciler_settled_that_then_failed_unexpectedly_te
     def a_bug(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
-    async def unread(self: RedisStore, account: Account, request_id: str) -> int | None:
-        raise StoreUnavailable()
-
     monkeypatch.setattr(Served, "add", a_bug)  # pricing the generation the providers returned
     if not read:
-        monkeypatch.setattr(RedisStore, "charged_pico", unread)
+        monkeypatch.setattr(RedisStore, "charged_pico", charged_marker_unread)
     held = Held()
-    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
-    db: Any = redis.from_url(redis_url)
-    try:
+    async with stores(redis_url) as (store, reconciler, db):
         async with router_servicer(tmp_path, store, held) as servicer:
-            message = common_pb2.ChatMessage(role="user", content="Hello there")
-            request = router_pb2.CompleteRequest(
-                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-bug"
-            )
-
-            async def complete() -> router_pb2.CompleteResponse:
-                with acting_as(ANONYMOUS):
-                    return await servicer.Complete(request, NoDeadline())
-
-            completing = asyncio.create_task(complete())
-            await held.called.wait()
-            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
-            hold = json.loads((await db.xrange(AccountKeys.of(ACCOUNT).ledger))[-1][1][b"record"])["cost_usd"]
+            completing = await held_at_its_provider(servicer, held, "r-bug")
+            await settled_at_its_hold(reconciler)
+            hold = (await ledger_of(db))[-1]["cost_usd"]
             held.answer.set()
             with pytest.raises(ServiceError) as failed:
                 await completing
         told = {"charged_usd": hold} if read else {"cost_pending": "true"}
         assert (failed.value.reason, failed.value.metadata) == ("INTERNAL_ERROR", {**told, "retryable": "false"})
-        records = [json.loads(r[b"record"]) for _, r in await db.xrange(AccountKeys.of(ACCOUNT).ledger)]
-        assert [r["outcome"] for r in records] == ["reconciled"]  # charged once
-    finally:
-        await db.aclose()
-        await store.close()
-        await reconciler.close()
+        assert [r["outcome"] for r in await ledger_of(db)] == ["reconciled"]  # charged once
