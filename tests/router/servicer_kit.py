@@ -142,6 +142,23 @@ async def served_router(
 
 
 @asynccontextmanager
+async def router_stub(
+    tmp_path: Path,
+    store: Store,
+    provider: provider_pb2_grpc.ProviderServicer,
+    registry: Registry = REGISTRY,
+    classifier: classifier_pb2_grpc.ClassifierServicer | None = None,
+    **settings: Any,
+) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+    """A stub calling served_router's router over loopback, for the block."""
+    async with (
+        served_router(tmp_path, store, provider, registry, classifier, **settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        yield router_pb2_grpc.RouterStub(channel)
+
+
+@asynccontextmanager
 async def served_router_to(
     providers_addr: str, tmp_path: Path, store: Store, registry: Registry = REGISTRY, **settings: Any
 ) -> AsyncIterator[RunningServer]:

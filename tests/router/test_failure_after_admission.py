@@ -31,12 +31,17 @@ from services.router.sessions import Sessions
 from services.router.store import PICO, Account, RedisStore, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.integration.conftest import free_port, served_edge
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub, served_router
 from tests.router.test_admission import REGISTRY
 from tests.router.test_drained_past_grace import outbox_unwritable, store_down
 
 CALLER = Account("acme", "anonymous")
 HOLD_PICO = 154_000_000  # cheap's hold for a short prompt and 100 tokens written: its worst case
+# What Answering's answer costs (12 tokens in, 34 out), charged whole.
+ANSWER_COST = REGISTRY.get("cheap").cost_usd(12, 34)  # type: ignore[union-attr]
+ANSWER_USD = format(ANSWER_COST, "f")
+# A bug left the request's hold for the reconciler: the caller told its charge is pending, not to retry it.
+TOLD_PENDING = (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", {"cost_pending": "true", "retryable": "false"})
 
 
 class Answering(provider_pb2_grpc.ProviderServicer):
@@ -65,7 +70,10 @@ def ask(request_id: str) -> router_pb2.CompleteRequest:
     )
 
 
-async def failure(router: router_pb2_grpc.RouterStub, request: router_pb2.CompleteRequest, streamed: bool) -> Any:
+async def failure(
+    router: router_pb2_grpc.RouterStub, request: router_pb2.CompleteRequest, streamed: bool
+) -> ServiceError:
+    """The error the call ends with, read as a ServiceError (its reason and metadata)."""
     try:
         if streamed:
             async for _ in router.CompleteStream(request, timeout=10):
@@ -73,7 +81,7 @@ async def failure(router: router_pb2_grpc.RouterStub, request: router_pb2.Comple
         else:
             await router.Complete(request, timeout=10)
     except grpc.aio.AioRpcError as failed:
-        return failed
+        return ServiceError.from_rpc_error(failed)
     raise AssertionError("answered")
 
 
@@ -99,8 +107,8 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
     ):
         router = router_pb2_grpc.RouterStub(channel)
         with caplog.at_level(logging.ERROR, "llmrouter.router"):
-            told = ServiceError.from_rpc_error(await failure(router, ask("bug-1"), streamed))
-        again = ServiceError.from_rpc_error(await failure(router, ask("bug-1"), streamed))
+            told = await failure(router, ask("bug-1"), streamed)
+        again = await failure(router, ask("bug-1"), streamed)
         settings = EdgeSettings(
             port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
         )
@@ -138,16 +146,9 @@ async def test_a_bug_in_the_charge_says_it_pending_its_hold_left_to_the_reconcil
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     monkeypatch.setattr(AvailableModels, "baseline", a_bug)  # read as the charge's record is made
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-2"), streamed))
-    assert (told.code, told.reason, told.metadata) == (
-        grpc.StatusCode.INTERNAL,
-        "INTERNAL_ERROR",
-        {"cost_pending": "true", "retryable": "false"},
-    )
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
+        told = await failure(router, ask("bug-2"), streamed)
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
     assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
     assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
 
@@ -157,17 +158,10 @@ async def test_a_bug_after_the_charge_landed_tells_that_charge(
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     monkeypatch.setattr(Sessions, "record", a_bug)  # the turn recorded after its charge
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-3"), streamed))
-    charged = REGISTRY.get("cheap").cost_usd(12, 34)  # type: ignore[union-attr]
-    assert (told.reason, told.metadata) == (
-        "INTERNAL_ERROR",
-        {"charged_usd": format(charged, "f"), "retryable": "false"},
-    )
-    assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(charged), to_pico(charged))
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
+        told = await failure(router, ask("bug-3"), streamed)
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": ANSWER_USD, "retryable": "false"})
+    assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(ANSWER_COST), to_pico(ANSWER_COST))
     assert await redis_store.held_pico(CALLER) == (0, 0)
 
 
@@ -177,13 +171,9 @@ async def test_a_bug_before_any_providers_call_charges_nothing_and_may_be_retrie
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool, step: tuple[type, str]
 ) -> None:
     monkeypatch.setattr(*step, a_bug)
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        told = ServiceError.from_rpc_error(await failure(router, ask("bug-4"), streamed))
-        again = ServiceError.from_rpc_error(await failure(router, ask("bug-4"), streamed))
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
+        told = await failure(router, ask("bug-4"), streamed)
+        again = await failure(router, ask("bug-4"), streamed)
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "true"})
     assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
     records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-4"]
@@ -214,16 +204,9 @@ async def test_a_bug_in_the_charge_of_a_failed_request_says_it_pending(
     # A failed request is settled before its error is raised: a bug there was a bare INTERNAL, which the edge made a
     # retryable 502 saying no cost, while its hold was left for the reconciler to charge.
     monkeypatch.setattr(AvailableModels, "baseline", a_bug)
-    async with (
-        served_router(tmp_path, redis_store, Refusing()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-5"), streamed))
-    assert (told.code, told.reason, told.metadata) == (
-        grpc.StatusCode.INTERNAL,
-        "INTERNAL_ERROR",
-        {"cost_pending": "true", "retryable": "false"},
-    )
+    async with router_stub(tmp_path, redis_store, Refusing()) as router:
+        told = await failure(router, ask("bug-5"), streamed)
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
     assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
 
 
@@ -238,11 +221,7 @@ async def test_a_routed_request_is_counted_once_as_it_is_served_a_cache_hit_too(
     tmp_path: Path, redis_store: RedisStore, streamed: bool
 ) -> None:
     counted = routed_total()
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
         answers = []
         for request_id in ("auto-1", "auto-2"):  # the second the first's answer, from the cache
             request = ask(request_id)
@@ -259,15 +238,11 @@ async def test_a_routed_request_is_counted_once_as_it_is_served_a_cache_hit_too(
 async def test_a_bug_after_a_cache_hit_tells_its_charge_of_nothing_not_retryable(
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
         await router.Complete(ask("first"), timeout=10)  # its answer cached
         monkeypatch.setattr(servicer, "answer_chunks", a_bug)  # the cached answer as a stream's chunks
-        told = ServiceError.from_rpc_error(await failure(router, ask("bug-6"), streamed=True))
-        again = ServiceError.from_rpc_error(await failure(router, ask("bug-6"), streamed=True))
+        told = await failure(router, ask("bug-6"), streamed=True)
+        again = await failure(router, ask("bug-6"), streamed=True)
     # Settled as a cache hit, at nothing, its id kept: charged 0 but not released, so not to be retried.
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "false"})
     assert again.reason == "DUPLICATE_REQUEST"
@@ -279,19 +254,12 @@ async def test_a_bug_after_a_buffered_stream_was_charged_tells_that_charge(
     # Its answer generated and charged, then made a stream's chunks: a bug there was a bare INTERNAL, which the edge
     # made a retryable 502 saying no cost, and the SDK's retry was charged again.
     monkeypatch.setattr(servicer, "answer_chunks", a_bug)
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
         request = ask("bug-7")
         request.buffer_stream = True
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), request, streamed=True))
-    charged = REGISTRY.get("cheap").cost_usd(12, 34)  # type: ignore[union-attr]
-    assert (told.reason, told.metadata) == (
-        "INTERNAL_ERROR",
-        {"charged_usd": format(charged, "f"), "retryable": "false"},
-    )
-    assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(charged), to_pico(charged))
+        told = await failure(router, request, streamed=True)
+    assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": ANSWER_USD, "retryable": "false"})
+    assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(ANSWER_COST), to_pico(ANSWER_COST))
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -301,11 +269,8 @@ async def test_a_bug_reading_a_providers_call_that_failed_charges_the_hold(
     # The call ran (its upstream may have generated), and failed before any answer: the request is settled at its
     # hold however little of it was read, not at nothing with its id released.
     monkeypatch.setattr(serving, "provider_failure", a_bug)
-    async with (
-        served_router(tmp_path, redis_store, Refusing()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-8"), streamed))
+    async with router_stub(tmp_path, redis_store, Refusing()) as router:
+        told = await failure(router, ask("bug-8"), streamed)
     hold = format(HOLD_PICO / PICO, "f")
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": hold, "retryable": "false"})
     assert await redis_store.spent(CALLER, period_id("day")) == (HOLD_PICO, HOLD_PICO)
@@ -318,16 +283,9 @@ async def test_a_bug_before_the_charge_is_under_way_says_it_pending(
     # A bug that fails every settling (here before the charge is under way) failed the clean-up's settling too, after
     # the fault's: its error then replaced INTERNAL_ERROR, a bare INTERNAL the edge made a retryable 502 saying no cost.
     monkeypatch.setattr(charging, "_cap_at_hold", a_bug)
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-9"), streamed))
-    assert (told.code, told.reason, told.metadata) == (
-        grpc.StatusCode.INTERNAL,
-        "INTERNAL_ERROR",
-        {"cost_pending": "true", "retryable": "false"},
-    )
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
+        told = await failure(router, ask("bug-9"), streamed)
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
     assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
 
 
@@ -337,12 +295,9 @@ async def test_a_failed_requests_charge_kept_nowhere_stays_money_not_recorded(
     # Settling a failed request may fail as expected (the store out of reach, the outbox unwritable): told so, not
     # taken for a bug.
     monkeypatch.setattr(RedisStore, "charge", store_down)
-    async with (
-        served_router(tmp_path, redis_store, Refusing()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
+    async with router_stub(tmp_path, redis_store, Refusing()) as router:
         outbox_unwritable(tmp_path)
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-10"), False))
+        told = await failure(router, ask("bug-10"), False)
     assert (told.reason, told.metadata.get("cost_pending")) == ("MONEY_NOT_RECORDED", "true")
 
 
