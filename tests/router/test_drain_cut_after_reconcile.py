@@ -7,13 +7,11 @@ router on loopback over real Redis, a real reconciler's sweep; the read of the m
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import redis.asyncio as redis
 
@@ -21,15 +19,18 @@ from services.router.store import Account, StoreUnavailable
 from services.router.store.keys import LEASE
 from services.router.store.redis_store import RedisStore
 from tests.router.test_drained_past_grace import (
-    GRACE_S,
+    CutByHand,
     Held,
     Streamed,
+    answered_whole,
     ask,
     charges_of,
+    cut_as_the_charge_goes_on,
+    cut_by_hand_once_released,
     draining_router,
+    held_in,
     ledger_is_spend,
     shutting_down,
-    stopping_once_cut,
 )
 from tests.waiting import eventually
 
@@ -73,29 +74,15 @@ def marker_read(monkeypatch: pytest.MonkeyPatch, read: bool, then: Callable[[], 
 async def test_a_stream_cut_as_its_charge_meets_the_reconcilers_is_told_the_ledgers_charge(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, read: bool
 ) -> None:
-    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
-    charge = RedisStore.charge
-
-    async def held(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        charging.set()
-        await charge_goes_on.wait()
-        return await charge(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisStore, "charge", held)
+    charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
     marker_read(monkeypatch, read)
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
-        chunks = stub.CompleteStream(request, timeout=30)
-        assert (await chunks.read()).HasField("decision")
-        assert (await chunks.read()).delta == "an answer"
+        chunks = await answered_whole(stub, request)
         await charging.wait()
         hold = await reconciled(redis_url, request.request_id)
-        stopping = await stopping_once_cut(running)
-        charge_goes_on.set()
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await chunks.read()
-        await stopping
-    assert shutting_down(ended.value).metadata == told(hold, read)
+        ended = await cut_as_the_charge_goes_on(running, chunks, charge_goes_on)
+    assert shutting_down(ended).metadata == told(hold, read)
     (charge_record,) = await charges_of(redis_url, request.request_id)  # once, at the hold
     assert charge_record["cost_usd"] == hold and Decimal(hold) > Decimal("0.000057")
     await ledger_is_spend(redis_url)
@@ -107,22 +94,16 @@ async def test_a_unary_call_cut_as_its_charge_met_the_reconcilers_is_told_the_le
 ) -> None:
     """The cut running as the charge ends, the marker read (or not): its charge landed, so not pending as such, yet
     told 0 when the marker could not be read."""
-    cut_now: list[Any] = []
-    marker_read(monkeypatch, read, lambda: cut_now.pop()())
+    the_cut = CutByHand()
+    marker_read(monkeypatch, read, the_cut)
     provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
         hold = await reconciled(redis_url, request.request_id)
-        cut_now.append(running.cut)
-        running.cut = lambda: None  # cut as the marker is read, not at cut_at
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        provider.release.set()
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await call
-        await stopping
-    assert cut_now == []  # the cut ran
-    assert shutting_down(cut.value).metadata == told(hold, read)
+        cut = await cut_by_hand_once_released(running, provider, call, the_cut)  # cut as the marker is read
+    assert the_cut.taken == []  # the cut ran
+    assert shutting_down(cut).metadata == told(hold, read)
     (charge_record,) = await charges_of(redis_url, request.request_id)  # once, at the hold
     assert charge_record["cost_usd"] == hold
     await ledger_is_spend(redis_url)

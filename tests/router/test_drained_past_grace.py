@@ -181,6 +181,52 @@ async def ledger_is_spend(redis_url: str, tenant: str = "acme") -> None:
         await db.aclose()
 
 
+async def answered_whole(stub: router_pb2_grpc.RouterStub, request: router_pb2.CompleteRequest) -> Any:
+    """A stream of Streamed's answer, read up to its whole answer (the decision, then the one delta): its call."""
+    chunks = stub.CompleteStream(request, timeout=30)
+    assert (await chunks.read()).HasField("decision")
+    assert (await chunks.read()).delta == "an answer"
+    return chunks
+
+
+async def cut_as_the_charge_goes_on(running: RunningServer, call: Any, charge_goes_on: asyncio.Event) -> Any:
+    """The drain's cut run while the stream's charge is held (held_in), that charge then let go on: the error the
+    stream reads next."""
+    stopping = await stopping_once_cut(running)
+    charge_goes_on.set()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call.read()
+    await stopping
+    return ended.value
+
+
+async def cut_by_hand_once_released(
+    running: RunningServer, provider: Held, call: Any, the_cut: CutByHand
+) -> grpc.aio.AioRpcError:
+    """The router's stop under way, its cut taken for `the_cut` to run (not at cut_at), and the held generation
+    released: the error the unary call ends with."""
+    the_cut.take(running)
+    stopping = asyncio.create_task(running.stop(GRACE_S))
+    provider.release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await call
+    await stopping
+    return cut.value
+
+
+async def sent_again_elsewhere(
+    tmp_path: Path, redis_url: str, request: router_pb2.CompleteRequest, streamed: bool
+) -> router_pb2.CompleteResponse:
+    """`request` sent again, as its caller was told it may be, to another router over the same store: its answer."""
+    (tmp_path / "elsewhere").mkdir()
+    answering = Streamed()
+    answering.release.set()
+    async with draining_router(tmp_path / "elsewhere", redis_url, answering) as (_, stub):
+        if streamed:
+            return [chunk async for chunk in stub.CompleteStream(request, timeout=30)][-1].final
+        return await stub.Complete(request, timeout=30)
+
+
 async def test_a_stream_cut_by_the_drain_tells_its_caller_what_it_was_charged(tmp_path: Path, redis_url: str) -> None:
     provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
@@ -238,16 +284,10 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
     charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
-        chunks = stub.CompleteStream(request, timeout=30)
-        assert (await chunks.read()).HasField("decision")
-        assert (await chunks.read()).delta == "an answer"
+        chunks = await answered_whole(stub, request)
         await charging.wait()
-        stopping = await stopping_once_cut(running)
-        charge_goes_on.set()
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await chunks.read()
-        await stopping
-    told = shutting_down(ended.value)
+        ended = await cut_as_the_charge_goes_on(running, chunks, charge_goes_on)
+    told = shutting_down(ended)
     (charge_record,) = await charges_of(redis_url, request.request_id)
     assert charge_record["outcome"] == "ok"
     assert Decimal(told.metadata["charged_usd"]) == Decimal(charge_record["cost_usd"]) > 0
@@ -314,10 +354,7 @@ async def test_a_stream_cut_before_its_upstream_was_reached_is_told_it_may_be_se
     assert told.metadata == {"charged_usd": "0", "retryable": "true"}
     (charge,) = await charges_of(redis_url, request.request_id)
     assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
-    (tmp_path / "elsewhere").mkdir()
-    async with draining_router(tmp_path / "elsewhere", redis_url, Streamed()) as (_, stub):
-        answered = [chunk async for chunk in stub.CompleteStream(request, timeout=30)]
-    assert answered[-1].final.cost_usd == "0.000057"
+    assert (await sent_again_elsewhere(tmp_path, redis_url, request, streamed=True)).cost_usd == "0.000057"
     await ledger_is_spend(redis_url)
 
 
@@ -353,15 +390,7 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
     assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
     # Sent again, as told it may be, to another router: served, and charged once.
     monkeypatch.setattr(Admission, "admit", admit)
-    (tmp_path / "elsewhere").mkdir()
-    answering = Streamed()
-    answering.release.set()
-    async with draining_router(tmp_path / "elsewhere", redis_url, answering) as (_, stub):
-        if streamed:
-            answer = [chunk async for chunk in stub.CompleteStream(request, timeout=30)][-1].final
-        else:
-            answer = await stub.Complete(request, timeout=30)
-    assert answer.cost_usd == "0.000057"
+    assert (await sent_again_elsewhere(tmp_path, redis_url, request, streamed)).cost_usd == "0.000057"
     assert [c["cost_usd"] for c in await charges_of(redis_url, request.request_id)] == ["0", "0.000057"]
     await ledger_is_spend(redis_url)
 
@@ -412,13 +441,8 @@ async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_char
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        the_cut.take(running)  # cut as the charge lands, not at cut_at
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        provider.release.set()
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await call
-        await stopping
-    told = shutting_down(cut.value)
+        cut = await cut_by_hand_once_released(running, provider, call, the_cut)  # cut as the charge lands
+    told = shutting_down(cut)
     (charge_record,) = await charges_of(redis_url, request.request_id)
     assert charge_record["outcome"] == "ok"
     assert told.metadata == {"charged_usd": charge_record["cost_usd"], "retryable": "false"}
@@ -446,12 +470,12 @@ async def test_a_unary_call_released_at_nothing_as_the_cut_ran_is_told_it_may_be
     to reach the caller): told `retryable` true with `charged_usd` 0, as a stream nothing reached is, and a retry of
     the same request on another router is served and charged once. Told `retryable` false, a caller that could safely
     send it again was told it must not."""
-    cut_now: list[Any] = []
+    the_cut = CutByHand()
     charge = RedisStore.charge
 
     async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
         charged = await charge(self, *args, **kwargs)
-        cut_now.pop()()
+        the_cut()
         return charged
 
     monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
@@ -459,21 +483,11 @@ async def test_a_unary_call_released_at_nothing_as_the_cut_ran_is_told_it_may_be
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        cut_now.append(running.cut)
-        running.cut = lambda: None  # cut as the charge lands, not at cut_at
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        provider.release.set()
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await call
-        await stopping
-    assert shutting_down(cut.value).metadata == {"charged_usd": "0", "retryable": "true"}
+        cut = await cut_by_hand_once_released(running, provider, call, the_cut)  # cut as the charge lands
+    assert the_cut.taken == []  # the cut ran
+    assert shutting_down(cut).metadata == {"charged_usd": "0", "retryable": "true"}
     monkeypatch.setattr(RedisStore, "charge", charge)
-    (tmp_path / "elsewhere").mkdir()
-    answering = Held()
-    answering.release.set()
-    async with draining_router(tmp_path / "elsewhere", redis_url, answering) as (_, stub):
-        answer = await stub.Complete(request, timeout=30)
-    assert answer.cost_usd == "0.000057"
+    assert (await sent_again_elsewhere(tmp_path, redis_url, request, streamed=False)).cost_usd == "0.000057"
     assert [c["cost_usd"] for c in await charges_of(redis_url, request.request_id)] == ["0", "0.000057"]
     await ledger_is_spend(redis_url)
 
@@ -617,16 +631,10 @@ async def test_a_stream_cut_while_its_answers_charge_fails_is_not_told_it_was_ch
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         outbox_unwritable(tmp_path)
-        chunks = stub.CompleteStream(request, timeout=30)
-        assert (await chunks.read()).HasField("decision")
-        assert (await chunks.read()).delta == "an answer"
+        chunks = await answered_whole(stub, request)
         await charging.wait()
-        stopping = await stopping_once_cut(running)
-        charge_goes_on.set()
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await chunks.read()
-        await stopping
-    told = ServiceError.from_rpc_error(ended.value)
+        ended = await cut_as_the_charge_goes_on(running, chunks, charge_goes_on)
+    told = ServiceError.from_rpc_error(ended)
     assert told.reason == "MONEY_NOT_RECORDED" and "charged_usd" not in told.metadata
     assert told.metadata.get("cost_pending") == "true"  # the reconciler charges its hold: the edge lets no SDK retry it
     assert await charges_of(redis_url, request.request_id) == []
@@ -647,16 +655,10 @@ async def test_a_stream_cut_while_its_charge_fails_unexpectedly_is_told_its_char
     charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
-        chunks = stub.CompleteStream(request, timeout=30)
-        assert (await chunks.read()).HasField("decision")
-        assert (await chunks.read()).delta == "an answer"
+        chunks = await answered_whole(stub, request)
         await charging.wait()
-        stopping = await stopping_once_cut(running)
-        charge_goes_on.set()
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await chunks.read()
-        await stopping
-    told = ServiceError.from_rpc_error(ended.value)
+        ended = await cut_as_the_charge_goes_on(running, chunks, charge_goes_on)
+    told = ServiceError.from_rpc_error(ended)
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"cost_pending": "true", "retryable": "false"})
     (charge,) = await charges_of(redis_url, request.request_id)  # once, whole
     assert charge["outcome"] == "ok"
@@ -706,13 +708,8 @@ async def test_a_unary_call_cut_as_its_charge_failed_is_told_its_charge_is_pendi
         outbox_unwritable(tmp_path)
         call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        the_cut.take(running)  # cut as the charge fails, not at cut_at
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        provider.release.set()
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await call
-        await stopping
-    told = shutting_down(cut.value)
+        cut = await cut_by_hand_once_released(running, provider, call, the_cut)  # cut as the charge fails
+    told = shutting_down(cut)
     assert told.metadata == {"cost_pending": "true", "retryable": "false"}
     assert await charges_of(redis_url, request.request_id) == []
     assert await still_pending(redis_url, request.request_id)
