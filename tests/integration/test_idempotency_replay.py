@@ -546,6 +546,22 @@ async def test_a_retry_on_another_edge_while_the_first_s_answer_is_being_kept_wa
     assert len(await first_edge.ledger()) == 1
 
 
+async def kept(redis_url: str, edge: Tenant, idempotency_key: str) -> tuple[Kept | None, int]:
+    """What Redis keeps for `idempotency_key` sent with `edge`'s first API key, and its time to live."""
+    store = redis.from_url(redis_url)
+    key = PREFIX + idempotency.request_id(edge.name, edge.keys[0], idempotency_key)
+    try:
+        return Kept.loads(await store.get(key) or b""), await store.ttl(key)
+    finally:
+        await store.aclose()
+
+
+async def answer_kept(redis_url: str, edge: Tenant, idempotency_key: str) -> bool:
+    """Whether the answer to `idempotency_key` (of `edge`'s first API key) is written, not a marker or a digest."""
+    found, _ = await kept(redis_url, edge, idempotency_key)
+    return found is not None and found.body is not None
+
+
 async def test_a_retry_on_another_edge_is_told_to_retry_when_the_first_s_answer_is_not_kept_within_the_wait(
     chain: Chain, redis_url: str
 ) -> None:
@@ -562,17 +578,7 @@ async def test_a_retry_on_another_edge_is_told_to_retry_when_the_first_s_answer_
         assert "still being kept by the edge that served it after 0.1 s" in refused.value.message
         assert refused.value.response.headers.get("x-should-retry") != "false"
         write.released.set()
-        store = redis.from_url(redis_url)
-        key = PREFIX + idempotency.request_id(first_edge.name, first_edge.keys[0], "kept-late")
-
-        async def written() -> bool:
-            kept = Kept.loads(await store.get(key) or b"")
-            return kept is not None and kept.body is not None
-
-        try:
-            await eventually(written, "the first's answer is written")
-        finally:
-            await store.aclose()
+        await eventually(lambda: answer_kept(redis_url, first_edge, "kept-late"), "the first's answer is written")
         again = await sent_keyed(second_edge, body, "kept-late")
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     assert asked(first_edge, body) == 1
@@ -600,21 +606,12 @@ async def test_a_marker_standing_past_the_wait_gives_way_to_its_digest_so_retrie
             await sent_keyed(second_edge, body, "kept-never")
         assert "still being kept" not in refused.value.message
         assert refused.value.response.headers["x-should-retry"] == "false"
-        store = redis.from_url(redis_url)
-        key = PREFIX + idempotency.request_id(first_edge.name, first_edge.keys[0], "kept-never")
-
-        async def written() -> bool:
-            kept = Kept.loads(await store.get(key) or b"")
-            return kept is not None and kept.body is not None
-
-        try:
-            kept = Kept.loads(await store.get(key) or b"")
-            assert kept is not None and kept.started is None and kept.body is None, kept
-            assert 0 < await store.ttl(key) <= 20 + 60  # the marker's: the call's timeout and a minute
-            write.released.set()
-            await eventually(written, "the first's answer is written over the digest")
-        finally:
-            await store.aclose()
+        digest, ttl = await kept(redis_url, first_edge, "kept-never")
+        assert digest is not None and digest.started is None and digest.body is None, digest
+        assert 0 < ttl <= 20 + 60  # the marker's: the call's timeout and a minute
+        write.released.set()
+        written = "the first's answer is written over the digest"
+        await eventually(lambda: answer_kept(redis_url, first_edge, "kept-never"), written)
         again = await sent_keyed(second_edge, body, "kept-never")
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     assert asked(first_edge, body) == 1
