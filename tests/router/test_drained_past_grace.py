@@ -126,6 +126,19 @@ class CutByHand:
         self.taken.pop()()
 
 
+def cut_as_the_charge_lands(monkeypatch: pytest.MonkeyPatch) -> CutByHand:
+    """RedisStore.charge patched to run the cut the test takes (CutByHand.take) as each charge lands."""
+    the_cut, charge = CutByHand(), RedisStore.charge
+
+    async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        charged = await charge(self, *args, **kwargs)
+        the_cut()
+        return charged
+
+    monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
+    return the_cut
+
+
 def held_in(monkeypatch: pytest.MonkeyPatch, owner: type, method: str) -> tuple[asyncio.Event, asyncio.Event]:
     """`owner.method` (a coroutine's) patched to hold each call: the first event set as it is called, the call run on
     once the test sets the second."""
@@ -428,15 +441,7 @@ async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_char
 ) -> None:
     """The cut running as the answer's charge lands (its clean-up, the cache and the session, still to run): told
     `cost_pending`, as if still generating; now the charge the ledger has."""
-    the_cut = CutByHand()
-    charge = RedisStore.charge
-
-    async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        charged = await charge(self, *args, **kwargs)
-        the_cut()
-        return charged
-
-    monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
+    the_cut = cut_as_the_charge_lands(monkeypatch)
     provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
@@ -470,15 +475,8 @@ async def test_a_unary_call_released_at_nothing_as_the_cut_ran_is_told_it_may_be
     to reach the caller): told `retryable` true with `charged_usd` 0, as a stream nothing reached is, and a retry of
     the same request on another router is served and charged once. Told `retryable` false, a caller that could safely
     send it again was told it must not."""
-    the_cut = CutByHand()
     charge = RedisStore.charge
-
-    async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        charged = await charge(self, *args, **kwargs)
-        the_cut()
-        return charged
-
-    monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
+    the_cut = cut_as_the_charge_lands(monkeypatch)
     provider, request = HeldThenRefused(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = stub.Complete(request, timeout=30)
