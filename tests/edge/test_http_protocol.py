@@ -82,6 +82,26 @@ def edge_port() -> Iterator[int]:
         yield port
 
 
+def errors_in(log: str) -> list[str]:
+    return [line for line in log.splitlines() if '"level": "ERROR"' in line]
+
+
+@pytest.fixture(scope="module")
+def logged_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """An edge of its own, its router nowhere, logging to a file: its port and the file. For the tests that nothing
+    they send logs an error: each reads the lines logged while it ran (log_since), and the whole log, read once the
+    edge has stopped (every line written), must hold none either."""
+    log = tmp_path_factory.mktemp("logged_edge") / "edge.log"
+    with served(nowhere(), log=log) as port:
+        yield port, log
+    assert errors_in(log.read_text()) == []
+
+
+def log_since(log: Path, offset: int) -> str:
+    """What the edge logged past `offset` (the log's size when a test began)."""
+    return log.read_bytes()[offset:].decode()
+
+
 @pytest.fixture(scope="module")
 def slow_edge_port() -> Iterator[int]:
     """The edge, its router a socket that never answers: a chat completion read whole is a 504 after
@@ -449,22 +469,18 @@ def test_a_connection_idle_after_a_body_answered_before_it_ended_is_closed(edge_
         assert time.monotonic() - start > 4
 
 
-def test_a_head_refused_malformed_past_the_bound_is_refused_once(tmp_path: Path) -> None:
+def test_a_head_refused_malformed_past_the_bound_is_refused_once(logged_edge: tuple[int, Path]) -> None:
     """Malformed (400) in a read that also passed the head's bound: no 431 tried after it, which failed (a write
     after the refusal's end) and dropped the connection with an error logged."""
-    log = tmp_path / "edge.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = s.getsockname()[1] + 1
-    with served(f"127.0.0.1:{nowhere}", log=log) as port:
-        sent = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Nul: \x00" + b"a" * (MAX_HEAD_BYTES + 16 * 1024)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
-            c.sendall(sent[:1])
-            time.sleep(0.2)
-            c.sendall(sent[1:])
-            assert responses(c, READ_TIMEOUT_S + 2) == [b"HTTP/1.1 400 Bad Request"]
-    errors = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
-    assert errors == []
+    port, log = logged_edge
+    logged = log.stat().st_size
+    sent = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Nul: \x00" + b"a" * (MAX_HEAD_BYTES + 16 * 1024)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(sent[:1])
+        time.sleep(0.2)
+        c.sendall(sent[1:])
+        assert responses(c, READ_TIMEOUT_S + 2) == [b"HTTP/1.1 400 Bad Request"]
+    assert errors_in(log_since(log, logged)) == []
 
 
 @pytest.mark.parametrize(
@@ -497,20 +513,18 @@ def test_a_request_offering_an_upgrade_not_made_is_served_as_http_1_1(edge_port:
 @pytest.mark.parametrize(
     "target", [b"api.openai.com:443", b"/v1/chat/completions"], ids=["authority-form", "origin-form"]
 )
-def test_a_connect_is_answered_not_re_parsed_forever(tmp_path: Path, target: bytes) -> None:
+def test_a_connect_is_answered_not_re_parsed_forever(logged_edge: tuple[int, Path], target: bytes) -> None:
     """httptools stops after a CONNECT's head as after an upgrade offer, whatever its headers: re-parsed as an
     upgrade not made (without_upgrade), it stopped there again, and again, until a RecursionError (~1,000 frames, a
     copy of the head each) dropped the connection unanswered with a traceback of ~270 KB logged, for every CONNECT
     anyone sent. Then the requests pipelined behind one were never answered, the connection held open. A CONNECT is
     refused (405, in OpenAI's body), after the answers of the requests before it, and the connection closed: the
     edge opens no tunnel, and what follows a CONNECT is not reliably framed as requests."""
-    log = tmp_path / "edge.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = s.getsockname()[1] + 1
+    port, log = logged_edge
+    logged = log.stat().st_size
     before = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
     connect = b"CONNECT %s HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n" % target
-    with served(f"127.0.0.1:{nowhere}", log=log) as port, socket.create_connection(("127.0.0.1", port)) as c:
+    with socket.create_connection(("127.0.0.1", port)) as c:
         c.sendall(before + connect + before)
         start = time.monotonic()
         assert responses(c, READ_TIMEOUT_S + 5) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 405 Method Not Allowed"]
@@ -519,8 +533,7 @@ def test_a_connect_is_answered_not_re_parsed_forever(tmp_path: Path, target: byt
     head, _, body = refused.partition(b"\r\n\r\n")
     assert b"connection: close" in head.split(b"\r\n")
     assert json.loads(body)["error"]["code"] == "method_not_allowed"
-    errors = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
-    assert errors == []
+    assert errors_in(log_since(log, logged)) == []
 
 
 def test_a_websocket_handshake_is_a_404_in_openais_body(edge_port: int) -> None:
