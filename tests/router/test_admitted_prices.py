@@ -17,9 +17,9 @@ import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import served_router, store_on
+from tests.router.servicer_kit import router_stub, store_on
 from tests.router.test_admission import REGISTRY
 
 CHEAP, STRONG = (next(m for m in REGISTRY.models if m.name == name) for name in ("cheap", "strong"))
@@ -55,11 +55,7 @@ async def test_a_cut_stream_and_a_failed_attempt_are_charged_at_the_prices_the_r
     tmp_path: Path, redis_url: str
 ) -> None:
     async with store_on(redis_url) as store:
-        async with (
-            served_router(tmp_path, store, ReloadedProviders(), classifier_fallback="strongest") as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            stub = router_pb2_grpc.RouterStub(channel)
+        async with router_stub(tmp_path, store, ReloadedProviders(), classifier_fallback="strongest") as stub:
             # No classifier answers, and the fallback is the strongest tier: it first, the cheap model behind it.
             message = common_pb2.ChatMessage(role="user", content="Hello there")
             request = router_pb2.CompleteRequest(messages=[message], tenant="t", max_tokens=50, request_id="r")

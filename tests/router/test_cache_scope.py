@@ -11,14 +11,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from pydantic import ValidationError
 
 from llmrouter.v1 import router_pb2_grpc
 from services.router.settings import RouterSettings
 from services.router.store import Account, RedisStore, key_id, period_id, to_pico
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub
 from tests.router.test_cache_money import COST, Answering, ask
 
 
@@ -33,11 +32,7 @@ async def test_by_default_a_key_is_served_its_own_answers_again_never_a_colleagu
 ) -> None:
     provider = Answering()
     prompt = f"What is the capital of France? {uuid.uuid4().hex}"
-    async with (
-        served_router(tmp_path, redis_store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, provider) as router:
         assert await complete(router, "acme", prompt, api_key="key-a") == (False, format(COST, "f"))
         assert await complete(router, "acme", prompt, api_key="key-b") == (False, format(COST, "f"))  # a colleague
         assert await complete(router, "acme", prompt, api_key="key-a") == (True, "0")
@@ -62,11 +57,7 @@ async def test_a_tenant_scoped_cache_serves_any_of_its_keys_and_a_key_scoped_one
 ) -> None:
     provider = Answering()
     prompt = f"Name a prime number. {uuid.uuid4().hex}"
-    async with (
-        served_router(tmp_path, redis_store, provider, **settings) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, provider, **settings) as router:
         for tenant in ("acme", "globex"):  # a key serves one tenant: each tenant's own
             await complete(router, tenant, prompt, api_key=f"{tenant}-key-a")
         acme = [await complete(router, "acme", prompt, api_key="acme-key-b"), await complete(router, "acme", prompt)]

@@ -13,7 +13,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router.store import RedisStore
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub
 from tests.router.test_admission import REGISTRY
 
 OWNER, COLLEAGUE = "0123456789abcdef", "fedcba9876543210"  # two API keys' ids of tenant acme
@@ -47,11 +47,7 @@ async def refusal(router: router_pb2_grpc.RouterStub, key_id: str) -> grpc.aio.A
 
 
 async def test_another_key_is_refused_without_a_word_of_the_request(tmp_path: Path, redis_store: RedisStore) -> None:
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
         answer = await router.Complete(ask(OWNER), timeout=10)
         colleague, owner = await refusal(router, COLLEAGUE), await refusal(router, OWNER)
     told = ServiceError.from_rpc_error(colleague)

@@ -15,9 +15,8 @@ import pytest
 
 from llmrouter.errors import ServiceError
 from llmrouter.passthrough import END_USER_ID_CHARS
-from llmrouter.v1 import router_pb2_grpc
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub
 from tests.router.test_cache_money import Answering, ask
 
 
@@ -26,11 +25,7 @@ async def test_an_end_user_id_past_its_bound_or_no_string_is_refused_naming_it(t
     bound = END_USER_ID_CHARS[field]
     refused: list[ServiceError] = []
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, MemoryStore(), provider) as router:
 
         async def complete(value: Any) -> None:
             request = ask("hello", "acme", passthrough_json=json.dumps({field: value}))

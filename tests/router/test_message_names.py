@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, router_pb2
 from services.edge.openai_api import ApiError, parse_request
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub
 from tests.router.test_cache_money import Answering
 from tests.router.test_tool_pairing import refusal
 
@@ -64,11 +64,7 @@ def test_a_name_with_a_control_character_is_a_400_at_the_edge(name: str) -> None
 @pytest.mark.parametrize("method", ["Complete", "CompleteStream", "Decide"])
 async def test_a_grpc_callers_name_is_held_to_the_same_rule(tmp_path: Path, method: str) -> None:
     provider, store = Answering(), MemoryStore()
-    async with (
-        served_router(tmp_path, store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, provider) as router:
         for name, says in [("n" * (BOUND + 1), "string too long"), *((c, "control characters") for c in CONTROL)]:
             refused = await refusal(router, method, asked(name))
             assert (refused.code, refused.reason, refused.metadata.get("field")) == (

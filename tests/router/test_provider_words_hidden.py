@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub
 from tests.router.test_collect_model import REGISTRY
 
 SECRET = "org-Zq81Secret: see http://10.0.3.7:8000 (/srv/llm/app.py, line 12)"
@@ -88,11 +88,7 @@ async def test_a_providers_words_never_reach_the_routers_caller(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, call: str
 ) -> None:
     failure, told = FAILURES[kind]
-    async with (
-        served_router(tmp_path, MemoryStore(), QuotingProviders(failure), REGISTRY) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, MemoryStore(), QuotingProviders(failure), REGISTRY) as router:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             if call == "Complete":
                 await router.Complete(ask("r-1"), timeout=10)

@@ -21,10 +21,9 @@ from llmrouter.v1 import (
     provider_pb2,
     provider_pb2_grpc,
     router_pb2,
-    router_pb2_grpc,
 )
 from services.router.store import Account, Store, key_id, period_id, to_pico
-from tests.router.servicer_kit import NearScores, NoDeadline, router_servicer, served_router
+from tests.router.servicer_kit import NearScores, NoDeadline, router_servicer, router_stub
 from tests.router.test_admission import REGISTRY
 from tests.router.test_collect_model import REGISTRY as BATCH_REGISTRY
 
@@ -59,11 +58,7 @@ async def test_a_session_model_the_budget_cannot_pay_for_is_set_aside_for_the_tu
         return await admit(*args)
 
     store.admit = recording  # type: ignore[method-assign,assignment]
-    async with (
-        served_router(tmp_path, store, Answering(), classifier=NearScores(), session_ttl_s=600) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, Answering(), classifier=NearScores(), session_ttl_s=600) as router:
         first = await router.Complete(turn(quality_target=1), timeout=10)  # a hard turn: the session is on strong
         assert first.model == "strong"
         limit = to_pico(Decimal(first.cost_usd) + ROOM)

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
-
-from llmrouter.v1 import router_pb2_grpc
 from services.router.sessions import session_key
 from services.router.store import RedisStore, key_id
-from tests.router.servicer_kit import NearScores, served_router
+from tests.router.servicer_kit import NearScores, router_stub
 from tests.router.test_session_budget import Answering, turn
 
 ALICE, BOB = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"  # two API keys of acme, by their ids (as the edge sends them)
@@ -24,11 +21,7 @@ ALICE, BOB = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"  # two API keys of acme, by 
 async def test_one_keys_session_is_neither_read_nor_changed_by_another_key(
     tmp_path: Path, redis_store: RedisStore
 ) -> None:
-    async with (
-        served_router(tmp_path, redis_store, Answering(), classifier=NearScores(), session_ttl_s=600) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, Answering(), classifier=NearScores(), session_ttl_s=600) as router:
         hard = await router.Complete(turn(quality_target=1, api_key_id=ALICE), timeout=10)
         assert hard.model == "strong"  # alice's session is on the strong model
         easy = await router.Complete(turn(quality_target=0.5, api_key_id=ALICE), timeout=10)

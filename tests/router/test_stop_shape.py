@@ -15,9 +15,8 @@ import pytest
 
 from llmrouter.errors import ServiceError
 from llmrouter.passthrough import MAX_STOP, MAX_STOP_CHARS
-from llmrouter.v1 import router_pb2_grpc
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub
 from tests.router.test_cache_money import Answering, ask
 
 # A sequence past MAX_STOP_CHARS, alone or listed: a 100 kB one was accepted and sent on.
@@ -29,11 +28,7 @@ SERVED: list[Any] = [None, "", "\n", [], ["."] * MAX_STOP, "x" * MAX_STOP_CHARS]
 async def test_a_stop_of_another_shape_is_refused_naming_it(tmp_path: Path) -> None:
     refused: list[ServiceError] = []
     provider = Answering()
-    async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, MemoryStore(), provider) as router:
         for stop in REFUSED:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await router.Complete(ask("hello", "acme", passthrough_json=json.dumps({"stop": stop})), timeout=10)
