@@ -319,8 +319,8 @@ async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
-        told = ServiceError.from_rpc_error(await failure(router, ask("bug-11"), streamed))
-        again = ServiceError.from_rpc_error(await failure(router, ask("bug-11"), streamed))
+        told = await failure(router, ask("bug-11"), streamed)
+        again = await failure(router, ask("bug-11"), streamed)
     assert (told.code, told.reason, told.metadata) == (
         grpc.StatusCode.INTERNAL,
         "INTERNAL_ERROR",
