@@ -122,6 +122,10 @@ class Upkeep:
         if settled:
             metrics.PENDING_RECONCILED.inc(settled)
             log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})
+        try:
+            await self.store.finish_limit_changes()  # each logged by the store
+        except StoreUnavailable:
+            return  # the change stays recorded for the next round
 
     async def _replay(self) -> None:
         """A replay that fails otherwise than by the store being away (its file cannot be rewritten: a full disk) holds

@@ -148,6 +148,19 @@ def limits_key(shard: int) -> str:
     return f"{TAGS[shard]}:limits"
 
 
+def limit_versions_key(shard: int) -> str:
+    """Beside limits_key: the version (LIMIT_VERSION) of the change each limit field of the shard last took, kept when
+    the override is removed, so a change older than one a shard has already taken is never applied over it."""
+    return f"{TAGS[shard]}:limits:versions"
+
+
+# Limit changes (store/limits.py): the counter that versions them, the record of each field's latest change
+# ("<version>:<pico-USD or ''>"), and those of them not yet confirmed on every shard they go to (the same values).
+LIMIT_VERSION = f"{GLOBAL}:limits:version"
+LIMIT_CHANGES = f"{GLOBAL}:limits:changes"
+LIMIT_UNCONFIRMED = f"{GLOBAL}:limits:unconfirmed"
+
+
 # A holds set's running total (lua.py, _TOTALS) is the set's name and this: the same hash tag, so the same slot.
 TOTAL_SUFFIX = ":total"
 

@@ -1,6 +1,6 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
 runs atomically on one server or on the one Redis Cluster master that owns the slot (SWAP_LIMIT every shard's on one
-server alone)."""
+server alone; RECORD_LIMIT and CONFIRM_LIMIT the `{llmrouter}` slot's)."""
 
 from services.router.store.keys import RATE_COUNTER_TTL_S, TAKEN_KEPT_S, TOTAL_SUFFIX
 from services.router.store.model import (
@@ -1364,17 +1364,43 @@ return {counted, given, '', stream_position(KEYS[1]), repairs}
 """
 )
 
-# An operator's limit override set (ARGV[2]: pico-USD) or removed (ARGV[2] empty) in shards' limits hashes (one, or
-# on one server every shard a key's goes to: no cross-slot check there), answering the one it replaced in the first
-# (nil: none) in the same step: of two changes at once, the later learns the other's limit, and leaves its own in all.
+# An operator's limit change, recorded before any shard takes it (limits.py): its version, the next of the counter,
+# and the field's latest change, in the record and among the unconfirmed until every shard has it. Answers the version
+# and the limit of the change before (nil: none recorded; false inside: the default), read in the same step.
+# KEYS: version counter, changes, unconfirmed. ARGV: limit field, pico-USD ('' = back to the default).
+RECORD_LIMIT = """
+local version = redis.call('INCR', KEYS[1])
+local before = redis.call('HGET', KEYS[2], ARGV[1])
+local change = version .. ':' .. ARGV[2]
+redis.call('HSET', KEYS[2], ARGV[1], change)
+redis.call('HSET', KEYS[3], ARGV[1], change)
+if not before then return {version} end
+return {version, string.sub(before, string.find(before, ':', 1, true) + 1)}
+"""
+
+# A recorded limit change taken by shards' limits hashes (one, or on one server every shard a key's goes to: no
+# cross-slot check there), each only if it has taken no later one (its versions hash): changes applied in any order,
+# or again, leave every shard with the latest. Answers the first shard's limit before (nil: none).
+# KEYS: limits, limit versions, for each shard. ARGV: limit field, pico-USD ('' = removed), the change's version.
 SWAP_LIMIT = """
 local before = redis.call('HGET', KEYS[1], ARGV[1])
-for _, key in ipairs(KEYS) do
-  if ARGV[2] == '' then
-    redis.call('HDEL', key, ARGV[1])
-  else
-    redis.call('HSET', key, ARGV[1], ARGV[2])
+local version = tonumber(ARGV[3])
+for i = 1, #KEYS, 2 do
+  if (tonumber(redis.call('HGET', KEYS[i + 1], ARGV[1])) or 0) < version then
+    if ARGV[2] == '' then
+      redis.call('HDEL', KEYS[i], ARGV[1])
+    else
+      redis.call('HSET', KEYS[i], ARGV[1], ARGV[2])
+    end
+    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[3])
   end
 end
 return before
+"""
+
+# A limit change every shard has taken: no longer unconfirmed, unless a later change of the field is (its own record).
+# KEYS: unconfirmed. ARGV: limit field, the change as recorded.
+CONFIRM_LIMIT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
 """

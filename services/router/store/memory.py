@@ -459,6 +459,9 @@ class MemoryStore:
             self.limits[limit_field(scope, name)] = pico
         return before
 
+    async def finish_limit_changes(self) -> int:
+        return 0  # each change is whole at once here
+
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """No router but this one admits here, and it never takes itself for dead; but a provider batch line's hold may
         outlive its collector (an edge that lost its batches, as the in-process batch store does at each restart): once

@@ -674,7 +674,13 @@ class Store(Protocol):
 
     async def set_limit(self, scope: str, name: str, pico: int | None) -> int | None:
         """Set (or with None remove) the limit of one tenant or key, overriding the default; returns the limit it
-        replaced (None: the default), read in the same step: of two changes at once, the later learns the other's."""
+        replaced (None: the default), read in the same step: of two changes at once, the later learns the other's, and
+        every shard ends with the later's. RedisStore raises LimitUnconfirmed when the change was recorded but some
+        shard did not confirm it (finish_limit_changes completes it)."""
+
+    async def finish_limit_changes(self) -> int:
+        """Run by every router's upkeep: finish each limit change left unconfirmed on some shard (store/limits.py);
+        how many were. StoreUnavailable when they cannot be finished yet."""
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """When this router holds the reconciler lease, about every `lease_s`: settle, each at its hold, the

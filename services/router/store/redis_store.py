@@ -47,11 +47,11 @@ from services.router.store.keys import (
     limits_key,
     pending_key,
     repairs_key,
-    shard_of,
     shard_of_key,
     taken_claims_key,
     uncounted_reconciled_key,
 )
+from services.router.store.limits import Limits
 from services.router.store.model import (
     GIVEN_BACK,
     HOLD_S,
@@ -376,7 +376,7 @@ class RedisStore:
         self._undo = Script(self.redis, lua.UNDO)
         self._give_back = Script(self.redis, lua.GIVE_BACK)
         self._record_batch = Script(self.redis, lua.RECORD_BATCH)
-        self._swap_limit = Script(self.redis, lua.SWAP_LIMIT)
+        self._limits = Limits(self.redis, self.shards_fail_apart, self._call)
         self._keep_answer = Script(self.redis, lua.KEEP_ANSWER)
         self._pending_charge = Script(self.redis, lua.PENDING_CHARGE)
         self._held = Script(self.redis, lua.HELD)
@@ -1074,16 +1074,10 @@ class RedisStore:
         return found
 
     async def set_limit(self, scope: str, name: str, pico: int | None) -> int | None:
-        # A key's limit goes to every shard: admission reads it beside the spend of whichever tenant the key
-        # serves. On one server to all of them in one step; on a Redis Cluster shard by shard (their masters apart),
-        # so not atomic there: a failure part way raises, and setting it again repairs it, as it does the shards that
-        # two changes at once left apart. The limit replaced is the first shard's.
-        shards = [shard_of(name)] if scope == "tenant" else range(SHARDS)
-        keys, args = [limits_key(shard) for shard in shards], [limit_field(scope, name), "" if pico is None else pico]
-        steps = [[key] for key in keys] if self.shards_fail_apart else [keys]
-        async with self._call():
-            before, *_ = [await self._swap_limit(keys=step, args=args) for step in steps]
-        return None if before is None else int(before)
+        return await self._limits.set(scope, name, pico)
+
+    async def finish_limit_changes(self) -> int:
+        return await self._limits.finish_unconfirmed()
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         # Since when a router was seen missing is kept only by a round that read the heartbeats, or held the lease

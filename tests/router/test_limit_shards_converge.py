@@ -1,0 +1,110 @@
+"""A key's limit is kept on every shard (store/keys.py, limits_key), which on a Redis Cluster are written master by
+master. Two changes at once, their writes interleaved, left some shards with one limit and the rest with the other;
+a change failing part way left the shards apart until someone set it again. Each change now has a version, and a
+shard takes only a newer one (store/limits.py): concurrent changes end with every shard holding the later, and one
+failing part way is reported (BUDGET_LIMIT_UNCONFIRMED) and finished by the routers' upkeep. A real Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.redis_connect import connect
+from services.ledger.db import LedgerDB
+from services.router.operations import Operations
+from services.router.store import PICO, Allowance, RedisStore
+from services.router.store.keys import LIMIT_UNCONFIRMED, SHARDS, limit_field, limits_key
+from services.router.store.limits import LimitUnconfirmed
+from tests.redis_servers import RedisCluster
+from tests.router.test_outbox_one_shard_down import DOWN
+
+KEY = "0123456789abcdef"
+FIELD = limit_field("key", KEY)
+USD = int(PICO)
+GATED_AFTER = 6  # the shards the first change writes before it is held up
+
+
+class Gate:
+    """Holds a store's limit writes after its first `after` shards until `opened`: a router held up (a GC pause, a slow
+    network) part way through a change while another router makes one whole. Each write is the store's own."""
+
+    def __init__(self, store: RedisStore, after: int) -> None:
+        self.swap, self.after, self.written = store._limits._swap, after, 0
+        self.reached, self.opened = asyncio.Event(), asyncio.Event()
+        store._limits._swap = self
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        if self.written == self.after:
+            self.reached.set()
+            await self.opened.wait()
+        self.written += 1
+        return await self.swap(keys=keys, args=args)
+
+
+async def shard_limits(url: str) -> list[bytes | None]:
+    client = connect(url)
+    try:
+        return [await client.hget(limits_key(shard), FIELD) for shard in range(SHARDS)]
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def stores(cluster_url: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    one, two = RedisStore(cluster_url), RedisStore(cluster_url)
+    yield one, two
+    await one.close()
+    await two.close()
+
+
+async def test_two_routers_setting_one_key_limit_at_once_leave_every_shard_with_the_later(
+    stores: tuple[RedisStore, RedisStore], cluster_url: str, tmp_path: Path
+) -> None:
+    """Router one's change is held up after six shards while router two's is made whole, then goes on: the shards
+    router one writes late keep router two's later change, and router two learnt router one's limit as the one it
+    replaced. Through SetBudget's operations, as an admin sends them."""
+    one, two = stores
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    first, second = (Operations(store, Allowance("day"), db) for store in stores)
+    gate = Gate(one, GATED_AFTER)
+    held_up = asyncio.create_task(first.set_budget(None, "key", KEY, "1", "admin-one"))
+    await gate.reached.wait()
+    await second.set_budget(None, "key", KEY, "2", "admin-two")
+    gate.opened.set()
+    await held_up
+    assert await shard_limits(cluster_url) == [str(2 * USD).encode()] * SHARDS
+    assert await two.limit_overrides() == {("key", KEY): 2 * USD}
+    assert await one.set_limit("key", KEY, None) == 2 * USD  # the record's latest, whatever the shards said
+
+
+async def test_a_key_limit_change_failing_part_way_is_reported_and_finished_by_the_upkeep(
+    cluster: RedisCluster,
+) -> None:
+    """One master down as a key's limit is changed: the shards before it take the change and the rest do not; the
+    caller is told BUDGET_LIMIT_UNCONFIRMED, and once the master is back a router's upkeep (finish_limit_changes)
+    leaves every shard with it."""
+    store = RedisStore(cluster.url)
+    try:
+        await store.set_limit("key", KEY, USD)
+        cluster.nodes[DOWN].shut_down()
+        with pytest.raises(LimitUnconfirmed) as raised:
+            await store.set_limit("key", KEY, 3 * USD)
+        assert isinstance(raised.value, ServiceError) and raised.value.code == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.reason == "BUDGET_LIMIT_UNCONFIRMED"
+        cluster.restart_node(DOWN)
+        apart = await shard_limits(cluster.url)
+        assert set(apart) == {str(USD).encode(), str(3 * USD).encode()}  # some shards took it, not all
+        assert await store.finish_limit_changes() == 1
+        assert await shard_limits(cluster.url) == [str(3 * USD).encode()] * SHARDS
+        assert await store.finish_limit_changes() == 0  # confirmed: nothing left to finish
+        client = connect(cluster.url)
+        assert await client.hgetall(LIMIT_UNCONFIRMED) == {}
+        await client.aclose()
+    finally:
+        await store.close()
