@@ -19,7 +19,7 @@ from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.store import PICO, Allowance, RedisStore
-from services.router.store.keys import LIMIT_UNCONFIRMED, SHARDS, limit_field, limits_key
+from services.router.store.keys import LIMIT_UNCONFIRMED, LIMIT_VERSION, SHARDS, limit_field, limits_key
 from services.router.store.limits import LimitUnconfirmed
 from tests.redis_servers import RedisCluster
 from tests.router.test_outbox_one_shard_down import DOWN
@@ -107,4 +107,20 @@ async def test_a_key_limit_change_failing_part_way_is_reported_and_finished_by_t
         assert await client.hgetall(LIMIT_UNCONFIRMED) == {}
         await client.aclose()
     finally:
+        await store.close()
+
+
+async def test_a_limit_change_after_its_version_counter_was_lost_still_reaches_every_shard(any_redis_url: str) -> None:
+    """The version counter lost (a failover to a replica that had not yet had it, or deleted by hand): the next change's
+    version is still above those the shards hold (at least the money's clock), so no shard passes it over. On one
+    server and on a Redis Cluster."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    try:
+        await store.set_limit("key", KEY, USD)
+        await client.delete(LIMIT_VERSION)
+        assert await store.set_limit("key", KEY, 4 * USD) == USD
+        assert await store.limit_overrides() == {("key", KEY): 4 * USD}
+        assert await shard_limits(any_redis_url) == [str(4 * USD).encode()] * SHARDS
+    finally:
+        await client.aclose()
         await store.close()

@@ -1,8 +1,9 @@
 """Operators' limit overrides in the money store, kept alike on every shard they go to: a tenant's in its shard, a
 key's in all of them (keys.py, limits_key), which on a Redis Cluster are written master by master, not in one step.
 
-Each change is recorded first, in the `{llmrouter}` slot (RECORD_LIMIT): a version from one counter, the field's
-latest change, and the change among the unconfirmed. Each shard then takes it only if it has taken no later version
+Each change is recorded first, in the `{llmrouter}` slot (RECORD_LIMIT): a version from one counter (never below the
+money's clock in microseconds, so a counter a failover lost does not start again below the shards'), the field's latest
+change, and the change among the unconfirmed. Each shard then takes it only if it has taken no later version
 (SWAP_LIMIT), so two changes at once, their writes interleaved shard by shard in any order, leave every shard with
 the later one; and the change is confirmed once every shard has it. One that failed or was cancelled part way stays
 unconfirmed: its caller is told (LimitUnconfirmed) and every router's upkeep applies it again (finish_unconfirmed)
@@ -21,6 +22,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.redis_scripts import Script
 from services.router.store import lua
+from services.router.store.clock import money_now
 from services.router.store.keys import (
     LIMIT_CHANGES,
     LIMIT_UNCONFIRMED,
@@ -72,9 +74,10 @@ class Limits:
         field = limit_field(scope, name)
         async with self._call():
             version, *recorded = await self._record(
-                keys=[LIMIT_VERSION, LIMIT_CHANGES, LIMIT_UNCONFIRMED], args=[field, "" if pico is None else pico]
+                keys=[LIMIT_VERSION, LIMIT_CHANGES, LIMIT_UNCONFIRMED],
+                args=[field, "" if pico is None else pico, int(money_now() * 1_000_000)],
             )
-        change = f"{int(version)}:{'' if pico is None else pico}"
+        change = f"{_text(version)}:{'' if pico is None else pico}"
         try:
             first = await self._apply(field, change)
         except StoreUnavailable:

@@ -1364,12 +1364,15 @@ return {counted, given, '', stream_position(KEYS[1]), repairs}
 """
 )
 
-# An operator's limit change, recorded before any shard takes it (limits.py): its version, the next of the counter,
-# and the field's latest change, in the record and among the unconfirmed until every shard has it. Answers the version
-# and the limit of the change before (nil: none recorded; false inside: the default), read in the same step.
-# KEYS: version counter, changes, unconfirmed. ARGV: limit field, pico-USD ('' = back to the default).
+# An operator's limit change, recorded before any shard takes it (limits.py): its version, above the counter's last and
+# at least the money's clock in microseconds (a counter a failover lost, or deleted by hand, starts again no lower than
+# the versions the shards already hold), and the field's latest change, in the record and among the unconfirmed until
+# every shard has it. Answers the version and the limit of the change before ('' the default; none for a field never
+# recorded), read in the same step.
+# KEYS: version counter, changes, unconfirmed. ARGV: limit field, pico-USD ('' = back to the default), now in us.
 RECORD_LIMIT = """
-local version = redis.call('INCR', KEYS[1])
+local version = string.format('%.0f', math.max((tonumber(redis.call('GET', KEYS[1])) or 0) + 1, tonumber(ARGV[3])))
+redis.call('SET', KEYS[1], version)
 local before = redis.call('HGET', KEYS[2], ARGV[1])
 local change = version .. ':' .. ARGV[2]
 redis.call('HSET', KEYS[2], ARGV[1], change)
