@@ -18,9 +18,11 @@ from llmrouter.errors import ServiceError
 from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
+from services.router.outbox import Outbox
 from services.router.store import PICO, Allowance, RedisStore
 from services.router.store.keys import LIMIT_UNCONFIRMED, LIMIT_VERSION, SHARDS, limit_field, limits_key
 from services.router.store.limits import LimitUnconfirmed
+from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster
 from tests.router.test_outbox_one_shard_down import DOWN
 
@@ -84,7 +86,7 @@ async def test_two_routers_setting_one_key_limit_at_once_leave_every_shard_with_
 
 
 async def test_a_key_limit_change_failing_part_way_is_reported_and_finished_by_the_upkeep(
-    cluster: RedisCluster,
+    cluster: RedisCluster, tmp_path: Path
 ) -> None:
     """One master down as a key's limit is changed: the shards before it take the change and the rest do not; the
     caller is told BUDGET_LIMIT_UNCONFIRMED, and once the master is back a router's upkeep (finish_limit_changes)
@@ -100,7 +102,9 @@ async def test_a_key_limit_change_failing_part_way_is_reported_and_finished_by_t
         cluster.restart_node(DOWN)
         apart = await shard_limits(cluster.url)
         assert set(apart) == {str(USD).encode(), str(3 * USD).encode()}  # some shards took it, not all
-        assert await store.finish_limit_changes() == 1
+        upkeep = Upkeep(store, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600)
+        await upkeep.tick()  # a router's upkeep round
+        await upkeep.close()
         assert await shard_limits(cluster.url) == [str(3 * USD).encode()] * SHARDS
         assert await store.finish_limit_changes() == 0  # confirmed: nothing left to finish
         client = connect(cluster.url)
