@@ -126,3 +126,33 @@ class SetBudgetRequest(_message.Message):
     admin: bool
     api_key: str
     def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., limit_usd: _Optional[str] = ..., admin: _Optional[bool] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class KeyMovesRequest(_message.Message):
+    __slots__ = ("admin", "limit")
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    admin: bool
+    limit: int
+    def __init__(self, admin: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class KeyMove(_message.Message):
+    __slots__ = ("key_id", "from_tenant", "from_none", "to_tenant", "by", "at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_TENANT_FIELD_NUMBER: _ClassVar[int]
+    FROM_NONE_FIELD_NUMBER: _ClassVar[int]
+    TO_TENANT_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    from_tenant: str
+    from_none: bool
+    to_tenant: str
+    by: str
+    at: float
+    def __init__(self, key_id: _Optional[str] = ..., from_tenant: _Optional[str] = ..., from_none: _Optional[bool] = ..., to_tenant: _Optional[str] = ..., by: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
+
+class KeyMovesResponse(_message.Message):
+    __slots__ = ("moves",)
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    moves: _containers.RepeatedCompositeFieldContainer[KeyMove]
+    def __init__(self, moves: _Optional[_Iterable[_Union[KeyMove, _Mapping]]] = ...) -> None: ...

@@ -52,6 +52,11 @@ class OperatorStub:
                 request_serializer=llmrouter_dot_v1_dot_operator__pb2.SetBudgetRequest.SerializeToString,
                 response_deserializer=llmrouter_dot_v1_dot_operator__pb2.Budget.FromString,
                 _registered_method=True)
+        self.KeyMoves = channel.unary_unary(
+                '/llmrouter.v1.Operator/KeyMoves',
+                request_serializer=llmrouter_dot_v1_dot_operator__pb2.KeyMovesRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_operator__pb2.KeyMovesResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -83,6 +88,13 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeyMoves(self, request, context):
+        """An admin's: the record of API keys moved between tenants (python -m services.router.key_move), the latest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +112,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.SetBudget,
                     request_deserializer=llmrouter_dot_v1_dot_operator__pb2.SetBudgetRequest.FromString,
                     response_serializer=llmrouter_dot_v1_dot_operator__pb2.Budget.SerializeToString,
+            ),
+            'KeyMoves': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyMoves,
+                    request_deserializer=llmrouter_dot_v1_dot_operator__pb2.KeyMovesRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_operator__pb2.KeyMovesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +203,33 @@ class Operator:
             '/llmrouter.v1.Operator/SetBudget',
             llmrouter_dot_v1_dot_operator__pb2.SetBudgetRequest.SerializeToString,
             llmrouter_dot_v1_dot_operator__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyMoves(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Operator/KeyMoves',
+            llmrouter_dot_v1_dot_operator__pb2.KeyMovesRequest.SerializeToString,
+            llmrouter_dot_v1_dot_operator__pb2.KeyMovesResponse.FromString,
             options,
             channel_credentials,
             insecure,

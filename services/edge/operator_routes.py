@@ -1,7 +1,7 @@
 """The edge's operator API over the Router's Operator and Decide RPCs: stats, budgets (an admin sets
-overrides), and the routing decision without a generation. A tenant's key sees its tenant's budget, and its own
-key's budget and stats, never another key's; an admin key sees all. Bodies are the RPCs' answers as JSON, money as
-exact decimal strings."""
+overrides), the key moves on record (an admin's), and the routing decision without a generation. A tenant's key sees
+its tenant's budget, and its own key's budget and stats, never another key's; an admin key sees all. Bodies are the
+RPCs' answers as JSON, money as exact decimal strings."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ class OperatorRoutes:
             Route("/v1/router/stats", self.stats, methods=["GET"]),
             Route("/v1/router/budgets", self.budgets, methods=["GET"]),
             Route("/v1/router/budgets/{scope}/{name}", self.set_budget, methods=["PUT", "DELETE"]),
+            Route("/v1/router/key-moves", self.key_moves, methods=["GET"]),
             Route("/v1/router/decide", self.decide, methods=["POST"]),
         ]
 
@@ -127,6 +128,18 @@ class OperatorRoutes:
             api_key=key,  # the change's record names the admin's key id
         )
         return JSONResponse(as_json(await self._call(self.operator.SetBudget, message)))
+
+    async def key_moves(self, request: Request) -> Response:
+        """An admin's: the API keys moved between tenants, as recorded (the router's KeyMoves), the latest first."""
+        _, key = self.edge.caller(request)
+        if not self.edge.keys.is_admin(key):
+            raise ApiError(403, "only an admin key may list key moves", code="permission_denied")
+        known_only(request.query_params, ("limit",), "key moves take")
+        text = single(request.query_params, "limit") or "0"
+        if not (text.isascii() and text.isdigit() and len(text) <= 4):
+            raise ApiError(400, "limit must be a whole number, 1 to 1000", param="limit", code="invalid_value")
+        message = operator_pb2.KeyMovesRequest(admin=True, limit=int(text))
+        return JSONResponse(as_json(await self._call(self.operator.KeyMoves, message)))
 
     async def decide(self, request: Request) -> Response:
         """The Decide RPC: the chat completion request's routing decision; no provider is called."""

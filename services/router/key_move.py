@@ -8,12 +8,18 @@ again with the new tenant for the rest of the period (README, *A key serves one 
 With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
 master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would
 lose the move silently, the key serving its old tenant again. Fewer in time exits 1, the move made on the masters but
-not yet replicated: run it again."""
+not yet replicated: run it again.
+
+Each move is recorded in the money Redis (store/key_moves.py): the key id, the tenant before and after, when, and by
+whom (`--by`, by default the operating system user running it); admins list them with the Operator service's KeyMoves
+or the edge's `GET /v1/router/key-moves`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import re
 import sys
 
@@ -38,12 +44,15 @@ async def main(argv: list[str]) -> int:
         help=f"replicas of each master that must have the move before it returns (0: none waited for; at most"
         f" {MAX_KEY_MOVE_REPLICAS}; default: ROUTER_KEY_MOVE_REPLICAS, else 0)",
     )
+    parser.add_argument("--by", default=None, help="who moves it, for its record (default: the user running this)")
     parser.add_argument("--wait-s", type=float, default=WAIT_S, help=f"how long to wait for them (default {WAIT_S:g})")
     args = parser.parse_args(argv)
     if not 0 <= (args.replicas or 0) <= MAX_KEY_MOVE_REPLICAS or not 0 < args.wait_s <= MAX_WAIT_S:
         parser.error(f"--replicas must be 0 to {MAX_KEY_MOVE_REPLICAS}, --wait-s above 0 and at most {MAX_WAIT_S:g}")
     if not KEY_ID.fullmatch(args.key_id):
         parser.error("key_id must be 16 lowercase hex digits (a key's id, as budgets and the ledger show it)")
+    if args.by is not None and not 0 < len(args.by) <= MAX_ID_CHARS:
+        parser.error(f"--by must be 1 to {MAX_ID_CHARS} characters")
     if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:
         parser.error(f"tenant must be 1 to {MAX_ID_CHARS} characters, no NUL, as a request's")
     found = money_store()  # a bad ROUTER_KEY_MOVE_REPLICAS exits 2 here, saying so
@@ -52,7 +61,7 @@ async def main(argv: list[str]) -> int:
     settings, store = found
     replicas = settings.key_move_replicas if args.replicas is None else args.replicas
     try:
-        moved = await store.move_key(args.key_id, args.tenant, replicas, args.wait_s)
+        moved = await store.move_key(args.key_id, args.tenant, replicas, args.wait_s, args.by or _user())
     except (StoreUnavailable, StoreRefusing):
         # The key may be rebound with no token written: routers would meet the move only within key_tenants.BOUND_S.
         print(
@@ -77,6 +86,14 @@ async def main(argv: list[str]) -> int:
         " (a request admitted before may still finish, charged to the tenant that admitted it)"
     )
     return 0
+
+
+def _user() -> str:
+    """The operating system user running the move (a container's uid may have no name: then its number)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"
 
 
 if __name__ == "__main__":

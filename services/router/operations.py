@@ -22,7 +22,7 @@ from services.router.admission import check_id
 from services.router.budgets import SCOPES, BudgetView, budgets, usd
 from services.router.costs import floor_pico
 from services.router.key_tenants import is_bound
-from services.router.store import Account, Allowance, Store, key_id
+from services.router.store import Account, Allowance, KeyMoveRecord, Store, key_id
 
 log = logging.getLogger("llmrouter.router")
 # A key id: an end user's (16 lowercase hex digits, the first of its key's SHA-256: store.key_id; or 'anonymous'), or
@@ -32,6 +32,7 @@ KEY_ID = re.compile(rf"{END_USER_KEY_ID.pattern}|caller:[A-Za-z0-9][A-Za-z0-9_.:
 NAME = re.compile(r"(?:caller:)?[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 ALL = None  # an admin's view: every tenant
 CALLER = "caller:"  # a caller's own key id: caller:<its name>
+KEY_MOVES_LISTED, MAX_KEY_MOVES_LISTED = 100, 1000  # KeyMoves' limit: when none is given, and at most
 
 
 def viewer(tenant: str, admin: bool) -> str | None:
@@ -123,6 +124,13 @@ class Operations:
         # each tenant that has some, or else once, for every tenant (tenant '*', no amounts: budget_message).
         accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
         return await budgets(self.store, self.allowance, accounts)
+
+    async def key_moves(self, who: str | None, limit: int) -> list[KeyMoveRecord]:
+        """An admin's: the latest `limit` key moves recorded (store/key_moves.py), the latest first."""
+        _admin_only(who)
+        if not 0 <= limit <= MAX_KEY_MOVES_LISTED:
+            raise invalid(f"limit must be 1 to {MAX_KEY_MOVES_LISTED} (0: {KEY_MOVES_LISTED})", "limit")
+        return await self.store.key_moves(limit or KEY_MOVES_LISTED)
 
     async def _tenant_of(self, key: str) -> str:
         """The tenant a key id pays as, whose shard keeps the key's spend: the reply to setting its budget named no

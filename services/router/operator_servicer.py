@@ -1,4 +1,4 @@
-"""The Operator gRPC service: thin glue from Stats, Budgets and SetBudget to services/router/operations.py."""
+"""The Operator gRPC service: thin glue from Stats, Budgets, SetBudget and KeyMoves to services/router/operations.py."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.ledger.stats import Group
 from services.router.budgets import BudgetView, usd
 from services.router.operations import Operations, account_viewer, changed_by, viewer
+from services.router.store import KeyMoveRecord
 
 
 def group_message(group: Group) -> operator_pb2.StatsGroup:
@@ -57,6 +58,17 @@ def budget_message(view: BudgetView) -> operator_pb2.Budget:
     )
 
 
+def key_move_message(move: KeyMoveRecord) -> operator_pb2.KeyMove:
+    return operator_pb2.KeyMove(
+        key_id=move.key_id,
+        from_tenant=move.before or "",
+        from_none=move.before is None,
+        to_tenant=move.tenant,
+        by=move.by,
+        at=move.at,
+    )
+
+
 class OperatorServicer(operator_pb2_grpc.OperatorServicer):
     def __init__(self, operations: Operations) -> None:
         self.operations = operations
@@ -75,3 +87,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServicer):
         by = changed_by(request.api_key)
         view = await self.operations.set_budget(who, request.scope, request.name, request.limit_usd, by)
         return budget_message(view)
+
+    async def KeyMoves(self, request: operator_pb2.KeyMovesRequest, context: Any) -> operator_pb2.KeyMovesResponse:
+        moves = await self.operations.key_moves(viewer("", request.admin), request.limit)
+        return operator_pb2.KeyMovesResponse(moves=[key_move_message(move) for move in moves])

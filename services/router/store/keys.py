@@ -159,6 +159,8 @@ def limit_versions_key(shard: int) -> str:
 LIMIT_VERSION = f"{GLOBAL}:limits:version"
 LIMIT_CHANGES = f"{GLOBAL}:limits:changes"
 LIMIT_UNCONFIRMED = f"{GLOBAL}:limits:unconfirmed"
+# The record of key moves (key_move.py; store/key_moves.py): a stream, one entry a move, never trimmed (moves are rare).
+KEY_MOVES_RECORD = f"{GLOBAL}:key-moves:record"
 
 
 # A holds set's running total (lua.py, _TOTALS) is the set's name and this: the same hash tag, so the same slot.

@@ -21,6 +21,7 @@ from services.router.store.model import (
     Hold,
     HoldsTotal,
     KeyBinding,
+    KeyMoveRecord,
     Pending,
     Prices,
     UncountedCharge,
@@ -458,6 +459,9 @@ class MemoryStore:
         if pico is not None:
             self.limits[limit_field(scope, name)] = pico
         return before
+
+    async def key_moves(self, count: int) -> list[KeyMoveRecord]:
+        return []  # keys are moved in the money Redis alone (key_move.py)
 
     async def finish_limit_changes(self) -> int:
         return 0  # each change is whole at once here

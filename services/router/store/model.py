@@ -90,6 +90,17 @@ class KeyBinding:
 
 
 @dataclass(frozen=True)
+class KeyMoveRecord:
+    """One operator's move of an API key id to another tenant (key_move.py), as recorded: never the key itself."""
+
+    key_id: str
+    before: str | None  # the tenant it was bound to (None: none)
+    tenant: str
+    by: str
+    at: float  # Unix seconds by the money's clock
+
+
+@dataclass(frozen=True)
 class Hold:
     """A request's worst-case cost, held against its budgets while it runs, and the budget period (an id
     such as 20261130) it was admitted in, fixed then: its charge lands in the one it settles in (landing_period).
@@ -677,6 +688,9 @@ class Store(Protocol):
         replaced (None: the default), read in the same step: of two changes at once, the later learns the other's, and
         every shard ends with the later's. RedisStore raises LimitUnconfirmed when the change was recorded but some
         shard did not confirm it (finish_limit_changes completes it)."""
+
+    async def key_moves(self, count: int) -> list[KeyMoveRecord]:
+        """The last `count` key moves recorded (store/key_moves.py), the latest first."""
 
     async def finish_limit_changes(self) -> int:
         """Run by every router's upkeep: finish each limit change left unconfirmed on some shard (store/limits.py);

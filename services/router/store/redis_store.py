@@ -23,7 +23,7 @@ from llmrouter.redis_scripts import Script
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.capped_charges import count_charge, countable
-from services.router.store import heartbeats, ledger_entry, lua, replicated
+from services.router.store import heartbeats, key_moves, ledger_entry, lua, replicated
 from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import (
     CLAIM_ADOPTED_AFTER_S,
@@ -62,6 +62,7 @@ from services.router.store.model import (
     HoldsTotal,
     HoldTotals,
     KeyBinding,
+    KeyMoveRecord,
     PartlyTaken,
     Pending,
     Prices,
@@ -482,25 +483,34 @@ class RedisStore:
             bound = await self.redis.get(key_tenant_key(key))
         return None if bound is None else _text(bound)
 
-    async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0) -> KeyMoved:
-        """Bind an API key id to `tenant` whatever it was bound to (an operator's move: key_move.py), then give every
-        shard a new key-moves token (keys.py, key_moves_key), after: an admission from then on, on any router, is
-        refused 'moved' unless its key's binding was read after the move. Failing between the two, the move is made
-        but routers may not meet it for key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many
-        replicas of each master written to to have the writes (replicated.py, WAIT), and says how many did."""
+    async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0, by: str = "") -> KeyMoved:
+        """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), record
+        the move (key_moves.py), then give every shard a new key-moves token (keys.py, key_moves_key), after: an
+        admission from then on, on any router, is refused 'moved' unless its key's binding was read after the move.
+        Failing after the rebinding, the move is made but may be unrecorded, and routers may not meet it for
+        key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many replicas of each master written
+        to to have the writes (replicated.py, WAIT), and says how many did."""
         token = secrets.token_hex(8)
         if replicas:
             writes = [(key_tenant_key(key), tenant), *((key_moves_key(shard), token) for shard in range(SHARDS))]
             async with self._call():
                 written, told = await replicated.set_replicated(self.url, self.redis, writes, replicas, wait_s)
-            return KeyMoved(None if written[0] is None else _text(written[0]), told)
+                before = None if written[0] is None else _text(written[0])
+                await key_moves.record(self.redis, key, before, tenant, by)
+            return KeyMoved(before, told)
         async with self._call():
-            before = await self.redis.set(key_tenant_key(key), tenant, get=True)
+            written = await self.redis.set(key_tenant_key(key), tenant, get=True)
+            before = None if written is None else _text(written)
+            await key_moves.record(self.redis, key, before, tenant, by)
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
             for shard in range(SHARDS):
                 pipe.set(key_moves_key(shard), token)
             await pipe.execute()
-        return KeyMoved(None if before is None else _text(before), [])
+        return KeyMoved(before, [])
+
+    async def key_moves(self, count: int) -> list[KeyMoveRecord]:
+        async with self._call():
+            return await key_moves.latest(self.redis, count)
 
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
         if not (allowance.per_minute or allowance.tokens_per_minute):
