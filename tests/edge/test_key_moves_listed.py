@@ -1,0 +1,77 @@
+"""An admin lists the key moves on record (README, *A key serves one tenant*) through the edge: GET
+/v1/router/key-moves, the router's KeyMoves as JSON, the latest first; a tenant's key is refused 403, a bad limit or an
+unknown parameter 400. The real edge in front of the router's Operator service on loopback, over a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from llmrouter.server import start_server
+from llmrouter.v1 import operator_pb2_grpc
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from services.ledger.db import LedgerDB
+from services.router.operations import Operations
+from services.router.operator_servicer import OperatorServicer
+from services.router.settings import RouterSettings
+from services.router.store import Allowance, RedisStore
+from tests.integration.conftest import free_port, served_edge
+
+ADMIN_KEY, TENANT_KEY = "sk-moves-admin", "sk-moves-tenant"
+KEY = "0123456789abcdef"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    made = RedisStore(redis_url)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def edge(tmp_path: Path, store: RedisStore) -> AsyncIterator[str]:
+    """A real edge (an admin key and a tenant's) in front of the router's Operator service: its base URL."""
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    servicer = OperatorServicer(Operations(store, Allowance("day"), db))
+    add = operator_pb2_grpc.add_OperatorServicer_to_server
+    settings = RouterSettings(port=0, data_dir=tmp_path / "data")
+    running = await start_server("router", settings, {"llmrouter.v1.Operator": lambda server: add(servicer, server)})
+    keys = SecretStr(f"{key_line('ops', ADMIN_KEY)} admin\n{key_line('acme', TENANT_KEY)}")
+    settings_edge = EdgeSettings(
+        port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
+    )
+    try:
+        async with served_edge(settings_edge) as base:
+            yield base
+    finally:
+        await running.stop(0)
+        db.close()
+
+
+def as_(base: str, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+async def test_an_admin_lists_the_moves_through_the_edge(edge: str, store: RedisStore) -> None:
+    await store.move_key(KEY, "acme", by="alice")
+    await store.move_key(KEY, "globex", by="bob")
+    async with as_(edge, ADMIN_KEY) as admin:
+        answer = await admin.get("/router/key-moves")
+        assert answer.status_code == 200, answer.text
+        moves = answer.json()["moves"]
+        assert [(m["key_id"], m["from_tenant"], m["from_none"], m["to_tenant"], m["by"]) for m in moves] == [
+            (KEY, "acme", False, "globex", "bob"),
+            (KEY, "", True, "acme", "alice"),
+        ]
+        assert [m["by"] for m in (await admin.get("/router/key-moves?limit=1")).json()["moves"]] == ["bob"]
+        for query, param in (("limit=abc", "limit"), ("limit=1001", "limit"), ("tenant=acme", "tenant")):
+            refused = await admin.get(f"/router/key-moves?{query}")
+            assert refused.status_code == 400, (query, refused.text)
+            assert refused.json()["error"]["param"] == param
+    async with as_(edge, TENANT_KEY) as tenant:
+        assert (await tenant.get("/router/key-moves")).status_code == 403
