@@ -850,6 +850,7 @@ ROUTES = {
     "/readyz",
     "/v1/router/stats",
     "/v1/router/budgets",
+    "/v1/router/key-moves",
     "/v1/router/decide",
     "/v1/files",
     "/v1/batches",
