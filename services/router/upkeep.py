@@ -52,6 +52,7 @@ class Upkeep:
         self.up: bool | None = None
         self._task: asyncio.Task[None] | None = None
         self.look: asyncio.Task[None] | None = None  # the look at the heartbeats under way, or the last one
+        self.finishing: asyncio.Task[None] | None = None  # limit changes left unconfirmed being finished, or the last
 
     def start(self, report: HealthReport | None = None) -> None:
         self.report = report
@@ -67,7 +68,7 @@ class Upkeep:
         written): the outbox is on the pod's emptyDir unless the chart keeps it on a volume claim, and a charge left in
         one deleted with its pod is settled by the reconciler at its hold, not at what was generated. What does not
         land in FINAL_REPLAY_S stays in the file, for the next router started on it (its first tick replays it)."""
-        for task in (self._task, self.look):
+        for task in (self._task, self.look, self.finishing):
             if task is not None:
                 await stop_task(task)
         try:
@@ -122,10 +123,8 @@ class Upkeep:
         if settled:
             metrics.PENDING_RECONCILED.inc(settled)
             log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})
-        try:
-            await self.store.finish_limit_changes()  # each logged by the store
-        except StoreUnavailable:
-            return  # the change stays recorded for the next round
+        if self.finishing is None or self.finishing.done():  # not awaited: a shard's master down waits out its calls
+            self.finishing = asyncio.create_task(self._finish_limit_changes())
 
     async def _replay(self) -> None:
         """A replay that fails otherwise than by the store being away (its file cannot be rewritten: a full disk) holds
@@ -137,6 +136,16 @@ class Upkeep:
             raise
         except Exception:
             log.exception("outbox replay failed; retrying next round")
+
+    async def _finish_limit_changes(self) -> None:
+        """Apart from the round's duties: a change left unconfirmed on a shard whose master is down waits out that
+        master's calls each round until it is back, and the heartbeat must not wait with it."""
+        try:
+            await self.store.finish_limit_changes()  # each logged by the store
+        except StoreUnavailable:
+            return  # the change stays recorded for the next round
+        except Exception:  # a task's own: nothing else would report it
+            log.exception("finishing budget limit changes failed; retrying next round")
 
     async def _choose_hold_totals(self) -> None:
         """Apart from the money's duties: on a Redis Cluster a look that scans (while the heartbeats' slot migrates)

@@ -104,6 +104,8 @@ async def test_a_key_limit_change_failing_part_way_is_reported_and_finished_by_t
         assert set(apart) == {str(USD).encode(), str(3 * USD).encode()}  # some shards took it, not all
         upkeep = Upkeep(store, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600)
         await upkeep.tick()  # a router's upkeep round
+        assert upkeep.finishing is not None
+        await upkeep.finishing
         await upkeep.close()
         assert await shard_limits(cluster.url) == [str(3 * USD).encode()] * SHARDS
         assert await store.finish_limit_changes() == 0  # confirmed: nothing left to finish
