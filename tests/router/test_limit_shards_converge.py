@@ -16,6 +16,7 @@ import pytest
 
 from llmrouter.errors import ServiceError
 from llmrouter.redis_connect import connect
+from llmrouter.redis_scripts import Script
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.outbox import Outbox
@@ -32,12 +33,14 @@ USD = int(PICO)
 GATED_AFTER = 6  # the shards the first change writes before it is held up
 
 
-class Gate:
-    """Holds a store's limit writes after its first `after` shards until `opened`: a router held up (a GC pause, a slow
-    network) part way through a change while another router makes one whole. Each write is the store's own."""
+class Gate(Script):
+    """A store's limit script, held after its first `after` shards until `opened`: a router held up (a GC pause, a slow
+    network) part way through a change while another router makes one whole. Each write is the script's own."""
 
     def __init__(self, store: RedisStore, after: int) -> None:
-        self.swap, self.after, self.written = store._limits._swap, after, 0
+        swap = store._limits._swap
+        super().__init__(swap.client, swap.text)
+        self.after, self.written = after, 0
         self.reached, self.opened = asyncio.Event(), asyncio.Event()
         store._limits._swap = self
 
@@ -46,7 +49,7 @@ class Gate:
             self.reached.set()
             await self.opened.wait()
         self.written += 1
-        return await self.swap(keys=keys, args=args)
+        return await super().__call__(keys, args)
 
 
 async def shard_limits(url: str) -> list[bytes | None]:
