@@ -12,9 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from llmrouter.redis_connect import connect
 from llmrouter.v1 import operator_pb2
 from services.router import key_move
 from services.router.store import RedisStore
+from services.router.store.keys import KEY_MOVES_RECORD, SHARDS, key_moves_key, key_tenant_key
 from tests.router.test_duplicate_across_keys import Answering
 from tests.router.test_key_move_now import operator_on  # noqa: F401 (a fixture)
 from tests.router.test_operator_tenancy import Served, as_, serving
@@ -64,3 +66,27 @@ async def test_an_admin_lists_the_moves_and_no_one_else_does(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await served.operator.KeyMoves(operator_pb2.KeyMovesRequest(admin=True, limit=1001), metadata=as_("edge"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_move_whose_record_fails_is_made_met_by_the_routers_and_said_unrecorded(
+    operator_on: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The record written last: its failure (here its key of another type, as a hand-edit leaves it) neither undoes
+    the move nor keeps the routers from meeting it (every shard's key-moves token is new); key_move exits 1 saying
+    what the move was, which no listing will show."""
+    client = connect(operator_on)
+    try:
+        assert await key_move.main([KEY, "acme"]) == 0
+        tokens = [await client.get(key_moves_key(shard)) for shard in range(SHARDS)]
+        await client.set(KEY_MOVES_RECORD, "not a stream")
+        capsys.readouterr()
+        assert await key_move.main([KEY, "globex", "--by", "bob"]) == 1
+        told = capsys.readouterr().err
+        assert "moved from 'acme' to 'globex'" in told and "failed the move's record" in told, told
+        assert await client.get(key_tenant_key(KEY)) == b"globex"
+        after = [await client.get(key_moves_key(shard)) for shard in range(SHARDS)]
+        assert all(new != old for new, old in zip(after, tokens, strict=True))
+    finally:
+        await client.delete(KEY_MOVES_RECORD)
+        await client.aclose()

@@ -44,7 +44,14 @@ from services.router.store.model import (
     spend_ttl_s,
     to_pico,
 )
-from services.router.store.redis_store import MASTER_ANSWERS_S, CounterRead, Raised, RedisStore, StreamPosition
+from services.router.store.redis_store import (
+    MASTER_ANSWERS_S,
+    CounterRead,
+    KeyMoveUnrecorded,
+    Raised,
+    RedisStore,
+    StreamPosition,
+)
 
 __all__ = [
     "ANSWER_KEPT_BYTES",
@@ -68,6 +75,7 @@ __all__ = [
     "HoldsTotal",
     "KeyBinding",
     "KeyMoveRecord",
+    "KeyMoveUnrecorded",
     "MemoryStore",
     "PartlyTaken",
     "Pending",

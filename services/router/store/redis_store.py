@@ -207,6 +207,14 @@ class KeyMoved(NamedTuple):
     replicated: list[Replicated]
 
 
+class KeyMoveUnrecorded(Exception):
+    """A key move made (on the masters) whose record (key_moves.py) the money Redis failed to write."""
+
+    def __init__(self, moved: KeyMoved) -> None:
+        super().__init__("the key move was made but not recorded")
+        self.moved = moved
+
+
 class _Take(NamedTuple):
     """One charge's take of its count (lua.py, COUNT_ONCE): by its charge id ('' any), dropping its entry in its
     shard's list ('' none)."""
@@ -484,29 +492,34 @@ class RedisStore:
         return None if bound is None else _text(bound)
 
     async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0, by: str = "") -> KeyMoved:
-        """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), record
-        the move (key_moves.py), then give every shard a new key-moves token (keys.py, key_moves_key), after: an
-        admission from then on, on any router, is refused 'moved' unless its key's binding was read after the move.
-        Failing after the rebinding, the move is made but may be unrecorded, and routers may not meet it for
-        key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many replicas of each master written
-        to to have the writes (replicated.py, WAIT), and says how many did."""
+        """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), then
+        give every shard a new key-moves token (keys.py, key_moves_key), after: an admission from then on, on any
+        router, is refused 'moved' unless its key's binding was read after the move. Failing between the two, the move
+        is made but routers may not meet it for key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for
+        that many replicas of each master written to to have the writes (replicated.py, WAIT), and says how many did.
+        Then records the move (key_moves.py), last, so that its record failing (its own master away) delays no
+        router's meeting it: KeyMoveUnrecorded then, saying what the move was."""
         token = secrets.token_hex(8)
+        told: list[Replicated] = []
         if replicas:
             writes = [(key_tenant_key(key), tenant), *((key_moves_key(shard), token) for shard in range(SHARDS))]
             async with self._call():
                 written, told = await replicated.set_replicated(self.url, self.redis, writes, replicas, wait_s)
-                before = None if written[0] is None else _text(written[0])
+            before = None if written[0] is None else _text(written[0])
+        else:
+            async with self._call():
+                written_one = await self.redis.set(key_tenant_key(key), tenant, get=True)
+            before = None if written_one is None else _text(written_one)
+            async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+                for shard in range(SHARDS):
+                    pipe.set(key_moves_key(shard), token)
+                await pipe.execute()
+        try:
+            async with self._call():
                 await key_moves.record(self.redis, key, before, tenant, by)
-            return KeyMoved(before, told)
-        async with self._call():
-            written = await self.redis.set(key_tenant_key(key), tenant, get=True)
-            before = None if written is None else _text(written)
-            await key_moves.record(self.redis, key, before, tenant, by)
-        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
-            for shard in range(SHARDS):
-                pipe.set(key_moves_key(shard), token)
-            await pipe.execute()
-        return KeyMoved(before, [])
+        except (StoreUnavailable, ResponseError):  # out of reach, refusing, or its key hand-edited to another type
+            raise KeyMoveUnrecorded(KeyMoved(before, told)) from None
+        return KeyMoved(before, told)
 
     async def key_moves(self, count: int) -> list[KeyMoveRecord]:
         async with self._call():
