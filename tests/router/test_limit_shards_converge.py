@@ -133,3 +133,26 @@ async def test_a_limit_change_after_its_version_counter_was_lost_still_reaches_e
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_key_limit_change_cancelled_part_way_is_finished_by_the_upkeep(
+    stores: tuple[RedisStore, RedisStore], cluster_url: str, tmp_path: Path
+) -> None:
+    """The SetBudget's call cancelled (its client gone, the router draining) after six shards took the change: another
+    router's upkeep round gives it to the rest."""
+    one, two = stores
+    gate = Gate(one, GATED_AFTER)
+    cut = asyncio.create_task(one.set_limit("key", KEY, 5 * USD))
+    await gate.reached.wait()
+    cut.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    assert set(await shard_limits(cluster_url)) == {str(5 * USD).encode(), None}  # six shards took it
+    upkeep = Upkeep(two, Outbox(tmp_path / "data"), "router-2", 1, 15, 3600)
+    try:
+        await upkeep.tick()
+        assert upkeep.finishing is not None
+        await upkeep.finishing
+    finally:
+        await upkeep.close()
+    assert await shard_limits(cluster_url) == [str(5 * USD).encode()] * SHARDS
