@@ -27,7 +27,7 @@ DOCUMENTS = [
 # A command runs to the end of its line, code span, or shell comment; a backslash continues it on the next line.
 COMMAND = re.compile(r"python -m ([a-z_][a-z0-9_.]*)((?:[^`\n#|;)]|\\\n)*)")
 # The `llmrouter` command line (llmrouter/cli), as the README shows it.
-CLI = re.compile(r"(?<![\w/.-])llmrouter ((?:ask|decide|stats|budgets|ledger|evaluate)\b[^`\n#|;)]*)")
+CLI = re.compile(r"(?<![\w/.-])llmrouter ((?:ask|decide|stats|budgets|key-moves|ledger|evaluate)\b[^`\n#|;)]*)")
 
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:

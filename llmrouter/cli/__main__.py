@@ -1,4 +1,4 @@
-"""`llmrouter COMMAND`: ask, decide, stats, budgets, ledger export, evaluate. Human tables by default, --json
+"""`llmrouter COMMAND`: ask, decide, stats, budgets, key-moves, ledger export, evaluate. Human tables by default, --json
 for scripts. The edge's URL and key come from --url/--api-key or LLMROUTER_URL/LLMROUTER_API_KEY."""
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     budgets = sub.add_parser("budgets", help="limit, spent, held, remaining, period end; an admin sets limits")
     budgets.add_argument("--set", nargs=3, metavar=("SCOPE", "NAME", "USD"), help="admin: set tenant|key NAME's limit")
     budgets.add_argument("--clear", nargs=2, metavar=("SCOPE", "NAME"), help="admin: back to the default limit")
+    moves = sub.add_parser("key-moves", help="admin: API keys moved between tenants, as recorded, the latest first")
+    moves.add_argument("--limit", type=positive_int, help="the latest N (default 100, at most 1000)")
     ledger = sub.add_parser("ledger", help="the SQL ledger (ROUTER_LEDGER_SQL_* settings, where it lives)")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     export = ledger_sub.add_parser("export", help="write the rows as CSV or JSONL")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands.ledger_export(args)
     client = Client(args.url, args.api_key)
     try:
-        result: Any = getattr(commands, args.command)(client, args)
+        result: Any = getattr(commands, args.command.replace("-", "_"))(client, args)
     except (ApiFailure, commands.InputFailure) as exc:  # said in one line: no traceback for what the user can fix
         print(f"llmrouter {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -154,6 +154,21 @@ def budgets(client: Client, args: argparse.Namespace) -> Result:
     return Result(body, table(headers, rows))
 
 
+def key_moves(client: Client, args: argparse.Namespace) -> Result:
+    body = client.json("GET", "/router/key-moves" + (f"?limit={args.limit}" if args.limit else ""))
+    rows = [
+        (
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(m["at"]))),
+            m["key_id"],
+            "(none)" if m["from_none"] else m["from_tenant"],
+            m["to_tenant"],
+            m["by"],
+        )
+        for m in body["moves"]
+    ]
+    return Result(body, table(("when", "key id", "from", "to", "by"), rows))
+
+
 def read_prompts(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark an editor wrote is no part of the first line

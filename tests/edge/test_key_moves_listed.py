@@ -4,6 +4,8 @@ unknown parameter 400. The real edge in front of the router's Operator service o
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from llmrouter.cli.__main__ import main
 from llmrouter.server import start_server
 from llmrouter.v1 import operator_pb2_grpc
 from services.edge.keys import key_line
@@ -75,3 +78,25 @@ async def test_an_admin_lists_the_moves_through_the_edge(edge: str, store: Redis
             assert refused.json()["error"]["param"] == param
     async with as_(edge, TENANT_KEY) as tenant:
         assert (await tenant.get("/router/key-moves")).status_code == 403
+
+
+async def cli(*argv: str) -> int:
+    """The CLI is synchronous: it runs in a thread so the edge, on this event loop, can answer it."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_the_cli_lists_them_for_an_admin(
+    edge: str, store: RedisStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmrouter key-moves`: a table, the latest first, or the API's JSON; a tenant's key is told 403 in one line."""
+    await store.move_key(KEY, "acme", by="alice")
+    await store.move_key(KEY, "globex", by="bob")
+    assert await cli("--url", edge, "--api-key", ADMIN_KEY, "key-moves") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["when", "key", "id", "from", "to", "by"]
+    moves = [line.split()[-4:] for line in lines[2:]]
+    assert moves == [[KEY, "acme", "globex", "bob"], [KEY, "(none)", "acme", "alice"]]
+    assert await cli("--url", edge, "--api-key", ADMIN_KEY, "--json", "key-moves", "--limit", "1") == 0
+    assert [m["by"] for m in json.loads(capsys.readouterr().out)["moves"]] == ["bob"]
+    assert await cli("--url", edge, "--api-key", TENANT_KEY, "key-moves") == 1
+    assert capsys.readouterr().err.startswith("llmrouter key-moves: HTTP 403")
