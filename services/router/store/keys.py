@@ -150,7 +150,9 @@ def limits_key(shard: int) -> str:
 
 def limit_versions_key(shard: int) -> str:
     """Beside limits_key: the version (LIMIT_VERSION) of the change each limit field of the shard last took, kept when
-    the override is removed, so a change older than one a shard has already taken is never applied over it."""
+    the override is removed, so a change older than one a shard has already taken is never applied over it; and as
+    `unrecorded:<field>` the limit the field held before the first versioned change reached the shard (lua.py,
+    SWAP_LIMIT: the limit a field's first recorded change replaced, though a later change reached the shard first)."""
     return f"{TAGS[shard]}:limits:versions"
 
 

@@ -69,8 +69,8 @@ class Limits:
         self._confirm = Script(redis, lua.CONFIRM_LIMIT)
 
     async def set(self, scope: str, name: str, pico: int | None) -> int | None:
-        """Store.set_limit: the limit replaced is the record's change before this one (the first shard's, for a field
-        no change was recorded for: one set by a version before the record)."""
+        """Store.set_limit: the limit replaced is the record's change before this one (for a field no change was
+        recorded for, the first shard's before any recorded change: one set by a version before the record, or none)."""
         field = limit_field(scope, name)
         async with self._call():
             version, *recorded = await self._record(
