@@ -20,12 +20,12 @@ from llmrouter.redis_scripts import Script
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.outbox import Outbox
-from services.router.store import PICO, Allowance, RedisStore
-from services.router.store.keys import LIMIT_UNCONFIRMED, LIMIT_VERSION, SHARDS, limit_field, limits_key
+from services.router.store import PICO, Allowance, RedisStore, StoreUnavailable
+from services.router.store.keys import LIMIT_UNCONFIRMED, LIMIT_VERSION, SHARDS, limit_field, limits_key, shard_of
 from services.router.store.limits import LimitUnconfirmed
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster
-from tests.router.test_outbox_one_shard_down import DOWN
+from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
 
 KEY = "0123456789abcdef"
 FIELD = limit_field("key", KEY)
@@ -156,3 +156,34 @@ async def test_a_key_limit_change_cancelled_part_way_is_finished_by_the_upkeep(
     finally:
         await upkeep.close()
     assert await shard_limits(cluster_url) == [str(5 * USD).encode()] * SHARDS
+
+
+async def test_a_change_whose_shards_are_up_is_finished_while_another_waits_for_a_master_down(
+    cluster: RedisCluster,
+) -> None:
+    """A key's change left unconfirmed by a master down, then a tenant's, on a master that is up, cancelled after its
+    record: the upkeep's finishing gives the tenant's shard its change though the key's cannot be finished yet (it
+    stopped at the first change it could not finish, the tenant's change waiting for another's master)."""
+    store, finisher = RedisStore(cluster.url), RedisStore(cluster.url)
+    tenant = tenant_on(0, len(cluster.nodes))  # a shard on a master that stays up
+    try:
+        cluster.nodes[DOWN].shut_down()
+        with pytest.raises(LimitUnconfirmed):
+            await store.set_limit("key", KEY, USD)  # first among the unconfirmed
+        gate = Gate(store, 0)
+        cut = asyncio.create_task(store.set_limit("tenant", tenant, 2 * USD))
+        await gate.reached.wait()  # recorded, no shard written
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        with pytest.raises(StoreUnavailable):  # the key's change: not yet
+            await finisher.finish_limit_changes()
+        client = connect(cluster.url)
+        try:
+            assert await client.hget(limits_key(shard_of(tenant)), limit_field("tenant", tenant)) == b"%d" % (2 * USD)
+            assert list(await client.hgetall(LIMIT_UNCONFIRMED)) == [FIELD.encode()]
+        finally:
+            await client.aclose()
+    finally:
+        await finisher.close()
+        await store.close()

@@ -86,14 +86,23 @@ class Limits:
         return int(before) if before else None
 
     async def finish_unconfirmed(self) -> int:
-        """Apply again every change not yet confirmed on all its shards, and confirm it: how many were. StoreUnavailable
-        when a shard, or the record, cannot be reached (the change stays for the next round)."""
+        """Apply again every change not yet confirmed on all its shards, and confirm it: how many were. Each apart: one
+        whose shard's master is down holds up none of the others. StoreUnavailable once they are tried when a shard, or
+        the record, could not be reached (its change stays for the next round)."""
         async with self._call():
             unconfirmed = await self._redis.hgetall(LIMIT_UNCONFIRMED)
+        finished, away = 0, False
         for field, change in unconfirmed.items():
-            await self._apply(_text(field), _text(change))
+            try:
+                await self._apply(_text(field), _text(change))
+            except StoreUnavailable:
+                away = True
+                continue
+            finished += 1
             log.warning("budget limit change finished", extra={"limit_field": _text(field), "change": _text(change)})
-        return len(unconfirmed)
+        if away:
+            raise StoreUnavailable()
+        return finished
 
     async def _apply(self, field: str, change: str) -> str | None:
         """The recorded change (version:pico) taken by each of its shards that has no later one, then confirmed. The
