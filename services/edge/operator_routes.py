@@ -135,10 +135,11 @@ class OperatorRoutes:
         if not self.edge.keys.is_admin(key):
             raise ApiError(403, "only an admin key may list key moves", code="permission_denied")
         known_only(request.query_params, ("limit",), "key moves take")
-        text = single(request.query_params, "limit") or "0"
-        if not (text.isascii() and text.isdigit() and len(text) <= 4):
+        text = single(request.query_params, "limit") or ""  # none: the router's default
+        if text and not (text.isascii() and text.isdigit() and len(text) <= 4 and int(text) > 0):
+            # 0 is the RPC's "none given": ?limit=0 answered the default 100, not the refusal the README promises.
             raise ApiError(400, "limit must be a whole number, 1 to 1000", param="limit", code="invalid_value")
-        message = operator_pb2.KeyMovesRequest(admin=True, limit=int(text))
+        message = operator_pb2.KeyMovesRequest(admin=True, limit=int(text or 0))
         return JSONResponse(as_json(await self._call(self.operator.KeyMoves, message)))
 
     async def decide(self, request: Request) -> Response:

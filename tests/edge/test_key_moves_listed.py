@@ -72,7 +72,8 @@ async def test_an_admin_lists_the_moves_through_the_edge(edge: str, store: Redis
             (KEY, "", True, "acme", "alice"),
         ]
         assert [m["by"] for m in (await admin.get("/router/key-moves?limit=1")).json()["moves"]] == ["bob"]
-        for query, param in (("limit=abc", "limit"), ("limit=1001", "limit"), ("tenant=acme", "tenant")):
+        refusals = [("limit=abc", "limit"), ("limit=0", "limit"), ("limit=1001", "limit"), ("tenant=acme", "tenant")]
+        for query, param in refusals:
             refused = await admin.get(f"/router/key-moves?{query}")
             assert refused.status_code == 400, (query, refused.text)
             assert refused.json()["error"]["param"] == param
