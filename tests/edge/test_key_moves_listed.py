@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from llmrouter.cli.__main__ import main
@@ -63,9 +64,12 @@ def as_(base: str, key: str) -> httpx.AsyncClient:
 async def test_an_admin_lists_the_moves_through_the_edge(edge: str, store: RedisStore) -> None:
     await store.move_key(KEY, "acme", by="alice")
     await store.move_key(KEY, "globex", by="bob")
+    listed = {"route": "/v1/router/key-moves", "status": "200"}  # its own route in the request metrics, not 'other'
+    before = REGISTRY.get_sample_value("llmrouter_edge_http_requests_total", listed) or 0.0
     async with as_(edge, ADMIN_KEY) as admin:
         answer = await admin.get("/router/key-moves")
         assert answer.status_code == 200, answer.text
+        assert REGISTRY.get_sample_value("llmrouter_edge_http_requests_total", listed) == before + 1
         moves = answer.json()["moves"]
         assert [(m["key_id"], m["from_tenant"], m["from_none"], m["to_tenant"], m["by"]) for m in moves] == [
             (KEY, "acme", False, "globex", "bob"),
