@@ -5,6 +5,7 @@ KeyMoves. Real Redis (one server and a Redis Cluster), and a real router on loop
 
 from __future__ import annotations
 
+import getpass
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +39,15 @@ async def test_each_move_is_recorded_with_its_tenants_when_and_by_whom(operator_
         (KEY, None, "acme", "alice"),  # bound to none before
     ]
     assert all(before - 5 < m.at < time.time() + 5 for m in moves)  # by the money's clock, near this one's
+
+
+async def test_a_move_without_by_is_recorded_as_by_the_user_running_it(operator_on: str) -> None:  # noqa: F811
+    assert await key_move.main([KEY, "acme"]) == 0
+    store = RedisStore(operator_on)
+    try:
+        assert [m.by for m in await store.key_moves(10)] == [getpass.getuser()]
+    finally:
+        await store.close()
 
 
 @pytest.fixture
