@@ -190,3 +190,22 @@ async def test_a_change_whose_shards_are_up_is_finished_while_another_waits_for_
     finally:
         await finisher.close()
         await store.close()
+
+
+async def test_a_change_an_upkeep_finished_while_it_was_under_way_records_the_limit_it_replaced(
+    any_redis_url: str,
+) -> None:
+    """A tenant's first limit change recorded, then held up before its shard's write while another router's upkeep
+    finishes it (as it does any change under way as the round reads them): it replaced the default, not itself."""
+    one, two = RedisStore(any_redis_url), RedisStore(any_redis_url)
+    try:
+        gate = Gate(one, 0)
+        changing = asyncio.create_task(one.set_limit("tenant", "acme", 5 * USD))
+        await gate.reached.wait()  # recorded, its shard not written yet
+        assert await two.finish_limit_changes() == 1
+        gate.opened.set()
+        assert await changing is None  # the default
+        assert await two.limit_overrides() == {("tenant", "acme"): 5 * USD}
+    finally:
+        await one.close()
+        await two.close()

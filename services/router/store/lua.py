@@ -1383,9 +1383,10 @@ return {version, string.sub(before, string.find(before, ':', 1, true) + 1)}
 
 # A recorded limit change taken by shards' limits hashes (one, or on one server every shard a key's goes to: no
 # cross-slot check there), each only if it has taken no later one (its versions hash): changes applied in any order,
-# or again, leave every shard with the latest. Answers the first shard's limit before (nil: none); where a later change
-# got there first, the limit it held before any recorded change (kept, beside the versions, by the first change to
-# reach it): the caller asks only for a field the record had no change of, and the later's limit was never before it.
+# or again, leave every shard with the latest. Answers the first shard's limit before (nil: none); where this change (an
+# upkeep finishing it while it was under way) or a later one got there first, the limit it held before any recorded
+# change (kept, beside the versions, by the first change to reach it): the caller asks only for a field the record had
+# no change of, and neither its own limit nor a later's was before it.
 # KEYS: limits, limit versions, for each shard. ARGV: limit field, pico-USD ('' = removed), the change's version.
 SWAP_LIMIT = """
 local before = redis.call('HGET', KEYS[1], ARGV[1])
@@ -1394,7 +1395,7 @@ local unrecorded = 'unrecorded:' .. ARGV[1]
 local taken = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
 if not taken then
   redis.call('HSET', KEYS[2], unrecorded, before or '')
-elseif taken > version then
+elseif taken >= version then
   before = redis.call('HGET', KEYS[2], unrecorded)
   if before == '' then before = false end
 end
