@@ -122,6 +122,7 @@ CALLER_REASONS = {
     "BUDGET_EXCEEDED",
     "RATE_LIMITED",
     "UNSUPPORTED_PARAMETER",  # the providers service's own refusal (services/providers/honoured.py)
+    "BUDGET_LIMIT_UNCONFIRMED",  # an admin's limit change: the routers finish it, setting it again confirms it
 }
 GENERIC_MESSAGES = {
     400: "the provider refused the request",

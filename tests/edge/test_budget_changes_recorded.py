@@ -6,8 +6,10 @@ loopback."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -22,7 +24,9 @@ from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.operator_servicer import OperatorServicer
 from services.router.settings import RouterSettings
-from services.router.store import Allowance, MemoryStore, key_id
+from services.router.store import Allowance, MemoryStore, RedisStore, key_id
+from services.router.store.keys import limits_key, shard_of
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.integration.conftest import free_port, served_edge
 
 ADMIN_KEY = "sk-budget-admin"
@@ -90,3 +94,38 @@ async def test_a_change_sent_with_no_key_names_its_caller_alone(router: int, cap
         change = operator_pb2.SetBudgetRequest(scope="tenant", name="acme", limit_usd="5", admin=True)
         await operator_pb2_grpc.OperatorStub(channel).SetBudget(change, timeout=30)
     assert changes(caplog) == [("anonymous", "tenant", "acme", "", "5")]  # auth none: every caller is 'anonymous'
+
+
+async def test_a_change_not_every_shard_confirmed_tells_the_admin_so(tmp_path: Path, redis_url: str) -> None:
+    """The money store out of reach once it has recorded a change, before its shard's write was answered: the admin's
+    PUT is a 503 budget_limit_unconfirmed saying the routers finish it and setting it again confirms it, not a
+    service 'temporarily unavailable' (which reads as a change not made: the routers' upkeep makes it)."""
+    parts = urlsplit(redis_url)
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        store = RedisStore(proxy.url_for(redis_url))
+        servicer = OperatorServicer(Operations(store, Allowance("day"), db))
+        add = operator_pb2_grpc.add_OperatorServicer_to_server
+        settings = RouterSettings(port=0, data_dir=tmp_path / "data")
+        running = await start_server("router", settings, {"llmrouter.v1.Operator": lambda s: add(servicer, s)})
+        keys = SecretStr(key_line("ops", ADMIN_KEY) + " admin")
+        edge = EdgeSettings(
+            port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
+        )
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+        try:
+            async with served_edge(edge) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as c:
+                lost = proxy.hold_reply_to(limits_key(shard_of("acme")).encode())  # the shard's write of the limit
+                changing = asyncio.create_task(c.put("/router/budgets/tenant/acme", json={"limit_usd": "5"}))
+                await lost.arrived.wait()
+                proxy.go_down()
+                answer = await changing
+        finally:
+            await running.stop(0)
+            await store.close()
+            db.close()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
+    error = answer.json()["error"]
+    assert error["code"] == "budget_limit_unconfirmed"
+    assert "set it again" in error["message"], error
