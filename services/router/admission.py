@@ -219,16 +219,7 @@ class Admission:
             marked = marked_until(self.store.request_id_ttl_s, until, money_now())
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until, marked)
             prices = _prices(model) if until else None
-            try:
-                verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
-            except ServiceError:
-                raise
-            except Exception:
-                # A bug once the store may have taken the hold (reading its reply, say): the request is settled as any
-                # fault after admission is (faults.py), at nothing, its id released, rather than left held, its caller
-                # told a bare INTERNAL that a retry, another request charged, would follow.
-                routed.hold = hold
-                raise
+            verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
             if not verdict.refused:
                 routed.hold = hold
                 return
@@ -307,6 +298,14 @@ class Admission:
             raise
         except StoreUnavailable as failure:
             await self.undoing.undo(account, hold, failure)
+            raise
+        except ServiceError:
+            raise
+        except Exception:
+            # A bug once the store may have run it (reading its reply, say): undone as one whose reply was lost, by its
+            # nonce. Settled by a charge of 0 instead, one the store had refused as a duplicate wrote a ledger line and
+            # a charged marker beside the request that uses the id, and one it had held was left to the reconciler.
+            await self.undoing.withdraw(account, hold)
             raise
         self.undoing.answered()
         return verdict

@@ -318,7 +318,6 @@ class Deferred:
         by a bug of the router's (faults.py): that line's admission, should the store have taken it, is withdrawn, and
         the call's other lines go on. Left to fail the call, a bug in one line's left every other line admitted, never
         sent, each charged its hold as it lapsed."""
-        routed: Routed | None = None
         try:
             routed = await self.route(request, context)
             assert routed.registry is not None  # every routed request keeps its registry snapshot
@@ -334,10 +333,8 @@ class Deferred:
         except ServiceError as exc:
             log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
             return None
-        except Exception:
+        except Exception:  # an admission the store may have taken is undone as it failed (Admission._hold_under)
             log.exception("batch line not deferred: an unexpected failure", extra={"request_id": request.request_id})
-            if routed is not None and routed.hold is not None:  # admission.admit sets it once the store may hold it
-                await self.admission.withdraw(routed)
             return None
         return routed
 

@@ -3,8 +3,9 @@ the edge made a retryable 502 saying no cost, while the request was settled at w
 after the providers answered left their generation (a stream's delivered words too) charged nothing, its id released for
 the SDK's retry, served again. The router cannot tell how far such a request got once its serving began (a providers
 call may have run), so it is settled then as an attempt of unknown outcome is, at its worst case: its hold, as the
-reconciler charges a request whose router died; before that (a bug in the cache's lookup, or in the admission once the
-store may have taken its hold) nothing was generated, and it is settled at nothing, its id released. A charge that
+reconciler charges a request whose router died; before that (a bug in the cache's lookup) nothing was generated, and it
+is settled at nothing, its id released. A bug in the admission itself leaves nothing admitted (Admission._hold_under
+undoes what the store may have taken, by its nonce): told charged nothing, retryable. A charge that
 landed before the failure stands. Its caller is told that charge (`charged_usd`), or `cost_pending` when the charge
 itself failed (the reconciler then charges the hold), `retryable` only when it was charged nothing and its id released.
 So is a charge failing by a bug as the drain's cut reads it (servicer._charged_when_cut): pending, rather than

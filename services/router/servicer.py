@@ -188,14 +188,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return routed
 
     async def _admit(self, routed: Routed) -> None:
-        """Admitted (counted as it is served): a fault from here on is settled (faults.py), one in the admission itself
-        too once the store may have taken its hold (routed.hold set)."""
+        """Admitted (counted as it is served): a fault from here on is settled (faults.py). One in the admission itself
+        leaves nothing admitted (Admission._hold_under undoes what the store may have taken): told so, charged nothing,
+        rather than a bare INTERNAL."""
         try:
             await self.admission.admit(routed)
+        except ServiceError:
+            raise
         except Exception as bug:
-            if routed.hold is None:  # refused (a ServiceError), or failed before its hold was asked of the store
-                raise
-            raise await self._failed_unexpectedly(routed, bug) from bug
+            log.error("unexpected failure after admission", exc_info=bug, extra={"request_id": routed.request_id})
+            raise faults.fault_error(routed.request_id, Decimal(0), released=True) from bug
 
     async def _refuse_if_cut(self, routed: Routed) -> None:
         """A call admitted once the drain's cut ran (it was being routed then) is not served: gRPC would cancel it at

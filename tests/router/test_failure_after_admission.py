@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from services.edge.settings import EdgeSettings
 from services.router import charging, servicer, serving
 from services.router.cache import ResponseCache
 from services.router.faults import AT_HOLD, UNSERVED
+from services.router.key_tenants import KeyTenants
 from services.router.models import AvailableModels
 from services.router.routed import Served
 from services.router.routing import Routing
@@ -327,7 +329,63 @@ async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
         {"charged_usd": "0", "retryable": "true"},
     )
     assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
-    records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-11"]
-    assert [(r["cost_usd"], UNSERVED in r["reason_detail"]) for r in records] == [("0", True)] * 2, records
+    # Undone, as an admission whose reply was lost: as if never made, no ledger line.
+    assert [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-11"] == []
+    assert await redis_store.pending_charge(CALLER, "bug-11") is None
     assert await redis_store.held_pico(CALLER) == (0, 0)
     assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_of_that_id_alone(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    # The store refused the id as used (a request of it answered and charged), then reading that refusal failed by a
+    # bug. Settled by a charge of 0, it wrote a second ledger line for the id under the caller's account, and told the
+    # caller its id released; the admission it never made is undone by its own nonce instead, touching nothing else.
+    admit = RedisStore.admit
+
+    async def refused_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        await admit(self, *args, **kwargs)  # refused: a duplicate
+        raise RuntimeError("a bug reading the store's reply")
+
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        answered = await router.Complete(ask("bug-12"), timeout=10)
+        monkeypatch.setattr(RedisStore, "admit", refused_then_a_bug)
+        told = ServiceError.from_rpc_error(await failure(router, ask("bug-12"), streamed))
+        monkeypatch.setattr(RedisStore, "admit", admit)
+        again = ServiceError.from_rpc_error(await failure(router, ask("bug-12"), streamed))
+    assert (told.code, told.reason, told.metadata.get("charged_usd")) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        "0",
+    )
+    assert (again.reason, again.metadata.get("charged_usd")) == ("DUPLICATE_REQUEST", answered.cost_usd)
+    records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-12"]
+    assert [r["cost_usd"] for r in records] == [answered.cost_usd], records
+    assert await redis_store.charged_pico(CALLER, "bug-12") == to_pico(Decimal(answered.cost_usd))
+
+
+async def test_a_bug_in_admission_before_the_store_was_asked_writes_nothing(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading the key's binding failed by a bug before the admission was sent: settled by a charge of 0, it wrote a
+    # ledger line and a charged marker for an admission the store never made.
+    monkeypatch.setattr(KeyTenants, "under_binding", a_bug_before_the_store)
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-13"), False))
+    assert (told.code, told.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
+    assert [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-13"] == []
+    assert await redis_store.charged_pico(CALLER, "bug-13") is None
+    assert await redis_store.pending_charge(CALLER, "bug-13") is None
+
+
+async def a_bug_before_the_store(*args: Any) -> Any:
+    raise RuntimeError("a bug reading the key's binding")
