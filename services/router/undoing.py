@@ -110,8 +110,8 @@ class Undoing:
         try:
             if (await admitting).refused:
                 return  # refused: it made nothing
-        except StoreUnavailable:
-            pass  # its outcome is unknown
+        except Exception:  # its outcome is unknown: out of reach, or a bug reading its reply (the hold may be taken)
+            pass
         await self._undo(account, hold)
 
     async def _undo(self, account: Account, hold: Hold) -> None:

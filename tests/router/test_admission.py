@@ -383,3 +383,35 @@ async def test_the_fields_read_beside_the_prompt_are_not_counted_as_its_input(be
     assert limits.input_tokens == alone.input_tokens
     assert limits.input_bound == alone.input_bound
     assert alone.input_tokens > (await gate.limits(request())).input_tokens  # the tools are counted
+
+
+async def test_a_caller_leaving_while_a_bug_reads_the_admissions_reply_leaves_no_hold(redis_url: str) -> None:
+    """The caller left during the admission, then reading the store's reply failed by a bug: its outcome unknown as
+    a lost reply's, the admission is undone, not left held for the reconciler to charge whole, nothing served."""
+    store = RedisStore(redis_url)
+    other = redis.from_url(redis_url)
+    admit, reached, go_on = store.admit, asyncio.Event(), asyncio.Event()
+
+    async def held_then_a_bug(*args: Any, **kwargs: Any) -> Any:
+        await admit(*args, **kwargs)
+        reached.set()
+        await go_on.wait()
+        raise RuntimeError("a bug reading the store's reply")
+
+    store.admit = held_then_a_bug  # type: ignore[method-assign]
+    try:
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
+        admitting = asyncio.ensure_future(gate.admit(r))
+        await asyncio.wait_for(reached.wait(), 30)
+        admitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        go_on.set()
+        await gate.close()  # the undo has run
+        keys = AccountKeys.of(ACCOUNT)
+        assert await other.hlen(keys.pending) == 0
+        assert [await other.zcard(key) for key in keys.held()] == [0, 0]
+        assert not await other.exists(keys.used(r.request_id))
+    finally:
+        await other.aclose()
+        await store.close()
