@@ -8,6 +8,7 @@ router gRPC server over Redis, a real providers gRPC server, and the real edge."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -36,6 +37,7 @@ from tests.integration.conftest import free_port, served_edge
 from tests.router.servicer_kit import router_stub, served_router
 from tests.router.test_admission import REGISTRY
 from tests.router.test_drained_past_grace import outbox_unwritable, store_down
+from tests.waiting import eventually
 
 CALLER = Account("acme", "anonymous")
 HOLD_PICO = 154_000_000  # cheap's hold for a short prompt and 100 tokens written: its worst case
@@ -368,6 +370,53 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_of_that_id_
     records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-12"]
     assert [r["cost_usd"] for r in records] == [answered.cost_usd], records
     assert await redis_store.charged_pico(CALLER, "bug-12") == to_pico(Decimal(answered.cost_usd))
+
+
+class HeldAnswering(Answering):
+    """Its generation reached, held until `release`."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.reached = 0
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.reached += 1
+        await self.release.wait()
+        return await super().Generate(request, context)
+
+
+async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_in_flight_alone(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The id is another request's, in flight: the duplicate's bug leaves its hold and pending charge as they are, the id
+    # refused to a third, and the ledger with that request's one line (a charge of 0 wrote a second, and a released
+    # marker beside its pending charge).
+    admit, provider = RedisStore.admit, HeldAnswering()
+
+    async def refused_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        await admit(self, *args, **kwargs)  # refused: a duplicate
+        raise RuntimeError("a bug reading the store's reply")
+
+    async with (
+        served_router(tmp_path, redis_store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        first = asyncio.ensure_future(router.Complete(ask("bug-14"), timeout=30))
+        await eventually(lambda: provider.reached == 1, "the first request reached its upstream")
+        in_flight = await redis_store.pending_charge(CALLER, "bug-14")
+        monkeypatch.setattr(RedisStore, "admit", refused_then_a_bug)
+        told = ServiceError.from_rpc_error(await failure(router, ask("bug-14"), False))
+        monkeypatch.setattr(RedisStore, "admit", admit)
+        assert await redis_store.pending_charge(CALLER, "bug-14") == in_flight is not None
+        third = ServiceError.from_rpc_error(await failure(router, ask("bug-14"), True))
+        provider.release.set()
+        answered = await first
+    assert (told.reason, third.reason) == ("INTERNAL_ERROR", "DUPLICATE_REQUEST")
+    records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-14"]
+    assert [r["cost_usd"] for r in records] == [answered.cost_usd], records
+    assert await redis_store.charged_pico(CALLER, "bug-14") == to_pico(Decimal(answered.cost_usd))
+    assert await redis_store.held_pico(CALLER) == (0, 0)
 
 
 async def test_a_bug_in_admission_before_the_store_was_asked_writes_nothing(
