@@ -358,9 +358,9 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_of_that_id_
         router = router_pb2_grpc.RouterStub(channel)
         answered = await router.Complete(ask("bug-12"), timeout=10)
         monkeypatch.setattr(RedisStore, "admit", refused_then_a_bug)
-        told = ServiceError.from_rpc_error(await failure(router, ask("bug-12"), streamed))
+        told = await failure(router, ask("bug-12"), streamed)
         monkeypatch.setattr(RedisStore, "admit", admit)
-        again = ServiceError.from_rpc_error(await failure(router, ask("bug-12"), streamed))
+        again = await failure(router, ask("bug-12"), streamed)
     assert (told.code, told.reason, told.metadata.get("charged_usd")) == (
         grpc.StatusCode.INTERNAL,
         "INTERNAL_ERROR",
@@ -406,10 +406,10 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_in_flight_a
         await eventually(lambda: provider.reached == 1, "the first request reached its upstream")
         in_flight = await redis_store.pending_charge(CALLER, "bug-14")
         monkeypatch.setattr(RedisStore, "admit", refused_then_a_bug)
-        told = ServiceError.from_rpc_error(await failure(router, ask("bug-14"), False))
+        told = await failure(router, ask("bug-14"), False)
         monkeypatch.setattr(RedisStore, "admit", admit)
         assert await redis_store.pending_charge(CALLER, "bug-14") == in_flight is not None
-        third = ServiceError.from_rpc_error(await failure(router, ask("bug-14"), True))
+        third = await failure(router, ask("bug-14"), True)
         provider.release.set()
         answered = await first
     assert (told.reason, third.reason) == ("INTERNAL_ERROR", "DUPLICATE_REQUEST")
@@ -429,7 +429,7 @@ async def test_a_bug_in_admission_before_the_store_was_asked_writes_nothing(
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
-        told = ServiceError.from_rpc_error(await failure(router_pb2_grpc.RouterStub(channel), ask("bug-13"), False))
+        told = await failure(router_pb2_grpc.RouterStub(channel), ask("bug-13"), False)
     assert (told.code, told.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
     assert [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-13"] == []
     assert await redis_store.charged_pico(CALLER, "bug-13") is None
