@@ -51,10 +51,19 @@ def usd(amount: Decimal) -> str:
     return f"${amount:.6f}"
 
 
+def charged(reply: httpx.Response) -> Decimal | None:
+    """What the answer was charged (x-router-cost-usd); None when the router could not read it
+    (x-router-cost-pending: the ledger has it, at most its hold), which the demo does not make up."""
+    if reply.headers.get("x-router-cost-pending") == "true":
+        return None
+    return Decimal(reply.headers["x-router-cost-usd"])
+
+
 def run_demo(base_url: str, registry: Registry) -> None:
     top = strongest(registry)
     totals = {"now": Decimal(0), "cloud": Decimal(0), "strongest": Decimal(0)}
     summary = []
+    pending = 0  # answers whose cost the router could not tell: in no total
     with httpx.Client(base_url=f"{base_url}/v1", timeout=300) as http:
         for difficulty, prompt in PROMPTS:
             body = {"model": "auto", "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS}
@@ -71,13 +80,15 @@ def run_demo(base_url: str, registry: Registry) -> None:
             ideal_name = decision.get("model_with_every_provider") or decision["model"]
             ideal = registry.get(ideal_name)
             assert ideal is not None  # the router chose it from this registry
-            now = Decimal(reply.headers["x-router-cost-usd"])
+            now = charged(reply)
             cloud = ideal.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
             always = top.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
-            totals["now"] += now
+            pending += now is None
+            totals["now"] += now or 0
             totals["cloud"] += cloud
             totals["strongest"] += always
-            summary.append((difficulty, ideal_name, reply.headers["x-router-model"], usd(now), usd(cloud), usd(always)))
+            here = "pending" if now is None else usd(now)
+            summary.append((difficulty, ideal_name, reply.headers["x-router-model"], here, usd(cloud), usd(always)))
 
             print(f"\n[{difficulty}] {prompt}")
             candidates = sorted(decision["candidates"], key=lambda c: Decimal(c["estimated_cost_usd"]))
@@ -98,7 +109,8 @@ def run_demo(base_url: str, registry: Registry) -> None:
     print(table(headers, [*summary, ("total", "", "", *(usd(v) for v in totals.values()))]))
     saved = totals["strongest"] - totals["cloud"]
     share = saved / totals["strongest"] if totals["strongest"] else Decimal(0)
+    unknown = f", and {pending} answer(s) whose cost is pending (in the ledger, at most its hold)" if pending else ""
     print(
         f"Routing with keys would cost {usd(totals['cloud'])} against {usd(totals['strongest'])} for always "
-        f"{top.name}: {usd(saved)} saved ({share:.0%}). This run cost {usd(totals['now'])}."
+        f"{top.name}: {usd(saved)} saved ({share:.0%}). This run cost {usd(totals['now'])}{unknown}."
     )
