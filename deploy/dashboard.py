@@ -526,6 +526,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Batch lines whose cost is pending per hour (charged, at most their hold; not in the cost above)",
+                "short",
+                (f"sum(increase({s('llmrouter_edge_batch_cost_pending_lines_total')}[1h]))", "pending lines"),
+            )
+        )
+        .with_panel(
+            series(
                 "File quota counts mended per hour (left for files gone: an edge killed mid-removal, or a bug)",
                 "short",
                 (f"sum by (pod) (increase({s('llmrouter_edge_file_counts_mended_total')}[1h]))", "{{pod}}"),
