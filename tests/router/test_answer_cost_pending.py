@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 import redis.asyncio as redis
 
 from llmrouter.cli.__main__ import main
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore
 from services.router.store.model import CHARGED_TOTAL
@@ -56,10 +58,10 @@ class Held(provider_pb2_grpc.ProviderServicer):
 
 
 async def answered_after_reconciled(
-    tmp_path: Path, redis_url: str, ask: Callable[[str], Coroutine[Any, Any, Any]]
+    tmp_path: Path, redis_url: str, ask: Callable[[str, str], Coroutine[Any, Any, Any]]
 ) -> tuple[Any, str, list[dict[str, Any]]]:
-    """`ask(edge base URL)`'s result once the request it makes was settled at its hold by another router's reconciler
-    and its charged marker made to say no amount; with the hold and the ledger's records."""
+    """`ask(edge base URL, router address)`'s result once the request it makes was settled at its hold by another
+    router's reconciler and its charged marker made to say no amount; with the hold and the ledger's records."""
     held = Held()
     reconciler = RedisStore(redis_url)
     db: Any = redis.from_url(redis_url)
@@ -69,7 +71,7 @@ async def answered_after_reconciled(
                 port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
             )
             async with served_edge(settings) as base:
-                asking: asyncio.Task[Any] = asyncio.create_task(ask(base))
+                asking: asyncio.Task[Any] = asyncio.create_task(ask(base, f"127.0.0.1:{running.port}"))
                 await held.called.wait()
                 # This router never beats (no upkeep runs here): another router's reconciler settles it at its hold.
                 await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
@@ -99,7 +101,7 @@ ROUTES = {
 async def test_an_answer_whose_charge_is_unread_says_its_cost_pending(
     tmp_path: Path, redis_url: str, route: str
 ) -> None:
-    async def ask(base: str) -> httpx.Response:
+    async def ask(base: str, _: str) -> httpx.Response:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             return await client.post(route, json=ROUTES[route])
 
@@ -116,7 +118,7 @@ async def test_an_answer_whose_charge_is_unread_says_its_cost_pending(
 async def test_a_streamed_answer_whose_charge_is_unread_says_its_cost_pending_in_its_last_chunk(
     tmp_path: Path, redis_url: str
 ) -> None:
-    async def ask(base: str) -> list[Any]:
+    async def ask(base: str, _: str) -> list[Any]:
         client = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
         stream = await client.chat.completions.create(
             model="cheap",
@@ -141,7 +143,7 @@ async def test_the_cli_says_an_answers_cost_pending(
 ) -> None:
     """`llmrouter ask` printed `cost    $` and `"cost_usd": ""` for such an answer."""
 
-    async def ask(base: str) -> int:
+    async def ask(base: str, _: str) -> int:
         return await asyncio.to_thread(main, ["--url", base, "--json", "ask", "Hello there"])
 
     code, _, records = await answered_after_reconciled(tmp_path, redis_url, ask)
@@ -156,7 +158,7 @@ async def test_that_answer_served_again_from_the_cache_tells_its_own_cost(tmp_pa
     """Kept in the response cache as it was told, pending: the same request served from the cache is charged nothing,
     and says so, not that its cost is pending."""
 
-    async def ask(base: str) -> tuple[httpx.Response, httpx.Response]:
+    async def ask(base: str, _: str) -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             return await client.post("/chat/completions", json=BODY), await client.post("/chat/completions", json=BODY)
 
@@ -166,3 +168,22 @@ async def test_that_answer_served_again_from_the_cache_tells_its_own_cost(tmp_pa
     assert told["cache_hit"] is True and told["cost_usd"] == "0" and "cost_pending" not in told, told
     assert again.headers["x-router-cost-usd"] == "0" and "x-router-cost-pending" not in again.headers
     assert [r["outcome"] for r in records] == ["reconciled", "cache_hit"]
+
+
+async def test_an_old_caller_reads_the_most_it_can_have_been_charged_not_an_empty_cost(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Over gRPC, as an edge of the version before reads it (cost_usd alone: its batch code failed on an empty one, the
+    batch's run with it, cutting the lines in flight): cost_usd is the request's hold, the most the ledger can have
+    charged (here what the reconciler charged), beside cost_pending, which an edge of this version reads first."""
+
+    async def ask(_: str, router_addr: str) -> router_pb2.CompleteResponse:
+        async with grpc.aio.insecure_channel(router_addr) as channel:
+            message = common_pb2.ChatMessage(role="user", content="Hello there")
+            asked = router_pb2.CompleteRequest(messages=[message], tenant="acme", model="cheap", max_tokens=50)
+            return await router_pb2_grpc.RouterStub(channel).Complete(asked, timeout=30)
+
+    answer, hold, records = await answered_after_reconciled(tmp_path, redis_url, ask)
+    assert answer.cost_pending and answer.content == "an answer"
+    assert Decimal(answer.cost_usd) == Decimal(hold), (answer.cost_usd, hold)
+    assert [(r["outcome"], r["cost_usd"]) for r in records] == [("reconciled", hold)]
