@@ -123,5 +123,7 @@ async def test_a_collected_line_whose_cost_is_pending_is_counted_pending_not_at_
     for pending_line in ("parked-0", "parked-1"):
         assert told[pending_line]["cost_pending"] is True and "cost_usd" not in told[pending_line], told
     assert told["parked-2"]["cost_usd"] == EXACT
+    # Charged, at an amount unknown: an outcome unknown (it may have run), not a failure the provider billed nothing.
+    assert errors["parked-1"]["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown"
     assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
     assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
