@@ -150,7 +150,7 @@ class ResponseCache:
         answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
         kept = answered and not served.circumstance and not _cut_by_money_left(routed, served, response)
         if self.ttl_s and kept:
-            await self.backend.set(self._key(routed, streamed), response.SerializeToString(), self.ttl_s)
+            await self.backend.set(self._key(routed, streamed), _as_kept(response).SerializeToString(), self.ttl_s)
 
     def _key(self, routed: Routed, streamed: bool = False) -> str:
         request = router_pb2.CompleteRequest()
@@ -164,6 +164,18 @@ class ResponseCache:
         request.api_key_id = "" if tenant_wide else routed.account.key
         key = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         return f"{key}:stream" if streamed else key
+
+
+def _as_kept(response: router_pb2.CompleteResponse) -> router_pb2.CompleteResponse:
+    """The answer as kept for identical requests, without this request's unread charge (cost_pending): a router of the
+    version before serving it from the shared cache keeps the field it does not know, and its hit, costing nothing,
+    was told pending."""
+    if not response.cost_pending:
+        return response
+    kept = router_pb2.CompleteResponse()
+    kept.CopyFrom(response)
+    kept.cost_pending = False
+    return kept
 
 
 def _cut_by_money_left(routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> bool:

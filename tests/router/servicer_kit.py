@@ -20,7 +20,7 @@ from llmrouter.registry import LiveRegistry, Registry
 from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router import charging
-from services.router.cache import MemoryCache
+from services.router.cache import open_cache
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
@@ -107,12 +107,13 @@ async def router_servicer_to(
     (its charges still running finish) when the block ends."""
     registry_path = registry_file(tmp_path, registry)
     config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False, **settings)
+    cache = open_cache(config.cache_redis_url)  # in process, unless a test names a Redis
     async with grpc.aio.insecure_channel(providers_addr) as channel:
         servicer = RouterServicer(
             config,
             LiveRegistry(registry_path, "router"),
             store,
-            MemoryCache(),
+            cache,
             Outbox(config.data_dir),
             classifier_pb2_grpc.ClassifierStub(channel),
             provider_pb2_grpc.ProviderStub(channel),
@@ -122,6 +123,7 @@ async def router_servicer_to(
             yield servicer
         finally:
             await servicer.close()
+            await cache.close()
 
 
 @asynccontextmanager

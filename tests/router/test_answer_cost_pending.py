@@ -58,15 +58,16 @@ class Held(provider_pb2_grpc.ProviderServicer):
 
 
 async def answered_after_reconciled(
-    tmp_path: Path, redis_url: str, ask: Callable[[str, str], Coroutine[Any, Any, Any]]
+    tmp_path: Path, redis_url: str, ask: Callable[[str, str], Coroutine[Any, Any, Any]], **router_settings: Any
 ) -> tuple[Any, str, list[dict[str, Any]]]:
     """`ask(edge base URL, router address)`'s result once the request it makes was settled at its hold by another
-    router's reconciler and its charged marker made to say no amount; with the hold and the ledger's records."""
+    router's reconciler and its charged marker made to say no amount; with the hold and the ledger's records. The
+    router has `router_settings`."""
     held = Held()
     reconciler = RedisStore(redis_url)
     db: Any = redis.from_url(redis_url)
     try:
-        async with store_on(redis_url) as store, served_router(tmp_path, store, held) as running:
+        async with store_on(redis_url) as store, served_router(tmp_path, store, held, **router_settings) as running:
             settings = EdgeSettings(
                 port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
             )
@@ -168,6 +169,26 @@ async def test_that_answer_served_again_from_the_cache_tells_its_own_cost(tmp_pa
     assert told["cache_hit"] is True and told["cost_usd"] == "0" and "cost_pending" not in told, told
     assert again.headers["x-router-cost-usd"] == "0" and "x-router-cost-pending" not in again.headers
     assert [r["outcome"] for r in records] == ["reconciled", "cache_hit"]
+
+
+async def test_that_answer_is_kept_in_the_cache_without_its_unread_charge(tmp_path: Path, redis_url: str) -> None:
+    """Kept as told, pending, in the cache the routers share, a router of the version before serving it again (it sets
+    cost_usd 0 but keeps the field it does not know) passed cost_pending on: the edge then said pending of a hit that
+    cost nothing."""
+
+    async def ask(base: str, _: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            return await client.post("/chat/completions", json=BODY)
+
+    reply, _, _ = await answered_after_reconciled(tmp_path, redis_url, ask, cache_redis_url=redis_url)
+    assert reply.json()["x_router"]["cost_pending"] is True  # told its caller
+    db: Any = redis.from_url(redis_url)
+    try:
+        (key,) = [key async for key in db.scan_iter("llmrouter:cache:*")]
+        kept = router_pb2.CompleteResponse.FromString(await db.get(key))
+    finally:
+        await db.aclose()
+    assert kept.content == "an answer" and not kept.cost_pending, kept
 
 
 async def test_an_old_caller_reads_the_most_it_can_have_been_charged_not_an_empty_cost(
