@@ -30,7 +30,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         self, request: provider_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> provider_pb2.GenerateResponse:
         model, dispatcher = self.catalog.resolve(request.model)
-        return await dispatcher.generate(model, upstream_request(model, request), context.time_remaining())
+        upstream = upstream_request(model, request)
+        stream_amounts(model, request)  # read by streams alone, but a malformed amount is refused on any call
+        return await dispatcher.generate(model, upstream, context.time_remaining())
 
     async def GenerateStream(
         self, request: provider_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -56,17 +58,18 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         model, dispatcher = self.catalog.resolve(request.model)
         upstream = upstream_request(model, request)
+        budget, budget_pricing = stream_amounts(model, request)
         stream = dispatcher.generate_stream(
             model,
             upstream,
             context.time_remaining(),
-            retry_budget(request),
+            budget,
             tool_call_progress=request.tool_call_progress,
             input_progress=request.input_progress,
             cue=cue,
             refusal_progress=request.refusal_progress,
             usage_final=request.usage_final,
-            budget_pricing=admitted_pricing(model, request),
+            budget_pricing=budget_pricing,
         )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
         async with aclosing(stream) as chunks:
@@ -142,6 +145,11 @@ async def send_cue(messages: AsyncIterator[provider_pb2.CuedRequest]) -> None:
         "the caller's side of the stream ended before it let the request go; no upstream was called",
         {"sent": "false"},
     )
+
+
+def stream_amounts(model: ModelSpec, request: provider_pb2.GenerateRequest) -> tuple[Decimal | None, ModelSpec]:
+    """The request's retry budget and the model at the prices that budget is room at, each refused when malformed."""
+    return retry_budget(request), admitted_pricing(model, request)
 
 
 def retry_budget(request: provider_pb2.GenerateRequest) -> Decimal | None:

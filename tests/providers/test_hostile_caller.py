@@ -6,7 +6,8 @@ is called: it was read as infinity and sent on as `Infinity`, which is no JSON. 
 fields out of the range or type the edge holds a REST caller to (a top_p of 5, a seed of 1.5): they were sent on, for
 the upstream to refuse after routing, and so is any passthrough field the edge would refuse a REST caller (`{"tools":
 "x"}`, tool_choice without tools, `n` of 2), naming it: the upstream was called, for it to refuse (its words kept from
-the caller, the attempt perhaps charged). The real service on loopback, the fake OpenAI upstream behind it."""
+the caller, the attempt perhaps charged). A malformed retry_budget_usd or admitted_prices is refused on Generate as on
+GenerateStream (Generate served it, unread). The real service on loopback, the fake OpenAI upstream behind it."""
 
 from __future__ import annotations
 
@@ -136,4 +137,26 @@ async def test_a_passthrough_nested_past_the_depth_limit_is_refused_naming_it(
     error = error_of(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "passthrough_json")
     assert f"nested deeper than {MAX_JSON_DEPTH} levels" in error.message, error.message
+    assert openai_fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("retry_budget_usd", {"retry_budget_usd": "NaN"}),
+        ("retry_budget_usd", {"retry_budget_usd": "-1"}),
+        ("retry_budget_usd", {"retry_budget_usd": ""}),
+        ("admitted_prices.input_usd_per_mtok", {"admitted_prices": common_pb2.Prices(input_usd_per_mtok="Infinity")}),
+        ("admitted_prices.output_usd_per_mtok", {"admitted_prices": common_pb2.Prices(input_usd_per_mtok="1")}),
+    ],
+)
+async def test_a_malformed_amount_is_refused_on_a_unary_call_as_on_a_stream(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, field: str, fields: dict[str, object]
+) -> None:
+    """Generate retries against no budget, but a caller's malformed amount is its bug whichever call carries it: it
+    was served on Generate, unread, while GenerateStream refused it."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Generate(request("cheap", **fields))
+    error = error_of(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
     assert openai_fake.requests == []
