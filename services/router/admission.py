@@ -84,7 +84,9 @@ def account_for(request: router_pb2.CompleteRequest) -> Account:
     otherwise the authenticated caller itself, whatever the request says."""
     caller = current_identity()
     if caller.may_act_for_tenants:
-        if not request.api_key and request.api_key_id:
+        if request.api_key and request.api_key_id:  # two keys named: paying with either could be the wrong one
+            raise invalid("api_key_id is instead of api_key: name one key", "api_key_id")
+        if request.api_key_id:
             if not KEY_ID.fullmatch(request.api_key_id):
                 raise invalid("api_key_id must be 16 hex digits or 'anonymous'", "api_key_id")
             return Account(request.tenant or "default", request.api_key_id)

@@ -1,6 +1,8 @@
 """A direct gRPC caller of the router sending fields no edge would: a CollectBatch naming a model of 20,000 characters
 is refused NO_BATCH_PRICE, the name cut in the refusal's metadata (quoted whole, it passed gRPC's 16 KiB hard limit on
-metadata, and the caller got "Stream removed" instead). A real router gRPC server over the in-process store."""
+metadata, and the caller got "Stream removed" instead). A request naming both api_key and api_key_id (one is instead
+of the other) is refused INVALID_ARGUMENT: it was charged to api_key's key without a word. A real router gRPC server
+over the in-process store."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import grpc
 import pytest
 
 from llmrouter.errors import MAX_METADATA_CHARS, ServiceError
-from llmrouter.v1 import router_pb2, router_pb2_grpc
-from services.router.store import MemoryStore
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.router.store import MemoryStore, key_id
 from tests.router.servicer_kit import served_router
+from tests.router.test_admission import REGISTRY as CACHE_REGISTRY
+from tests.router.test_cache_money import Answering
 from tests.router.test_collect_model import REGISTRY, BatchProvider
 
 
@@ -27,3 +31,27 @@ async def test_a_collect_naming_a_huge_model_is_refused_clearly(tmp_path: Path) 
     error = ServiceError.from_rpc_error(refused.value)
     assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_BATCH_PRICE")
     assert len(error.metadata["model"]) == MAX_METADATA_CHARS and len(error.message) < 2_100
+
+
+@pytest.mark.parametrize("rpc", ["Complete", "Decide"])
+async def test_a_request_naming_both_a_key_and_a_key_id_is_refused(tmp_path: Path, rpc: str) -> None:
+    """api_key_id is instead of api_key (the edge sends one): a caller sending both, for two different keys, was
+    charged to api_key's without a word, whatever key it meant to pay with."""
+    provider = Answering()
+    both = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="Hello")],
+        model="cheap",
+        tenant="acme",
+        api_key="sk-acme-a",
+        api_key_id=key_id("sk-acme-b"),
+        request_id="both-keys",
+    )
+    async with (
+        served_router(tmp_path, MemoryStore(), provider, CACHE_REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await getattr(router_pb2_grpc.RouterStub(channel), rpc)(both, timeout=10)
+    error = ServiceError.from_rpc_error(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "api_key_id")
+    assert provider.generated == 0
