@@ -473,6 +473,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Requests ended by a router bug per hour, by how they were charged (alerts on any)",
+                "short",
+                (f"sum by (charge) (increase({s('llmrouter_router_faults_total')}[1h]))", "{{charge}}"),
+            )
+        )
+        .with_panel(
+            series(
                 "Pending charges no live router will charge, left by the reconciler's last sweep (holds still counted)",
                 "short",
                 (f"max({s('llmrouter_router_reconcile_backlog_charges')})", "router gone, or due and not settled"),

@@ -10,7 +10,8 @@ landed before the failure stands. Its caller is told that charge (`charged_usd`)
 itself failed (the reconciler then charges the hold), `retryable` only when it was charged nothing and its id released.
 So is a charge failing by a bug as the drain's cut reads it (servicer._charged_when_cut): pending, rather than
 SHUTTING_DOWN. The error is logged with the request id and its traceback; the interceptor counts it
-(llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR)."""
+(llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR), and
+llmrouter_router_faults_total by how it was charged, which the alert LLMRouterRouterFaults watches."""
 
 from __future__ import annotations
 

@@ -57,6 +57,18 @@ STORE_MASTERS_UNREACHABLE = Gauge(
     "money of the tenants they hold) cannot be used meanwhile, while the other masters serve theirs (0 on one server)",
     ["store"],
 )
+# How an admitted request that an unexpected failure (a bug) in the router ended was charged (faults.py): a fixed
+# set, so the series stay bounded.
+FAULT_CHARGES = ("hold", "nothing", "earlier", "pending")
+ROUTER_FAULTS = Counter(
+    "llmrouter_router_faults_total",
+    "Admitted requests ended by an unexpected failure (a bug) in the router, told INTERNAL INTERNAL_ERROR, by how "
+    "they were charged: hold (a providers call may have run), nothing (none had: its id released), earlier (its charge "
+    "had landed before the failure) or pending (the charge itself failed: the reconciler charges the hold)",
+    ["charge"],
+)
+for _charge in FAULT_CHARGES:
+    ROUTER_FAULTS.labels(_charge)  # each series from 0, so increase() sees the first fault
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )

@@ -255,14 +255,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         made before the failure, logged, and the error telling its caller what it was charged."""
         log.error("unexpected failure after admission", exc_info=bug, extra={"request_id": routed.request_id})
         model = routed.plan.order[0].model
+        charge = "earlier"
         try:
             if not routed.settled:
                 routed.note = faults.AT_HOLD if routed.providers_asked else faults.UNSERVED
+                charge = "hold" if routed.providers_asked else "nothing"
                 await self.charger.settle_unknown(routed, model)
             charged = await self.charger.charged(routed, model)
         except Exception:  # the charge failed (the bug was its own, or it was kept nowhere): the reconciler charges it
             routed.settled = True  # so no clean-up settles it again, to fail once more in this error's stead
-            charged = None
+            charged, charge = None, "pending"
+        metrics.ROUTER_FAULTS.labels(charge).inc()
         return faults.fault_error(routed.request_id, charged, routed.released)
 
     async def _settle_failed(self, routed: Routed, failed: ServiceError) -> None:

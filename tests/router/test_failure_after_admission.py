@@ -95,6 +95,19 @@ def faults() -> float:
     return sum(METRICS.get_sample_value("llmrouter_grpc_requests_total", each) or 0.0 for each in (labels, streamed))
 
 
+def router_faults() -> dict[str, float]:
+    """llmrouter_router_faults_total by how the request was charged (SREs' alert, LLMRouterRouterFaults)."""
+    return {
+        charge: METRICS.get_sample_value("llmrouter_router_faults_total", {"charge": charge}) or 0.0
+        for charge in ("hold", "nothing", "earlier", "pending")
+    }
+
+
+def moved(before: dict[str, float]) -> dict[str, float]:
+    """How far each series of llmrouter_router_faults_total moved since `before`, those that did."""
+    return {charge: n - before[charge] for charge, n in router_faults().items() if n != before[charge]}
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
     tmp_path: Path,
@@ -104,7 +117,7 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
     streamed: bool,
 ) -> None:
     monkeypatch.setattr(Served, "add", a_bug)  # pricing the generation the providers returned
-    counted = faults()
+    counted, before = faults(), router_faults()
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
@@ -135,6 +148,7 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
     assert (record["owed_usd"], record["generations"]) == (hold, []), record
     assert AT_HOLD in record["reason_detail"], record
     assert faults() == counted + 2  # the request and the edge's
+    assert moved(before) == {"hold": 2}  # the retry refused as a duplicate is no fault
     if streamed:  # its words were sent: the error ends the stream, with its cost
         assert edge.status_code == 200
         assert f'"x_router":{{"cost_usd":"{hold}"}}' in edge.text.replace(" ", ""), edge.text
@@ -150,8 +164,10 @@ async def test_a_bug_in_the_charge_says_it_pending_its_hold_left_to_the_reconcil
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     monkeypatch.setattr(AvailableModels, "baseline", a_bug)  # read as the charge's record is made
+    before = router_faults()
     async with router_stub(tmp_path, redis_store, Answering()) as router:
         told = await failure(router, ask("bug-2"), streamed)
+    assert moved(before) == {"pending": 1}
     assert (told.code, told.reason, told.metadata) == TOLD_PENDING
     assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
     assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
@@ -162,8 +178,10 @@ async def test_a_bug_after_the_charge_landed_tells_that_charge(
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     monkeypatch.setattr(Sessions, "record", a_bug)  # the turn recorded after its charge
+    before = router_faults()
     async with router_stub(tmp_path, redis_store, Answering()) as router:
         told = await failure(router, ask("bug-3"), streamed)
+    assert moved(before) == {"earlier": 1}
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": ANSWER_USD, "retryable": "false"})
     assert await redis_store.spent(CALLER, period_id("day")) == (to_pico(ANSWER_COST), to_pico(ANSWER_COST))
     assert await redis_store.held_pico(CALLER) == (0, 0)
@@ -175,9 +193,11 @@ async def test_a_bug_before_any_providers_call_charges_nothing_and_may_be_retrie
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool, step: tuple[type, str]
 ) -> None:
     monkeypatch.setattr(*step, a_bug)
+    before = router_faults()
     async with router_stub(tmp_path, redis_store, Answering()) as router:
         told = await failure(router, ask("bug-4"), streamed)
         again = await failure(router, ask("bug-4"), streamed)
+    assert moved(before) == {"nothing": 2}
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"charged_usd": "0", "retryable": "true"})
     assert again.reason == "INTERNAL_ERROR"  # its id released: admitted again, not refused as a duplicate
     records = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-4"]
