@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as redis
 
 from services.router.store import Account, StoreUnavailable
-from services.router.store.keys import LEASE
 from services.router.store.redis_store import RedisStore
+from tests.router.lease import lease_holder
 from tests.router.test_drained_past_grace import (
     CutByHand,
     Held,
@@ -40,8 +40,8 @@ async def reconciled(redis_url: str, request_id: str) -> str:
     db: Any = redis.from_url(redis_url)
     reconciler = RedisStore(redis_url)
     try:
-        holder = await db.get(LEASE)  # the router's own upkeep may hold the lease: swept under its name
-        assert await reconciler.reconcile(holder.decode() if holder else "reconciler", 15.0, 0.0) == 1
+        holder = await lease_holder(db)  # the router's own upkeep may hold the lease: swept under its name
+        assert await reconciler.reconcile(holder or "reconciler", 15.0, 0.0) == 1
     finally:
         await reconciler.close()
         await db.aclose()

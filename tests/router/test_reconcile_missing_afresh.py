@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
-from services.router.store.keys import LEASE, alive_key
+from services.router.store.keys import alive_key
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.lease import lease_holder
 from tests.router.test_collect_model import ACCOUNT
 from tests.waiting import eventually
 
@@ -33,25 +34,25 @@ async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afres
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
 
         async def lease_lapsed() -> bool:
-            return await live.redis.get(LEASE) is None
+            return await lease_holder(live.redis) is None
 
         await eventually(lease_lapsed, "the reconciler's lease lapsed")
 
         async def taken_by_other() -> bool:
             assert await other.reconcile("other", OTHER_LEASE_S, 3600.0) == 0  # it too sees the router missing
-            return await live.redis.get(LEASE) == b"other"
+            return await lease_holder(live.redis) == "other"
 
         await eventually(taken_by_other, "the lease held by the other reconciler")
         if passed_over:
             assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
-            assert await live.redis.get(LEASE) == b"other"  # that round was passed over, not swept
+            assert await lease_holder(live.redis) == "other"  # that round was passed over, not swept
         await live.heartbeat("router-live", LEASE_S)  # back in reach, it beats, then is cut off again
         await eventually(lease_lapsed, "the other reconciler's lease lapsed")
         assert not await live.redis.exists(alive_key("router-live"))  # its beat lapsed too: its TTL is shorter
 
         # The lease back, the router is seen missing for the first time since: not yet taken for dead.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
-        assert await live.redis.get(LEASE) == b"rec"
+        assert await lease_holder(live.redis) == "rec"
         assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
         assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
         # Missing a whole TTL since, it is dead: its request is charged at its hold, once.
@@ -87,7 +88,7 @@ async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_thro
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0  # the live router's beat lapsed: seen missing
 
         async def lease_lapsed() -> bool:
-            return await live.redis.get(LEASE) is None
+            return await lease_holder(live.redis) is None
 
         proxy.go_down()
         await lose_sight(reconciler)  # the upkeep's round: the store away, no reconcile

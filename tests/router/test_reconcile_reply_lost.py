@@ -16,9 +16,9 @@ import pytest
 
 from llmrouter.redis_connect import connect
 from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, lua, period_id
-from services.router.store.keys import LEASE
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.lease import lease_holder
 from tests.router.old_version import checkout, run
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_model import ACCOUNT
@@ -132,7 +132,7 @@ async def test_a_lapsed_line_collected_after_its_reconciled_charge_reply_was_los
 async def leased_elsewhere(store: RedisStore) -> bool:
     """Swept by another router, until it holds the lease (once the first one's lapses)."""
     await store.reconcile("another", 3600.0, 0.0)
-    return await store.redis.get(LEASE) == b"another"
+    return await lease_holder(store.redis) == "another"
 
 
 async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_next_reconciler(

@@ -102,6 +102,12 @@ CONNECTIONS = 64  # per client; on a cluster, per node at most
 # How long the reconciler and the outbox wait for each master of a Redis Cluster to answer (shards_away).
 MASTER_ANSWERS_S = 1.0
 LEASE_KEPT = 1  # lua.LEASE's answer when no other router held the lease since this one last took it
+# How long the lease's key outlives the lease (lua.LEASE), in leases and at least in ms: a router of a version before
+# takes the lease only after so long with no round of this version (after a rollback, its reconciler waits so long),
+# and the records of the routers seen missing survive a lapse of this version's lease within it (a loaded host's
+# stall, whatever the lease: tests' are milliseconds).
+LEASE_KEY_OUTLIVES = 4
+LEASE_KEY_OUTLIVES_MIN_MS = 5_000
 
 
 # What the log says of a store refusing this router (a deployment to fix); a read-only store is a failover under way.
@@ -1104,9 +1110,10 @@ class RedisStore:
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         # Since when a router was seen missing is kept only by a round that read the heartbeats, or held the lease
-        # that no other router held since: any other (the lease out of reach, another's or taken from another, a
-        # failure part way) starts the records afresh. A router whose beat lapsed while the master flapped gets its
-        # whole grace again, not its requests charged at their holds at once.
+        # that no other router held since (a router of a version before too: lua.LEASE): any other (the lease out of
+        # reach, another's or taken from another, its key gone, a failure part way) starts the records afresh. A
+        # router whose beat lapsed while the master flapped gets its whole grace again, not its requests charged at
+        # their holds at once.
         missing, self._missing_since = self._missing_since, {}
         async with _reachable():
             keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
@@ -1123,7 +1130,10 @@ class RedisStore:
                 )
                 return resent
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
-                leased = await self._lease(keys=[LEASE, LEASE_HOLDER], args=[router, int(lease_s * 1000)])
+                lease_ms = int(lease_s * 1000)
+                outlives_ms = max(lease_ms * LEASE_KEY_OUTLIVES, LEASE_KEY_OUTLIVES_MIN_MS)
+                now_ms = int(money_now() * 1000)
+                leased = await self._lease(keys=[LEASE, LEASE_HOLDER], args=[router, lease_ms, outlives_ms, now_ms])
             if not leased:
                 metrics.RECONCILE_BACKLOG.set(0)  # the lease holder's is the release's
                 return resent
