@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
-from services.router.store.keys import alive_key
+from services.router.store.keys import LEASE, alive_key
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.lease import lease_holder
 from tests.router.test_collect_model import ACCOUNT
@@ -52,7 +52,7 @@ async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afres
 
         # The lease back, the router is seen missing for the first time since: not yet taken for dead.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
-        assert await lease_holder(live.redis) == "rec"
+        assert (await live.redis.get(LEASE)).startswith(b"rec ")  # taken by it (its lease may be past already)
         assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
         assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
         # Missing a whole TTL since, it is dead: its request is charged at its hold, once.
@@ -102,4 +102,40 @@ async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_thro
         assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
     finally:
         for store in (live, reconciler):
+            await store.close()
+
+
+async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_reconcilers_ping_fails_now_and_then(
+    redis_url: str, proxy: LossyProxy
+) -> None:
+    """The reconciler's PING failing once before each of its rounds, each loss of sight a moment: a live router's beat
+    cannot lapse in one so short, so what it saw missing holds. Each forgot it all before, and a dead router seen
+    missing was never taken for dead however many rounds ran: its requests waited for ROUTER_PENDING_STALE_S (an hour
+    by default) to be charged at their holds, not the heartbeat TTL."""
+    dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
+    ttl_s = 1.5  # its third, the loss of sight that forgets, longer than a round here
+    try:
+        hold = Hold("r-dead", 6_000_000_000, DAY, "router-dead", "n1")
+        assert (await dead.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        assert await reconciler.ping()
+        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
+        rounds = 0
+
+        async def flapping_round() -> int:
+            nonlocal rounds
+            rounds += 1
+            proxy.go_down()
+            await lost_by_ping(reconciler)
+            proxy.come_back()
+            assert await reconciler.ping()
+            return await reconciler.reconcile("rec", ttl_s, 3600.0)
+
+        await eventually(flapping_round, "the dead router taken for dead, a PING failing before every round")
+        assert (
+            await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
+            await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
+        ) == (0, 1)
+        assert rounds > 1
+    finally:
+        for store in (dead, reconciler):
             await store.close()

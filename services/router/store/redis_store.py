@@ -108,6 +108,10 @@ LEASE_KEPT = 1  # lua.LEASE's answer when no other router held the lease since t
 # stall, whatever the lease: tests' are milliseconds).
 LEASE_KEY_OUTLIVES = 4
 LEASE_KEY_OUTLIVES_MIN_MS = 5_000
+# The share of the heartbeat TTL that the store may stay out of a router's sight (its PING or heartbeat failing) with
+# what its reconciler saw missing still holding: a live router beats every upkeep interval, at most a third of the TTL
+# (settings.py), so its beat cannot lapse in an outage shorter than the TTL less two intervals, at least this share.
+SIGHT_LOST_FORGETS = 1 / 3
 
 
 # What the log says of a store refusing this router (a deployment to fix); a read-only store is a failover under way.
@@ -402,6 +406,8 @@ class RedisStore:
         self._ledger_position = Script(self.redis, lua.LEDGER_POSITION)
         self._raise_spend = Script(self.redis, lua.RAISE_SPEND)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
+        self._in_sight_at = float("-inf")  # when the store last answered this router's PING (monotonic)
+        self._sight_lost_at: float | None = None  # when it answered last before a loss of sight, until a round reads it
         # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
         # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
         self.unanswered: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -1110,11 +1116,15 @@ class RedisStore:
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         # Since when a router was seen missing is kept only by a round that read the heartbeats, or held the lease
-        # that no other router held since (a router of a version before too: lua.LEASE): any other (the lease out of
-        # reach, another's or taken from another, its key gone, a failure part way) starts the records afresh. A
+        # that no other router held since (a router of a version before too: lua.LEASE), the store not out of sight
+        # for long meanwhile (_lost_sight): any other (the lease out of reach, another's or taken from another, its key
+        # gone, a failure part way) starts the records afresh. A
         # router whose beat lapsed while the master flapped gets its whole grace again, not its requests charged at
         # their holds at once.
         missing, self._missing_since = self._missing_since, {}
+        lost_at, self._sight_lost_at = self._sight_lost_at, None
+        if lost_at is not None and time.monotonic() - lost_at >= lease_s * SIGHT_LOST_FORGETS:
+            missing = {}
         async with _reachable():
             keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
             away = {shard for shard in range(SHARDS) if pending_key(shard) in keys_away}  # passed over (_apart)
@@ -1339,14 +1349,19 @@ class RedisStore:
         except StoreUnavailable:
             self._lost_sight()
             return False
+        self._in_sight_at = time.monotonic()
         await self._follow_clock()
         return True
 
     def _lost_sight(self) -> None:
         """The store (or the heartbeats' master) out of this router's reach, so that its upkeep reconciles no more
-        until it answers: what the reconciler saw missing before counts no longer. Another router may beat meanwhile
-        unseen, and with no other holder of the lease through the outage it would be taken for dead at once after."""
-        self._missing_since = {}
+        until it answers. Out of sight long enough (SIGHT_LOST_FORGETS), what the reconciler saw missing before counts
+        no longer at its next round: another router's beat may have lapsed and come back meanwhile unseen, and with no
+        other holder of the lease through the outage it would be taken for dead at once after. A shorter loss, a PING
+        failing now and then, forgets nothing: each once forgot all, and a dead router's requests waited, with a loss
+        every TTL, for ROUTER_PENDING_STALE_S to be charged."""
+        if self._sight_lost_at is None:
+            self._sight_lost_at = self._in_sight_at
 
     async def _follow_clock(self) -> None:
         """The money's clock set by the store's TIME: on a Redis Cluster its GLOBAL slot's master's, the one every
