@@ -62,9 +62,10 @@ STORE_MASTERS_UNREACHABLE = Gauge(
 FAULT_CHARGES = ("hold", "nothing", "earlier", "pending")
 ROUTER_FAULTS = Counter(
     "llmrouter_router_faults_total",
-    "Admitted requests ended by an unexpected failure (a bug) in the router, told INTERNAL INTERNAL_ERROR, by how "
-    "they were charged: hold (a providers call may have run), nothing (none had: its id released), earlier (its charge "
-    "had landed before the failure) or pending (the charge itself failed: the reconciler charges the hold)",
+    "Requests ended by an unexpected failure (a bug) in the router once admitted or in their admission, told INTERNAL "
+    "INTERNAL_ERROR, by how they were charged: hold (a providers call may have run), nothing (none had: its id "
+    "released), earlier (its charge had landed before the failure) or pending (the charge itself failed: the "
+    "reconciler charges the hold)",
     ["charge"],
 )
 for _charge in FAULT_CHARGES:

@@ -197,6 +197,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             raise
         except Exception as bug:
             log.error("unexpected failure after admission", exc_info=bug, extra={"request_id": routed.request_id})
+            metrics.ROUTER_FAULTS.labels("nothing").inc()
             raise faults.fault_error(routed.request_id, Decimal(0), released=True) from bug
 
     async def _refuse_if_cut(self, routed: Routed) -> None:

@@ -338,6 +338,7 @@ async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
         raise RuntimeError("a bug reading the store's reply")
 
     monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
+    before = router_faults()
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
@@ -345,6 +346,7 @@ async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
         router = router_pb2_grpc.RouterStub(channel)
         told = await failure(router, ask("bug-11"), streamed)
         again = await failure(router, ask("bug-11"), streamed)
+    assert moved(before) == {"nothing": 2}  # a router bug, counted as any after admission is
     assert (told.code, told.reason, told.metadata) == (
         grpc.StatusCode.INTERNAL,
         "INTERNAL_ERROR",
@@ -445,11 +447,13 @@ async def test_a_bug_in_admission_before_the_store_was_asked_writes_nothing(
     # Reading the key's binding failed by a bug before the admission was sent: settled by a charge of 0, it wrote a
     # ledger line and a charged marker for an admission the store never made.
     monkeypatch.setattr(KeyTenants, "under_binding", a_bug_before_the_store)
+    before = router_faults()
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         told = await failure(router_pb2_grpc.RouterStub(channel), ask("bug-13"), False)
+    assert moved(before) == {"nothing": 1}
     assert (told.code, told.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
     assert [r for r in await ledger_records(redis_store.redis) if r["request_id"] == "bug-13"] == []
     assert await redis_store.charged_pico(CALLER, "bug-13") is None
