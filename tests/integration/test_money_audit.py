@@ -24,7 +24,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import redis.asyncio as redis
@@ -37,6 +38,8 @@ from services import router
 from services.router.settings import RouterSettings
 from services.router.store import Account, key_id, to_pico
 from tests.conftest import ledger_records
+from tests.integration.conftest import Chain
+from tests.integration.test_money_faults import RouterProcess, pending_of
 from tests.router.servicer_kit import NearScores, registry_file, serve_providers, store_on
 from tests.router.test_admission import REGISTRY
 from tests.router.test_budgets_mixed_load import REFUSAL
@@ -44,7 +47,7 @@ from tests.waiting import eventually
 
 TENANTS = ("t-acme", "t-bolt", "t-cove")
 KEYS = {t: (f"{t}-key-a", f"{t}-key-b") for t in TENANTS}  # a key is of one tenant
-TENANT_BUDGET, KEY_BUDGET = Decimal("0.012"), Decimal("0.008")
+TENANT_BUDGET, KEY_BUDGET = Decimal("0.02"), Decimal("0.012")
 CAP = Decimal("0.0008")  # a per-request cost cap: below the strong model's worst case, above the cheap one's
 MAX_TOKENS = 60
 REQUESTS = 200
@@ -295,26 +298,75 @@ async def test_the_money_adds_up_under_chaos(tmp_path: Path, redis_url: str) -> 
         for tenant in TENANTS:
             await store.set_limit("tenant", tenant, to_pico(TENANT_BUDGET))
     providers, port = await serve_providers(provider, NearScores())
+    drained, killed, rest = plans[:70], plans[70:130], plans[130:]
     try:
-        first, rest = plans[: REQUESTS // 2], plans[REQUESTS // 2 :]
         async with (
             a_router(tmp_path, "router-a", redis_url, port) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             stub = router_pb2_grpc.RouterStub(channel)
-            sending = [asyncio.create_task(send(stub, p, told, provider.reported)) for p in first]
-            await eventually(lambda: sum(t.done() for t in sending) >= len(first) // 2, "half the first's requests")
+            sending = [asyncio.create_task(send(stub, p, told, provider.reported)) for p in drained]
+            await eventually(lambda: sum(t.done() for t in sending) >= len(drained) // 2, "half its requests done")
             await running.stop(0.2)  # drained mid-way, past its grace: what still runs is cut
             await asyncio.gather(*sending)
+        left_pending = await killed_mid_way(tmp_path, redis_url, port, killed, told, provider.reported)
         async with a_router(tmp_path, "router-b", redis_url, port) as running:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 stub = router_pb2_grpc.RouterStub(channel)
-                cut = [p for p in first if p.kind == "resent"]  # sent again to the second router, same ids
-                await asyncio.gather(*(send(stub, p, told, provider.reported) for p in rest + cut))
+                again = [p for p in drained + killed if p.kind == "resent"]  # sent again here, same ids
+                await asyncio.gather(*(send(stub, p, told, provider.reported) for p in rest + again))
+            # The killed router's pending charges are this one's reconciler's to settle, at their holds.
             await eventually(lambda: all_settled(redis_url), "every hold settled", timeout_s=30)
     finally:
         await providers.stop(0)
-    await audit(redis_url, plans, told, provider.reported, chosen)
+    reconciled = await audit(redis_url, plans, told, provider.reported, chosen)
+    print(f"the killed router left {left_pending} pending charges; the reconciler made {reconciled} ledger lines")
+    assert reconciled >= min(left_pending, 1), (
+        f"the killed router left {left_pending} pending; MONEY_AUDIT_SEED={chosen}"
+    )
+
+
+async def killed_mid_way(
+    tmp_path: Path, redis_url: str, providers_port: int, plans: list[Plan], told: Told, reported: Reported
+) -> int:
+    """`plans` sent to a router process (python -m services.router) SIGKILLed once it has requests in flight past
+    their admission: how many pending charges it left."""
+    where = SimpleNamespace(port=providers_port)  # the chain's services RouterProcess reads: here one server
+    stand_in = cast(
+        Chain,
+        SimpleNamespace(
+            registry_path=registry_file(tmp_path, REGISTRY), servers={"classifier": where, "providers": where}
+        ),
+    )
+    doomed = RouterProcess(
+        stand_in,
+        tmp_path,
+        ROUTER_REDIS_URL=redis_url,
+        ROUTER_INSTANCE_ID="router-c",
+        ROUTER_HEARTBEAT_TTL_S="1",
+        ROUTER_VERIFIER="false",
+        ROUTER_AUTH="none",
+        ROUTER_METRICS_PORT="0",
+        ROUTER_KEY_BUDGET_USD=str(KEY_BUDGET),
+    )
+    db: Any = redis.from_url(redis_url)
+    try:
+        await doomed.ready()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            sending = [asyncio.create_task(send(stub, p, told, reported)) for p in plans]
+
+            async def in_flight() -> bool:
+                return len(await pending_of(db, "router-c")) >= 3 or all(t.done() for t in sending)
+
+            await eventually(in_flight, "the doomed router's requests in flight")
+            left = len(await pending_of(db, "router-c"))
+            doomed.kill()
+            await asyncio.gather(*sending)
+        return left
+    finally:
+        doomed.kill()
+        await db.aclose()
 
 
 async def all_settled(redis_url: str) -> bool:
@@ -323,7 +375,8 @@ async def all_settled(redis_url: str) -> bool:
     return all(h == (0, 0) for h in held)
 
 
-async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reported, chosen: int) -> None:
+async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reported, chosen: int) -> int:
+    """The reconciliation, asserted; how many ledger lines the reconciler made."""
     replay = f"replay with MONEY_AUDIT_SEED={chosen}"
     client = redis.from_url(redis_url)
     try:
@@ -375,4 +428,9 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
                     mine = sum(to_pico(Decimal(r["cost_usd"])) for r in rows if r["key"] == key_id(key))
                     assert key_spent == mine, f"{tenant}/{key}: spend {key_spent}, ledger {mine}; {replay}"
                     assert key_spent <= to_pico(KEY_BUDGET), f"{tenant}/{key} past its budget; {replay}"
-    print(f"ledger lines {len(ledger)}; told {len(told.charged)} charges, {len(told.pending)} pending; {told.refused}")
+    mix = Counter(r["outcome"] for r in ledger) + Counter(
+        kind for r in ledger for kind in ("cache_hit", "escalated", "fallback") if r[kind]
+    )
+    print(f"ledger lines {len(ledger)} {dict(mix)}; told {len(told.charged)} charges, {len(told.pending)} pending")
+    print(f"refusals {dict(told.refused)}")
+    return sum(r["outcome"] == "reconciled" for r in ledger)
