@@ -110,8 +110,8 @@ class Reported:
 
 class Chaos(provider_pb2_grpc.ProviderServicer):
     """The cheap model's first attempt at each request does as the plan says; the strong model answers, after a
-    short wait, writing all it may. Each generation's reported usage is noted; a request's tag (#n) names its plan,
-    a cached prompt's none (it answers plainly)."""
+    short wait, writing all it may. Each generation's reported usage is noted under its plan, found by the request id
+    the router passes on (else by the prompt's tag, #n); a request sent again answers plainly."""
 
     def __init__(self, plans: list[Plan], rng: random.Random) -> None:
         self.plans, self.reported = {p.n: p for p in plans}, Reported()
@@ -429,7 +429,7 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
                     assert key_spent == mine, f"{tenant}/{key}: spend {key_spent}, ledger {mine}; {replay}"
                     assert key_spent <= to_pico(KEY_BUDGET), f"{tenant}/{key} past its budget; {replay}"
     mix = Counter(r["outcome"] for r in ledger) + Counter(
-        kind for r in ledger for kind in ("cache_hit", "escalated", "fallback") if r[kind]
+        kind for r in ledger for kind in ("cache_hit", "escalated", "fallback") if r.get(kind)
     )
     print(f"ledger lines {len(ledger)} {dict(mix)}; told {len(told.charged)} charges, {len(told.pending)} pending")
     print(f"refusals {dict(told.refused)}")
