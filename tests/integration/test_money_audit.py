@@ -52,7 +52,7 @@ CAP = Decimal("0.0008")  # a per-request cost cap: below the strong model's wors
 MAX_TOKENS = 60
 REQUESTS = 200
 FATES = ("ok", "slow", "fails_before", "fails_after", "truncated", "declines", "no_usage")
-KINDS = ("unary", "stream", "left_stream", "left_unary", "cached", "resent")
+KINDS = ("unary", "stream", "left_stream", "left_unary", "cached", "resent", "hostile")
 TAG = re.compile(r"#(\d+)")
 
 
@@ -226,6 +226,8 @@ def asked(plan: Plan) -> router_pb2.CompleteRequest:
     )
     if plan.capped:
         request.max_cost_usd = format(CAP, "f")
+    if plan.kind == "hostile":  # a cap no money fits, as a hostile caller sends it: refused, charged nothing
+        request.max_cost_usd = "NaN"
     return request
 
 
@@ -399,6 +401,10 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
         assert set(charges) <= set(on_record), f"{asker} told {charges}, its ledger lines {on_record}; {replay}"
     for asker in told.pending:
         assert asker in lines, f"{asker} told cost_pending has no ledger line; {replay}"
+    hostile = [asker for asker in lines if by_plan[asker].kind == "hostile"]
+    assert not hostile, f"hostile requests on record: {hostile}; {replay}"
+    for r in ledger:  # each charge paid by its own tenant's key
+        assert r["key"] in {key_id(k) for k in KEYS[r["tenant"]]}, f"{r}; {replay}"
     for asker, costs in lines.items():
         plan, charged = by_plan[asker], sum(costs, Decimal(0))
         if plan.capped:
