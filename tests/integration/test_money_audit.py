@@ -2,11 +2,13 @@
 two API keys each under tight tenant and key budgets, some with a per-request cost cap: unary and streamed, some left by
 their callers at random points, some sent again with the same request id, some repeats served from the response
 cache. The cheap model misbehaves on a seeded schedule (fails before and after writing, answers slowly, is cut short so
-the answer escalates, leaves out its usage); a first router is stopped past its grace mid-way and a second, its
-reconciler running, serves the rest. Then, to the pico-dollar: each budget's spend is the sum of its ledger lines; each
-caller told a charge (an answer's cost, a failure's charged_usd, a duplicate's) was told its ledger line, and one told
-cost_pending has one; no request is on record twice; no budget is past its limit, no capped request past its cap; and
-every generation a provider reported is charged at least at its model's prices, exactly where nothing went wrong.
+the answer escalates, leaves out its usage), some callers send a cap no money fits; a first router is stopped past its
+grace mid-way, a second (a process) is SIGKILLed with requests in flight, and a third, its reconciler settling what the
+killed one left, serves the rest. Then, to the pico-dollar: each budget's spend is the sum of its ledger lines, and the
+sum of what its callers were told plus the lines of those told cost_pending or nothing (left, or their router killed);
+each caller told a charge (an answer's cost, a failure's charged_usd, a duplicate's) was told its ledger line; no
+request is charged twice, no hostile one at all, none by another tenant's key; no budget is past its limit, no capped
+request past its cap; and every generation a provider reported is charged at least at its model's prices.
 
 Real routers (router.build) behind their gRPC servers on loopback over the real Redis; the providers and classifier a
 gRPC server of the test's. The seed is printed, and named in every failure: MONEY_AUDIT_SEED replays it."""
@@ -421,10 +423,19 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
         if reported.usage[plan.n]:
             assert (plan.tenant, plan.request_id) in lines, f"{plan} generated, never charged; {replay}"
 
-    # Each budget's spend is its ledger lines' sum, to the pico-dollar, and within its limit.
+    # Each budget's spend is its ledger lines' sum, to the pico-dollar, and within its limit; the tenant's is what its
+    # callers were told (each request's charge, once) with the lines of those told it pending or told nothing.
     async with store_on(redis_url) as store:
         for tenant in TENANTS:
+            # A request told 0 (its try released) and sent again by a caller that then left counts its later line.
+            told_sum = sum(
+                max(told.charged.get(asker) or [Decimal(0)]) or sum(costs, Decimal(0))
+                for asker, costs in lines.items()
+                if asker[0] == tenant
+            )
             periods = {r["period"] for r in ledger if r["tenant"] == tenant}
+            spent_now = sum([(await store.spent(Account(tenant, key_id(KEYS[tenant][0])), p))[0] for p in periods])
+            assert spent_now == to_pico(told_sum), f"{tenant}: spend {spent_now}, told and pending {told_sum}; {replay}"
             for period in periods:
                 rows = [r for r in ledger if r["tenant"] == tenant and r["period"] == period]
                 spent = [await store.spent(Account(tenant, key_id(k)), period) for k in KEYS[tenant]]
