@@ -429,9 +429,12 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
         for tenant in TENANTS:
             # A request told 0 (its try released) and sent again by a caller that then left counts its later line.
             told_sum = sum(
-                max(told.charged.get(asker) or [Decimal(0)]) or sum(costs, Decimal(0))
-                for asker, costs in lines.items()
-                if asker[0] == tenant
+                (
+                    max(told.charged.get(asker) or [Decimal(0)]) or sum(costs, Decimal(0))
+                    for asker, costs in lines.items()
+                    if asker[0] == tenant
+                ),
+                Decimal(0),
             )
             periods = {r["period"] for r in ledger if r["tenant"] == tenant}
             spent_now = sum([(await store.spent(Account(tenant, key_id(KEYS[tenant][0])), p))[0] for p in periods])
