@@ -411,14 +411,18 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
         plan, charged = by_plan[asker], sum(costs, Decimal(0))
         if plan.capped:
             assert charged <= CAP, f"{asker} past its cap: {costs}; {replay}"
-        # Every generation the providers reported is charged at least at its model's prices; not a stream its caller
-        # left, charged what it delivered (README, Money), while the fake upstream ran on to its end.
+        # Every generation the providers reported is charged at least at its model's prices; not a stream cut (its
+        # caller left, or a draining router cut it), charged what it delivered (README, Money), while the fake upstream
+        # ran on to its end and reported more: a known gap, the upstream bills what the router never read.
         owed = sum(
             (REGISTRY.get(m).cost_usd(i, o) for m, i, o in reported.usage[plan.n]),  # type: ignore[union-attr]
             Decimal(0),
         )
-        if plan.kind != "left_stream":
-            assert charged >= owed, f"{asker} charged {costs}, less than generated {reported.usage[plan.n]}; {replay}"
+        on_record = [r for r in ledger if (r["tenant"], r["request_id"]) == asker]
+        cut = plan.kind in ("stream", "left_stream") and any(r["outcome"] == "cancelled" for r in on_record)
+        if not cut:
+            generated = reported.usage[plan.n]
+            assert charged >= owed, f"{plan} charged {on_record}, less than generated {generated}; {replay}"
     for plan in plans:
         if reported.usage[plan.n]:
             assert (plan.tenant, plan.request_id) in lines, f"{plan} generated, never charged; {replay}"
