@@ -418,11 +418,11 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
             (REGISTRY.get(m).cost_usd(i, o) for m, i, o in reported.usage[plan.n]),  # type: ignore[union-attr]
             Decimal(0),
         )
-        on_record = [r for r in ledger if (r["tenant"], r["request_id"]) == asker]
-        cut = plan.kind in ("stream", "left_stream") and any(r["outcome"] == "cancelled" for r in on_record)
+        records = [r for r in ledger if (r["tenant"], r["request_id"]) == asker]
+        cut = plan.kind in ("stream", "left_stream") and any(r["outcome"] == "cancelled" for r in records)
         if not cut:
             generated = reported.usage[plan.n]
-            assert charged >= owed, f"{plan} charged {on_record}, less than generated {generated}; {replay}"
+            assert charged >= owed, f"{plan} charged {records}, less than generated {generated}; {replay}"
     for plan in plans:
         if reported.usage[plan.n]:
             assert (plan.tenant, plan.request_id) in lines, f"{plan} generated, never charged; {replay}"
