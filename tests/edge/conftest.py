@@ -24,15 +24,31 @@ from tests.integration.conftest import free_port, served_edge, served_router
 class Edge:
     base_url: str
     router: RecordingRouter
+    settings: EdgeSettings
+
+    def client(self, key: str | None = None) -> httpx.AsyncClient:
+        """A client of the edge's API calling with the API key `key` (None: with none)."""
+        headers = {} if key is None else {"authorization": f"Bearer {key}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30)
+
+
+@asynccontextmanager
+async def recorded_edge(**settings: Any) -> AsyncIterator[Edge]:
+    """A real edge on loopback before a recording stand-in router of its own, for the block. settings: the edge's,
+    over these (no access log, no metrics port)."""
+    router = RecordingRouter()
+    async with served_router(router) as router_addr:
+        edge_settings = EdgeSettings(
+            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, **settings
+        )
+        async with served_edge(edge_settings) as base_url:
+            yield Edge(base_url, router, edge_settings)
 
 
 @pytest.fixture
 async def edge() -> AsyncIterator[Edge]:
-    router = RecordingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
-        async with served_edge(settings) as base_url:
-            yield Edge(base_url, router)
+    async with recorded_edge() as edge:
+        yield edge
 
 
 @asynccontextmanager
