@@ -198,3 +198,12 @@ async def ledger_records(client: Any) -> list[dict]:
     for shard in range(SHARDS):
         records += [expanded(json.loads(fields[b"record"])) for _, fields in await client.xrange(ledger_key(shard))]
     return records
+
+
+async def tenant_ledger_records(redis_url: str, tenant: str) -> list[dict]:
+    """ledger_records of one tenant, read over a client of its own."""
+    client = redis.from_url(redis_url)
+    try:
+        return [r for r in await ledger_records(client) if r["tenant"] == tenant]
+    finally:
+        await client.aclose()

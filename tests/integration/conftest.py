@@ -20,6 +20,7 @@ import grpc
 import pytest
 import uvicorn
 import yaml
+from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from llmrouter.channels import open_channel
@@ -196,6 +197,30 @@ async def served_router(servicer: router_pb2_grpc.RouterServicer) -> AsyncIterat
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+def keyed_batch_edge(chain: Chain, role: str, **settings: Any) -> tuple[str, str, EdgeSettings]:
+    """A tenant new to the session named after `role`, its one API key, and the settings of an edge of its own that
+    knows that key, calls the chain's router and keeps batches in the chain's Redis. settings: the edge's, over
+    these."""
+    tenant, key = f"{role}-{secrets.token_hex(4)}", f"sk-{role}-{secrets.token_urlsafe(12)}"
+    defaults: dict[str, Any] = {
+        "port": free_port(),
+        "router_addr": chain.router_addr,
+        "api_keys": SecretStr(key_line(tenant, key)),
+        "batch_redis_url": RedisUrl(chain.redis_url),
+    }
+    return tenant, key, EdgeSettings(**(defaults | settings))
+
+
+@asynccontextmanager
+async def sdk_client(settings: EdgeSettings, key: str) -> AsyncIterator[AsyncOpenAI]:
+    """The official SDK calling with `key` the edge served with `settings`, without retries, for the block."""
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture(params=["redis", "memory"])

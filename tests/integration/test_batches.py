@@ -31,9 +31,9 @@ from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
-from tests.conftest import ledger_records
+from tests.conftest import ledger_records, tenant_ledger_records
 from tests.fakes import Fault
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, free_port, keyed_batch_edge, sdk_client, served_edge, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.integration.test_provider_batches import finished
 
@@ -46,15 +46,8 @@ LINES = 300
 @pytest.fixture
 async def batch_stack(chain: Chain) -> AsyncIterator[tuple[Chain, str, str, EdgeSettings]]:
     """(chain, tenant, key, edge settings): a router and an edge of their own, which the test restarts."""
-    tenant, key = f"batcher-{secrets.token_hex(4)}", f"sk-batch-{secrets.token_urlsafe(12)}"
-    router_port = free_port()
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=f"127.0.0.1:{router_port}",
-        request_timeout_s=30,
-        api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=RedisUrl(chain.redis_url),
-        batch_concurrency=8,
+    tenant, key, settings = keyed_batch_edge(
+        chain, "batcher", router_addr=f"127.0.0.1:{free_port()}", request_timeout_s=30, batch_concurrency=8
     )
     chain.budget.latency = 0.03  # slow enough that "halfway" is seen
     try:
@@ -124,11 +117,7 @@ async def test_a_long_batch_survives_restarts_and_costs_what_the_ledger_says(
         edge, task, channel = await start_edge(settings)
 
         await wait_for(client, batch.id, LINES)
-        for _ in range(200):
-            batch = await client.batches.retrieve(batch.id)
-            if batch.status == "completed":
-                break
-            await asyncio.sleep(0.05)
+        batch = await finished(client, batch.id)
         assert batch.status == "completed", batch
         # A failed line's error says what went wrong: shown when the batch is not whole.
         errors = (await client.files.content(batch.error_file_id)).text if batch.error_file_id else ""
@@ -171,10 +160,11 @@ async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(
         api_keys=SecretStr(",".join(key_line(t, k) for t, k in keys.values())),
         batch_redis_url=RedisUrl(chain.redis_url),
     )
-    edge, task, channel = await start_edge(settings)
-    owner = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=keys["a"][1], max_retries=0)
-    other = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=keys["b"][1], max_retries=0)
-    try:
+    async with (
+        served_edge(settings),
+        sdk_client(settings, keys["a"][1]) as owner,
+        sdk_client(settings, keys["b"][1]) as other,
+    ):
         line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}
         uploaded = await owner.files.create(file=("one.jsonl", json.dumps(line).encode()), purpose="batch")
         with pytest.raises(NotFoundError):
@@ -195,21 +185,11 @@ async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(
         with pytest.raises(NotFoundError):
             await other.batches.retrieve(batch.id)
         # The line itself is invalid (no messages): it lands in the error file with the 400 it would get alone.
-        for _ in range(200):
-            batch = await owner.batches.retrieve(batch.id)
-            if batch.status == "completed":
-                break
-            await asyncio.sleep(0.05)
+        batch = await finished(owner, batch.id)
         assert batch.request_counts is not None
         assert batch.status == "completed" and batch.request_counts.failed == 1 and batch.error_file_id
         error = json.loads((await owner.files.content(batch.error_file_id)).text)
         assert error["custom_id"] == "x" and error["response"]["status_code"] == 400
-    finally:
-        await owner.close()
-        await other.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
 
 
 async def test_the_router_refuses_a_malformed_key_id(chain: Chain) -> None:
@@ -224,46 +204,26 @@ async def test_the_router_refuses_a_malformed_key_id(chain: Chain) -> None:
 
 
 async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_answered(chain: Chain) -> None:
-    tenant, key = f"canceller-{secrets.token_hex(4)}", f"sk-cancel-{secrets.token_urlsafe(12)}"
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=chain.router_addr,
-        api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=RedisUrl(chain.redis_url),
-        batch_concurrency=2,
-    )
+    tenant, key, settings = keyed_batch_edge(chain, "canceller", batch_concurrency=2)
     chain.budget.latency = 0.05
-    edge, task, channel = await start_edge(settings)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
     try:
-        uploaded = await client.files.create(file=("many.jsonl", batch_file()), purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        await wait_for(client, batch.id, 10)
-        cancelling = await client.batches.cancel(batch.id)
-        assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
-        for _ in range(200):
-            batch = await client.batches.retrieve(batch.id)
-            if batch.status == "cancelled":
-                break
-            await asyncio.sleep(0.05)
-        assert batch.status == "cancelled" and batch.cancelled_at and batch.output_file_id
-        counts = batch.request_counts
-        assert counts is not None and 10 <= counts.completed < LINES
-        output = (await client.files.content(batch.output_file_id)).text.splitlines()
+        async with served_edge(settings), sdk_client(settings, key) as client:
+            uploaded = await client.files.create(file=("many.jsonl", batch_file()), purpose="batch")
+            batch = await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            await wait_for(client, batch.id, 10)
+            cancelling = await client.batches.cancel(batch.id)
+            assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+            batch = await finished(client, batch.id)
+            assert batch.status == "cancelled" and batch.cancelled_at and batch.output_file_id
+            counts = batch.request_counts
+            assert counts is not None and 10 <= counts.completed < LINES
+            output = (await client.files.content(batch.output_file_id)).text.splitlines()
     finally:
         chain.budget.latency = 0.0
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
     assert len(output) == counts.completed
-    db = redis.from_url(chain.redis_url)
-    try:
-        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
-    finally:
-        await db.aclose()
+    ledger = await tenant_ledger_records(chain.redis_url, tenant)
     assert sorted(r["request_id"] for r in ledger) == sorted(
         json.loads(line)["response"]["request_id"] for line in output
     )
@@ -373,11 +333,7 @@ async def test_calls_a_stopping_router_drops_unserved_are_sent_again_and_charged
     finally:
         go.set()
         await router.stop(5)
-    db = redis.from_url(chain.redis_url)
-    try:
-        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
-    finally:
-        await db.aclose()
+    ledger = await tenant_ledger_records(chain.redis_url, tenant)
     assert sorted(r["request_id"] for r in ledger) == sorted(line.request_id for line in lines)  # each once
     assert {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger} == {k: Decimal(v) for k, v in answered.items()}
 
@@ -398,39 +354,26 @@ async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_nev
     """A 3 s window over lines that take 4 s at least, the first sent taking 4 s alone: at the window's end the
     lines in flight finish and keep their answers (each charged once, and in the output file); the others are never
     sent (no charge) and are failed `batch_expired` lines of the error file."""
-    tenant, key = f"expiring-{secrets.token_hex(4)}", f"sk-expiring-{secrets.token_urlsafe(12)}"
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=chain.router_addr,
-        api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=RedisUrl(chain.redis_url),
-        batch_concurrency=2,
-        batch_window_s=3,
-    )
-    chain.budget.latency = 0.4
-    edge, task, channel = await start_edge(settings)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    tenant, key, settings = keyed_batch_edge(chain, "expiring", batch_concurrency=2, batch_window_s=3)
     content = small_file("slow", 20)
     lines = [json.loads(line) for line in content.splitlines()]
     custom_ids = {line["body"]["messages"][0]["content"]: line["custom_id"] for line in lines}
     seen = len(chain.budget.requests)
+    chain.budget.latency = 0.4
     try:
-        uploaded = await client.files.create(file=("slow.jsonl", content), purpose="batch")
-        chain.budget.enqueue(Fault.delay(4))  # in flight from the start to past the window's end
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        assert batch.expires_at == batch.created_at + 3
-        batch = await finished(client, batch.id, timeout_s=20)
-        assert batch.output_file_id and batch.error_file_id
-        output = [json.loads(o) for o in (await client.files.content(batch.output_file_id)).text.splitlines()]
-        errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
+        async with served_edge(settings), sdk_client(settings, key) as client:
+            uploaded = await client.files.create(file=("slow.jsonl", content), purpose="batch")
+            chain.budget.enqueue(Fault.delay(4))  # in flight from the start to past the window's end
+            batch = await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            assert batch.expires_at == batch.created_at + 3
+            batch = await finished(client, batch.id, timeout_s=20)
+            assert batch.output_file_id and batch.error_file_id
+            output = [json.loads(o) for o in (await client.files.content(batch.output_file_id)).text.splitlines()]
+            errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
     finally:
         chain.budget.latency = 0.0
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
     assert batch.status == "expired" and batch.expired_at and batch.expires_at
     assert batch.expired_at >= batch.expires_at
     counts = batch.request_counts
@@ -440,11 +383,7 @@ async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_nev
     assert sent == {o["custom_id"] for o in output}  # every line sent was answered, the slow one included
     assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
     assert sorted(line["custom_id"] for line in output + errors) == sorted(f"slow-{i}" for i in range(20))
-    db = redis.from_url(chain.redis_url)
-    try:
-        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
-    finally:
-        await db.aclose()
+    ledger = await tenant_ledger_records(chain.redis_url, tenant)
     assert sorted(r["request_id"] for r in ledger) == sorted(o["response"]["request_id"] for o in output)
 
 
@@ -452,14 +391,7 @@ async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_fin
     """The edge running a batch stops; its input file is gone from the store (evicted, flushed) when the next edge
     resumes the batch: it ends `failed`, saying why in `errors`, with the answers it has; not a run that raises at
     every adoption."""
-    tenant, key = f"orphan-{secrets.token_hex(4)}", f"sk-orphan-{secrets.token_urlsafe(12)}"
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=chain.router_addr,
-        api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=RedisUrl(chain.redis_url),
-        batch_concurrency=1,
-    )
+    _, key, settings = keyed_batch_edge(chain, "orphan", batch_concurrency=1)
     chain.budget.latency = 0.1
     edge, task, channel = await start_edge(settings)
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
@@ -502,18 +434,8 @@ async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_fin
 async def test_a_batchs_input_file_outlives_a_retention_shorter_than_its_window(chain: Chain) -> None:
     """Files are kept 2 s here, but a batch's input file as long as the batch may run (its 60 s window and the
     retention): an edge resuming the batch reads it again."""
-    tenant, key = f"keeper-{secrets.token_hex(4)}", f"sk-keeper-{secrets.token_urlsafe(12)}"
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=chain.router_addr,
-        api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=RedisUrl(chain.redis_url),
-        batch_retention_s=2,
-        batch_window_s=60,
-    )
-    edge, task, channel = await start_edge(settings)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
-    try:
+    _, key, settings = keyed_batch_edge(chain, "keeper", batch_retention_s=2, batch_window_s=60)
+    async with served_edge(settings), sdk_client(settings, key) as client:
         unused = await client.files.create(file=("unused.jsonl", small_file("unused", 1)), purpose="batch")
         uploaded = await client.files.create(file=("kept.jsonl", small_file("kept", 1)), purpose="batch")
         await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -521,8 +443,3 @@ async def test_a_batchs_input_file_outlives_a_retention_shorter_than_its_window(
         assert (await client.files.retrieve(uploaded.id)).id == uploaded.id
         with pytest.raises(NotFoundError):  # a file no batch reads is kept the retention only
             await client.files.retrieve(unused.id)
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import uuid
 from decimal import Decimal
 
@@ -17,14 +16,10 @@ import openai
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI
-from pydantic import SecretStr
 
-from llmrouter.redis_url import RedisUrl
-from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
 from tests.fakes import Fault
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, keyed_batch_edge, sdk_client, served_edge
 from tests.integration.test_provider_batches import finished
 
 
@@ -76,18 +71,9 @@ async def test_a_failed_request_that_was_charged_is_not_retried_by_the_sdk_on_it
 
 
 async def test_a_failed_batch_line_that_was_charged_says_so_in_the_error_file(chain: Chain) -> None:
-    tenant, key = f"failing-{secrets.token_hex(4)}", f"sk-failing-{secrets.token_urlsafe(12)}"
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=chain.router_addr,
-        api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=RedisUrl(chain.redis_url),
-        batch_concurrency=1,
-    )
-    edge, task, channel = await start_edge(settings)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    _, key, settings = keyed_batch_edge(chain, "failing", batch_concurrency=1)
     line = {"custom_id": "reset", "method": "POST", "url": "/v1/chat/completions", "body": reset_request()}
-    try:
+    async with served_edge(settings), sdk_client(settings, key) as client:
         uploaded = await client.files.create(file=("reset.jsonl", json.dumps(line).encode()), purpose="batch")
         chain.budget.enqueue(Fault.reset())
         batch = await client.batches.create(
@@ -95,11 +81,6 @@ async def test_a_failed_batch_line_that_was_charged_says_so_in_the_error_file(ch
         )
         batch = await finished(client, batch.id)
         (entry,) = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
     response = entry["response"]
     assert response["status_code"] == 502
     charged = Decimal(response["body"]["x_router"]["cost_usd"])
