@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -110,18 +111,23 @@ class Ledger:
         return await money_check.check_ledger_spend(self.store, self.db, "day", repair, sink_group=self.group)
 
 
-@pytest.fixture
-async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
-    """On one Redis server, then on a Redis Cluster: each shard's counters and give-backs are read in its slot."""
-    store = RedisStore(any_redis_url)
+@asynccontextmanager
+async def opened_ledger(store: RedisStore, database: type[LedgerDB] = LedgerDB) -> AsyncIterator[Ledger]:
+    """The Ledger of `store` and of a throwaway PostgreSQL opened as `database`, for the block: both closed after."""
     with fresh_postgres() as dsn:
-        db = LedgerDB(dsn=dsn)
-        made = Ledger(store, db)
+        db = database(dsn=dsn)
         try:
-            yield made
+            yield Ledger(store, db)
         finally:
             db.close()
             await store.close()
+
+
+@pytest.fixture
+async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
+    """On one Redis server, then on a Redis Cluster: each shard's counters and give-backs are read in its slot."""
+    async with opened_ledger(RedisStore(any_redis_url)) as opened:
+        yield opened
 
 
 async def reconciled(store: RedisStore, account: Account, request_id: str) -> Hold:

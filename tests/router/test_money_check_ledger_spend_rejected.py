@@ -20,11 +20,19 @@ import pytest
 
 from services.ledger.db import LedgerDB, PeriodLedger, Rejected, RejectedCharges
 from services.router import ledger as retention
-from services.router.store import AccountKeys, RedisStore, ledger_key
+from services.router.store import Account, AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
 from services.router.store.model import period_id
-from tests.ledger.conftest import fresh_postgres
-from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, OTHER, Ledger, lose, reconciled
+from tests.router.test_money_check_ledger_spend_given_back import (
+    ACME,
+    DAY,
+    HOLD,
+    OTHER,
+    Ledger,
+    lose,
+    opened_ledger,
+    reconciled,
+)
 from tests.router.test_money_check_ledger_spend_trimmed import EVERY_ENTRY_DAYS
 
 
@@ -54,16 +62,30 @@ class HookedLedgerDB(LedgerDB):
 
 @pytest.fixture
 async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
-    store = RedisStore(any_redis_url)
-    with fresh_postgres() as dsn:
-        db = HookedLedgerDB(dsn=dsn)
-        db.beside = LedgerDB(dsn=dsn)
+    async with opened_ledger(RedisStore(any_redis_url), HookedLedgerDB) as opened:
+        assert isinstance(opened.db, HookedLedgerDB)
+        opened.db.beside = LedgerDB(dsn=opened.db._dsn)
         try:
-            yield Ledger(store, db)
+            yield opened
         finally:
-            db.beside.close()
-            db.close()
-            await store.close()
+            opened.db.beside.close()
+
+
+async def charged_then_lost(ledger: Ledger, account: Account, counter: int, pico: int) -> str:
+    """`account` charged HOLD by the reconciler (copied as a row), then `pico` of it lost from its spend counter
+    `counter` (0 its tenant's, 1 its key's): that counter."""
+    await reconciled(ledger.store, account, f"r-{account.tenant}")
+    await ledger.copy()
+    lost = AccountKeys.of(account).spend(DAY)[counter]
+    await lose(ledger.store, lost, pico)
+    return lost
+
+
+async def kept_rejected(db: LedgerDB, record: str, why: str) -> str:
+    """`record` kept whole in ledger_rejected as an entry of acme's ledger stream, for `why`: that entry."""
+    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    await db.reject([Rejected(entry, record, why)])
+    return entry
 
 
 def refuse(db: LedgerDB, rule: str) -> None:
@@ -164,15 +186,10 @@ async def test_a_rejected_entry_it_cannot_read_holds_back_the_repair_of_its_tena
     """An entry kept whole that reads as no charge but names acme: acme's counters cannot be judged, and are not
     raised; another tenant's shortfall is."""
     store = ledger.store
-    await reconciled(store, ACME, "r1")
-    await reconciled(store, OTHER, "r2")
-    await ledger.copy()
-    acme_tenant, other_key = AccountKeys.of(ACME).spend(DAY)[0], AccountKeys.of(OTHER).spend(DAY)[1]
-    await lose(store, acme_tenant, 100)
-    await lose(store, other_key, 200)
-    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    acme_tenant = await charged_then_lost(ledger, ACME, 0, 100)
+    other_key = await charged_then_lost(ledger, OTHER, 1, 200)
     record = json.dumps({"tenant": ACME.tenant, "key": ACME.key, "period": DAY, "cost_usd": "a lot"})
-    await ledger.db.reject([Rejected(entry, record, "no charge the table can hold: ValueError()")])
+    entry = await kept_rejected(ledger.db, record, "no charge the table can hold: ValueError()")
     capsys.readouterr()
 
     assert await ledger.check(repair=True) == 1
@@ -192,12 +209,8 @@ async def test_a_rejected_entry_naming_no_tenant_holds_back_every_repair(
     ledger: Ledger, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = ledger.store
-    await reconciled(store, OTHER, "r2")
-    await ledger.copy()
-    other_key = AccountKeys.of(OTHER).spend(DAY)[1]
-    await lose(store, other_key, 200)
-    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
-    await ledger.db.reject([Rejected(entry, json.dumps("{not json"), "unreadable record")])
+    await charged_then_lost(ledger, OTHER, 1, 200)
+    entry = await kept_rejected(ledger.db, json.dumps("{not json"), "unreadable record")
     capsys.readouterr()
 
     assert await ledger.check(repair=True) == 1
@@ -233,12 +246,9 @@ async def test_a_rejected_entry_of_another_period_holds_back_no_repair(
 ) -> None:
     """An entry that reads as no charge but names a period before this one moved none of this period's counters."""
     store = ledger.store
-    await reconciled(store, ACME, "r1")
-    await ledger.copy()
-    tenant = AccountKeys.of(ACME).spend(DAY)[0]
-    await lose(store, tenant, 100)
+    tenant = await charged_then_lost(ledger, ACME, 0, 100)
     record = json.dumps({"tenant": ACME.tenant, "period": "19990101", "cost_usd": "a lot"})
-    await ledger.db.reject([Rejected(f"{ledger_key(shard_of(ACME.tenant))} 1-1", record, "no charge")])
+    await kept_rejected(ledger.db, record, "no charge")
     capsys.readouterr()
 
     assert await ledger.check(repair=True) == 0
@@ -283,9 +293,8 @@ async def test_an_unreadable_entry_of_a_tenant_holds_back_its_keys_known_only_fr
     assert await db.rows() == [] and len(await db.rejected()) == 1
     key = AccountKeys.of(ACME).spend(DAY)[1]
     await lose(store, key, 100)
-    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
     record = json.dumps({"tenant": ACME.tenant, "period": DAY, "cost_usd": "a lot"})
-    await db.reject([Rejected(entry, record, "no charge")])
+    entry = await kept_rejected(db, record, "no charge")
     capsys.readouterr()
 
     assert await ledger.check(repair=True) == 1
@@ -303,8 +312,7 @@ async def test_an_entry_it_cannot_judge_fails_the_check_with_no_counter_behind(
     is well, and exits 1 (as deploy/README.md says) though no counter is behind."""
     await reconciled(ledger.store, ACME, "r1")
     await ledger.copy()
-    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
-    await ledger.db.reject([Rejected(entry, json.dumps("{not json"), "unreadable record")])
+    entry = await kept_rejected(ledger.db, json.dumps("{not json"), "unreadable record")
     capsys.readouterr()
 
     assert await ledger.check(repair=True) == 1
@@ -338,13 +346,9 @@ async def test_an_unreadable_entry_naming_its_period_as_a_number_holds_back_the_
 ) -> None:
     """A period that is no text is no other period's: the entry may be this one's, and its tenant's repair waits."""
     store = ledger.store
-    await reconciled(store, ACME, "r1")
-    await ledger.copy()
-    tenant = AccountKeys.of(ACME).spend(DAY)[0]
-    await lose(store, tenant, 100)
-    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    await charged_then_lost(ledger, ACME, 0, 100)
     record = json.dumps({"tenant": ACME.tenant, "period": int(DAY), "cost_usd": "a lot"})
-    await ledger.db.reject([Rejected(entry, record, "no charge")])
+    entry = await kept_rejected(ledger.db, record, "no charge")
     capsys.readouterr()
 
     assert await ledger.check(repair=True) == 1
@@ -399,11 +403,8 @@ async def test_an_unreadable_entry_rejected_before_the_look_back_holds_back_no_r
     """An entry is rejected after its charge: one rejected three days ago moved no counter of today's, whatever its
     record says, and holds back no repair of the day (else one such entry kept would hold every repair for good)."""
     store, db = ledger.store, ledger.db
-    await reconciled(store, ACME, "r1")
-    await ledger.copy()
-    tenant = AccountKeys.of(ACME).spend(DAY)[0]
-    await lose(store, tenant, 100)
-    await db.reject([Rejected(f"{ledger_key(shard_of(ACME.tenant))} 1-1", json.dumps("{not json"), "unreadable")])
+    tenant = await charged_then_lost(ledger, ACME, 0, 100)
+    await kept_rejected(db, json.dumps("{not json"), "unreadable")
     with db._connected() as conn:
         conn.execute("UPDATE ledger_rejected SET rejected_at = %s", (time.time() - 3 * 86400,))
         conn.commit()
@@ -437,10 +438,7 @@ async def test_an_unreadable_give_back_waiting_on_its_stream_holds_back_every_re
     KeyError, an AttributeError for a tenant or key id not text) until the sink copied it. It is reported, by its
     entry, and no counter is repaired."""
     store = ledger.store
-    await reconciled(store, OTHER, "r2")
-    await ledger.copy()
-    other_key = AccountKeys.of(OTHER).spend(DAY)[1]
-    await lose(store, other_key, 200)
+    await charged_then_lost(ledger, OTHER, 1, 200)
     stream = ledger_key(shard_of(OTHER.tenant))
     entry = f"{stream} {(await store.redis.xadd(stream, {'record': record})).decode()}"
     capsys.readouterr()

@@ -17,14 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from services.ledger.db import LedgerDB
 from services.router.store import PICO, Account, AccountKeys, Allowance, CounterRead, Hold, Raised, RedisStore, lua
 from services.router.store.keys import repairs_key
 from services.router.store.model import spend_ttl_s
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.ledger.conftest import fresh_postgres
 from tests.router.old_version import checkout, run
-from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
+from tests.router.test_money_check_ledger_spend_given_back import (
+    ACME,
+    DAY,
+    HOLD,
+    Ledger,
+    lose,
+    opened_ledger,
+    reconciled,
+)
 from tests.waiting import eventually
 
 
@@ -50,14 +56,8 @@ class OvertakenStore(RedisStore):
 
 @pytest.fixture
 async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
-    store = OvertakenStore(any_redis_url)
-    with fresh_postgres() as dsn:
-        db = LedgerDB(dsn=dsn)
-        try:
-            yield Ledger(store, db)
-        finally:
-            db.close()
-            await store.close()
+    async with opened_ledger(OvertakenStore(any_redis_url)) as opened:
+        yield opened
 
 
 async def test_two_repairs_at_once_raise_a_counter_by_its_loss_once(
@@ -226,31 +226,25 @@ async def test_a_raise_whose_reply_was_lost_raises_the_counter_once(
     it again), going on with the other counters, never a traceback that leaves them unrepaired and the operator
     guessing. Run again, it finds the counter raised by its loss once, nothing behind."""
     store = ReplyLostStore(proxy.url_for(redis_url), proxy)
-    with fresh_postgres() as dsn:
-        db = LedgerDB(dsn=dsn)
-        ledger = Ledger(store, db)
-        try:
-            await reconciled(store, ACME, "r1")
-            await ledger.copy()
-            tenant, _ = AccountKeys.of(ACME).spend(DAY)
-            await lose(store, tenant, 50)
-            key = AccountKeys.of(ACME).spend(DAY)[1]
-            await lose(store, key, 30)
-            capsys.readouterr()
-            assert await ledger.check(repair=True) == 1
-            assert store.lost
-            assert capsys.readouterr().err.splitlines() == [
-                f"behind the ledger: {key} counts {HOLD - 30} pico-USD, the SQL ledger {HOLD} (30 lacking): not known"
-                " whether raised, the money Redis did not answer: run the check again",
-                f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking): raised",
-            ]
-            assert await store.spent(ACME, DAY) == (HOLD, HOLD), "each raised by its loss once"
-            capsys.readouterr()
-            assert await ledger.check() == 0
-            assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
-        finally:
-            db.close()
-            await store.close()
+    async with opened_ledger(store) as ledger:
+        await reconciled(store, ACME, "r1")
+        await ledger.copy()
+        tenant, _ = AccountKeys.of(ACME).spend(DAY)
+        await lose(store, tenant, 50)
+        key = AccountKeys.of(ACME).spend(DAY)[1]
+        await lose(store, key, 30)
+        capsys.readouterr()
+        assert await ledger.check(repair=True) == 1
+        assert store.lost
+        assert capsys.readouterr().err.splitlines() == [
+            f"behind the ledger: {key} counts {HOLD - 30} pico-USD, the SQL ledger {HOLD} (30 lacking): not known"
+            " whether raised, the money Redis did not answer: run the check again",
+            f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking): raised",
+        ]
+        assert await store.spent(ACME, DAY) == (HOLD, HOLD), "each raised by its loss once"
+        capsys.readouterr()
+        assert await ledger.check() == 0
+        assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
 
 
 BEFORE = "ffb9399"  # the version before the repairs count: its repair raises a counter only as it read it
@@ -297,25 +291,19 @@ async def test_a_repair_of_the_version_before_between_the_read_and_the_raise_is_
     ledger entry was added to its shard meanwhile: no charge or give-back moved it, so this repair raises nothing (it
     added the loss a second time: the tenant's budget short by money never spent) and says to run it again."""
     store = OldRepairFirst(redis_url, checkout(BEFORE, tmp_path))
-    with fresh_postgres() as dsn:
-        db = LedgerDB(dsn=dsn)
-        ledger = Ledger(store, db)
-        try:
-            await reconciled(store, ACME, "r1")
-            await ledger.copy()
-            tenant, _ = AccountKeys.of(ACME).spend(DAY)
-            await lose(store, tenant, 50)
-            store.overtaking = (dsn, ledger.group)
-            capsys.readouterr()
-            assert await ledger.check(repair=True) == 1
-            assert await store.spent(ACME, DAY) == (HOLD, HOLD), "raised by the loss once, by the old repair"
-            behind = f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking)"
-            assert capsys.readouterr().err.splitlines() == [
-                f"{behind}: not raised, it moved since it was read with no ledger entry beside it (a repair of the"
-                " version before?): run the check again"
-            ]
-            assert await ledger.check(repair=True) == 0
-            assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
-        finally:
-            db.close()
-            await store.close()
+    async with opened_ledger(store) as ledger:
+        await reconciled(store, ACME, "r1")
+        await ledger.copy()
+        tenant, _ = AccountKeys.of(ACME).spend(DAY)
+        await lose(store, tenant, 50)
+        store.overtaking = (ledger.db._dsn, ledger.group)
+        capsys.readouterr()
+        assert await ledger.check(repair=True) == 1
+        assert await store.spent(ACME, DAY) == (HOLD, HOLD), "raised by the loss once, by the old repair"
+        behind = f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking)"
+        assert capsys.readouterr().err.splitlines() == [
+            f"{behind}: not raised, it moved since it was read with no ledger entry beside it (a repair of the"
+            " version before?): run the check again"
+        ]
+        assert await ledger.check(repair=True) == 0
+        assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out

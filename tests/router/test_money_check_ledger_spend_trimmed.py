@@ -19,8 +19,15 @@ from services.router import ledger as retention
 from services.router.money_check import READS
 from services.router.store import Account, AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
-from tests.ledger.conftest import fresh_postgres
-from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
+from tests.router.test_money_check_ledger_spend_given_back import (
+    ACME,
+    DAY,
+    HOLD,
+    Ledger,
+    lose,
+    opened_ledger,
+    reconciled,
+)
 
 # A cutoff past every entry: a trim so set deletes all that the group has acknowledged.
 EVERY_ENTRY_DAYS = -1
@@ -42,14 +49,8 @@ class HookedLedgerDB(LedgerDB):
 
 @pytest.fixture
 async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
-    store = RedisStore(any_redis_url)
-    with fresh_postgres() as dsn:
-        db = HookedLedgerDB(dsn=dsn)
-        try:
-            yield Ledger(store, db)
-        finally:
-            db.close()
-            await store.close()
+    async with opened_ledger(RedisStore(any_redis_url), HookedLedgerDB) as opened:
+        yield opened
 
 
 @pytest.mark.parametrize("trim", ["copied-only", "out"])
