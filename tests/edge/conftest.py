@@ -6,16 +6,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2_grpc
 from services.batches.runner import Runner
 from services.batches.store import Store, open_store
 from services.edge.settings import EdgeSettings
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.recording_router import RecordingRouter
 from tests.integration.conftest import free_port, served_edge, served_router
 
@@ -49,6 +52,13 @@ async def recorded_edge(**settings: Any) -> AsyncIterator[Edge]:
 async def edge() -> AsyncIterator[Edge]:
     async with recorded_edge() as edge:
         yield edge
+
+
+@asynccontextmanager
+async def proxied_redis(redis_url: str) -> AsyncIterator[tuple[LossyProxy, RedisUrl]]:
+    """A proxy before the Redis at `redis_url`, for the block: it, and the URL that reaches that Redis through it."""
+    async with LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy:
+        yield proxy, RedisUrl(proxy.url_for(redis_url))
 
 
 @asynccontextmanager

@@ -11,9 +11,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,8 +22,7 @@ from llmrouter.redis_url import RedisUrl
 from services.batches import idempotent, wire
 from services.batches.store import ACTIVE, RedisStore, batch_key, file_key, index_keys
 from services.edge.keys import key_line
-from tests.edge.conftest import Edge, recorded_edge
-from tests.fakes.lossy_proxy import LossyProxy
+from tests.edge.conftest import Edge, proxied_redis, recorded_edge
 from tests.waiting import eventually
 
 LINE = {
@@ -54,13 +51,6 @@ async def edge(store_url: RedisUrl | None) -> AsyncIterator[Edge]:
         batch_max_concurrent_uploads=16,  # 8 a tenant: the racing uploads all taken
     ) as edge:
         yield edge
-
-
-@asynccontextmanager
-async def proxied_redis(redis_url: str) -> AsyncIterator[tuple[LossyProxy, RedisUrl]]:
-    """A proxy before the Redis at `redis_url`, for the block: it, and the URL that reaches that Redis through it."""
-    async with LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy:
-        yield proxy, RedisUrl(proxy.url_for(redis_url))
 
 
 async def upload(http: httpx.AsyncClient, key: str | None = None, content: bytes | None = None) -> httpx.Response:

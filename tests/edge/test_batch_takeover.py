@@ -22,9 +22,8 @@ from llmrouter.redis_url import RedisUrl
 from services.batches import idempotent, wire
 from services.batches.store import Store, batch_key, open_store
 from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
+from tests.edge.conftest import recorded_edge
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_edge, served_router
 from tests.waiting import eventually
 
 LINE = {
@@ -106,22 +105,11 @@ async def edge(store_url: RedisUrl | None, monkeypatch: pytest.MonkeyPatch) -> A
         return stalling[-1]
 
     monkeypatch.setattr("services.edge.app.open_store", opened)
-    router = RecordingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            access_log="off",
-            metrics_port=0,
-            api_keys=SecretStr(key_line("acme", KEY)),
-            batch_redis_url=store_url,
-        )
-        headers = {"authorization": f"Bearer {KEY}"}
-        async with (
-            served_edge(settings) as base_url,
-            httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http,
-        ):
-            yield Edge(http, router, stalling[0])
+    async with (
+        recorded_edge(api_keys=SecretStr(key_line("acme", KEY)), batch_redis_url=store_url) as served,
+        served.client(KEY) as http,
+    ):
+        yield Edge(http, served.router, stalling[0])
 
 
 async def create(http: httpx.AsyncClient, file_id: str) -> httpx.Response:

@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -24,9 +23,7 @@ from services.batches.api import _file_request
 from services.batches.store import ACTIVE, RedisStore, file_key, now, quota_keys
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.fakes.lossy_proxy import LossyProxy
-from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.edge.conftest import proxied_redis, recorded_edge
 from tests.waiting import eventually
 
 QUOTA = 5000
@@ -52,20 +49,14 @@ def store_url(request: pytest.FixtureRequest) -> RedisUrl | None:
 @pytest.fixture
 async def edge(store_url: RedisUrl | None) -> AsyncIterator[Edge]:
     keys = SecretStr(",".join(key_line(tenant, key) for tenant, key in KEYS.items()))
-    async with served_router(RecordingRouter()) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            access_log="off",
-            metrics_port=0,
-            api_keys=keys,
-            batch_redis_url=store_url,
-            batch_max_file_bytes=2000,
-            files_tenant_bytes=QUOTA,
-            batch_max_concurrent_uploads=16,  # 8 a tenant: racing uploads all taken
-        )
-        async with served_edge(settings) as base_url:
-            yield Edge(base_url, store_url)
+    async with recorded_edge(
+        api_keys=keys,
+        batch_redis_url=store_url,
+        batch_max_file_bytes=2000,
+        files_tenant_bytes=QUOTA,
+        batch_max_concurrent_uploads=16,  # 8 a tenant: racing uploads all taken
+    ) as served:
+        yield Edge(served.base_url, store_url)
 
 
 def _text(key: bytes | str) -> str:
@@ -186,34 +177,27 @@ async def test_a_keyed_upload_retried_while_its_first_is_counted_is_told_to_retr
     there, then gets it. The edge's batch store behind a proxy holding the reply after which the first is counted."""
     client = connect(redis_url)
     async with (
-        LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy,
-        served_router(RecordingRouter()) as router_addr,
-    ):
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            access_log="off",
-            metrics_port=0,
+        proxied_redis(redis_url) as (proxy, through_proxy),
+        recorded_edge(
             api_keys=SecretStr(key_line("acme", KEYS["acme"])),
-            batch_redis_url=RedisUrl(proxy.url_for(redis_url)),
+            batch_redis_url=through_proxy,
             batch_max_file_bytes=2000,
             files_tenant_bytes=2 * FILE - 1,  # the file fits once
-        )
-        async with served_edge(settings) as base_url:
-            edge = Edge(base_url, None)
-            async with edge.client() as http:
-                reply = proxy.hold_next_reply()
-                first = asyncio.ensure_future(upload(http, key="up"))
-                while True:  # the first's replies let through one at a time until it is counted
-                    await reply.arrived.wait()
-                    if await client.hget(quota_keys("acme")[0], "*"):
-                        break
-                    reply.released.set()
-                    reply = proxy.hold_next_reply()
-                retried = await upload(http, key="up")
-                reply.released.set()
-                stored = await first
-                again = await upload(http, key="up")
+        ) as served,
+        Edge(served.base_url, None).client() as http,
+    ):
+        reply = proxy.hold_next_reply()
+        first = asyncio.ensure_future(upload(http, key="up"))
+        while True:  # the first's replies let through one at a time until it is counted
+            await reply.arrived.wait()
+            if await client.hget(quota_keys("acme")[0], "*"):
+                break
+            reply.released.set()
+            reply = proxy.hold_next_reply()
+        retried = await upload(http, key="up")
+        reply.released.set()
+        stored = await first
+        again = await upload(http, key="up")
     await client.aclose()
     assert stored.status_code == 200, stored.text
     assert retried.status_code == 409, retried.text
