@@ -162,20 +162,22 @@ class SubmitLinesResponse(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[DeferredLine, _Mapping]]] = ...) -> None: ...
 
 class CollectBatchRequest(_message.Message):
-    __slots__ = ("tenant", "api_key", "api_key_id", "model", "provider_batch_id", "request_ids")
+    __slots__ = ("tenant", "api_key", "api_key_id", "model", "provider_batch_id", "request_ids", "reads_cost_pending")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    READS_COST_PENDING_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     api_key: str
     api_key_id: str
     model: str
     provider_batch_id: str
     request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    reads_cost_pending: bool
+    def __init__(self, tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ..., reads_cost_pending: _Optional[bool] = ...) -> None: ...
 
 class CollectedLine(_message.Message):
     __slots__ = ("request_id", "succeeded", "response", "error", "charged_usd", "cost_pending")

@@ -208,6 +208,7 @@ class Deferral:
                 model=model,
                 provider_batch_id=provider_batch_id,
                 request_ids=[wire.request_id(batch_id, i, custom_ids[i]) for i in part],
+                reads_cost_pending=True,
             )
             try:
                 reply = await self.router.CollectBatch(request, timeout=CALL_S)

@@ -136,6 +136,8 @@ class KeptAnswers:
 KEEP_OFF_LOOP_BYTES = 64 * 1024  # a line longer than this is compressed in a thread: ~20 ms of CPU a megabyte
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
+# A failed line's, settled before at an amount its charged marker does not say (CollectedLine.cost_pending).
+CHARGE_PENDING = "charged before, by an amount this router cannot read: its cost is pending (at most its hold)"
 UNREADABLE_STATUS = "unreadable"  # a poll's, when no try read the provider batch (Deferred._poll)
 UNREADABLE = (
     "the provider batch cannot be read, nor will it be (the provider no longer knows it, refuses its read, or its "
@@ -498,7 +500,9 @@ class Deferred:
             if ending:
                 return await self._give_up(account, ids, batch_id, counts)
             if settled:  # the model gone from the registry: its Batch API unknown
-                told = await self._told_settled(account, ids, batch_id, SETTLED_UNREAD, counts)
+                told = await self._told_settled(
+                    account, ids, batch_id, SETTLED_UNREAD, counts, request.reads_cost_pending
+                )
                 return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=told)
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -528,7 +532,8 @@ class Deferred:
                         "provider batch ended as the money store has its lines, settled before: no result read",
                         extra={"batch": batch_id, "lines": len(ids) - start, "status": polled.status},
                     )
-                    lines.extend(await self._told_settled(account, ids[start:], batch_id, why, counts))
+                    reads_pending = request.reads_cost_pending
+                    lines.extend(await self._told_settled(account, ids[start:], batch_id, why, counts, reads_pending))
                     return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
                 if not ending:
                     return router_pb2.CollectBatchResponse(status=polled.status)
@@ -659,20 +664,29 @@ class Deferred:
         return False
 
     async def _told_settled(
-        self, account: Account, ids: list[str], batch_id: str, why: str, counts: list[UncountedCharge]
+        self,
+        account: Account,
+        ids: list[str],
+        batch_id: str,
+        why: str,
+        counts: list[UncountedCharge],
+        reads_cost_pending: bool,
     ) -> list[router_pb2.CollectedLine]:
         """Lines all settled before, whose provider batch no try read (or that has not ended past their holds):
         each told ended as the money store has it, without asking the provider again: at the charge it took, `why`
         its error (one charged with no batch recorded as ever, UNRECORDED); one that is no line of the account there,
-        so. Nothing is charged. A line whose charge is not on record (a router from before batch lines' charged
-        markers said it charged it) fails the collect, for its caller to collect again: told at nothing, the caller's
-        files would not add up to the ledger."""
+        so. Nothing is charged. A failed line whose charge is not on record (a router from before batch lines' charged
+        markers said it charged it) is told pending (`cost_pending`, its error saying so) to a caller that
+        `reads_cost_pending`; it fails the collect for any other, to collect again: an edge of the version before reads
+        a line without `charged_usd` as charged nothing, and its files would not add up to the ledger."""
         lines = []
         for request_id in ids:
             unread = router_pb2.CollectedLine(request_id=request_id, error=f"{why} (request id {request_id})")
             told = await self._settled_before(account, request_id, batch_id, unread, counts)
-            if told is not None and not told.succeeded and not told.charged_usd:  # an answer kept is told at its cost
-                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", UNREAD)
+            if told is not None and not told.succeeded and told.cost_pending:  # an answer kept is told at its cost
+                if not reads_cost_pending:
+                    raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", UNREAD)
+                told.error = f"{told.error}: {CHARGE_PENDING}"
             lines.append(told or _no_line(request_id, batch_id))
         return lines
 

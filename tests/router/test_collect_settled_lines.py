@@ -23,7 +23,7 @@ from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import provider_pb2, router_pb2
-from services.router.deferred import GAVE_UP, POLL_IDS, SETTLED_UNREAD, UNRECORDED
+from services.router.deferred import CHARGE_PENDING, GAVE_UP, POLL_IDS, SETTLED_UNREAD, UNRECORDED
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, AccountKeys, RedisStore
 from tests.conftest import ledger_records
@@ -338,6 +338,27 @@ async def test_a_line_whose_charge_is_not_on_record_is_not_told_at_nothing(
         with acting_as(TENANT_CALLER), pytest.raises(ServiceError) as failed:
             await router.CollectBatch(COLLECT, Deadline(60.0))
     assert (failed.value.code, failed.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert await spent(redis_store) == held
+
+
+async def test_a_line_whose_charge_is_not_on_record_is_told_pending_to_a_caller_that_reads_it(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """As above, to an edge that reads CollectedLine.cost_pending: the line ends failed and pending (its error saying
+    so), no amount told, rather than failing every collect until its charged marker expires. Nothing more is charged."""
+    provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        marker = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
+        assert await redis_store.redis.set(marker, "batch:pbatch-1", keepttl=True)  # as such a router wrote it
+        collect = router_pb2.CollectBatchRequest()
+        collect.CopyFrom(COLLECT)
+        collect.reads_cost_pending = True
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(collect, Deadline(60.0))
+    (line,) = reply.lines
+    assert reply.ended and not line.succeeded and line.cost_pending and not line.charged_usd, reply
+    assert line.error == f"{SETTLED_UNREAD} (request id line-1): {CHARGE_PENDING}"
     assert await spent(redis_store) == held
 
 
