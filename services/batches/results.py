@@ -50,9 +50,10 @@ async def record_unknown(
     store: Store, batch_id: str, index: int, custom_id: str | None, ending: str, why: str = wire.KEY_NOT_SERVED
 ) -> None:
     """A line sent before, its result lost, not sent again (`why`): of an unknown outcome, not never sent (and so not
-    counted expired, which says its caller should send it again: it may have run); `ending`, as wire.unknown_line."""
+    counted expired, which says its caller should send it again: it may have run); `ending`, as wire.unknown_line.
+    Counted as a line whose cost is pending, not at 0: it may have been charged, by an amount not known here."""
     line = wire.unknown_line(custom_id, wire.request_id(batch_id, index, custom_id), ending, why)
-    await _write(store, batch_id, index, False, line, "0", "failed")
+    await _write(store, batch_id, index, False, line, "0", "failed", cost_pending=True)
 
 
 async def _write(

@@ -18,6 +18,7 @@ from services.batches.store import PREFIX, results_key, sent_key
 from services.router.store import Account, RedisStore, key_id
 from tests.conftest import ledger_records
 from tests.integration.conftest import Chain
+from tests.integration.test_batch_cost_pending import counted
 from tests.integration.test_batch_edge_crash import (
     charged,
     died_with_a_line_in_flight,
@@ -27,6 +28,8 @@ from tests.integration.test_batch_edge_crash import (
 )
 from tests.integration.test_batch_revoked_key import created_where_no_line_goes_out, edge_keyed
 from tests.integration.test_provider_batches import finished, lines_of
+
+COST, COST_PENDING = "llmrouter_edge_batch_cost_usd_total", "llmrouter_edge_batch_cost_pending_lines_total"
 
 
 async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancelled_batch(
@@ -109,11 +112,15 @@ async def test_a_revoked_keys_line_in_doubt_is_in_the_files_of_its_cancelled_bat
         batch = await created_where_no_line_goes_out(chain, tenant, old_key)
         await db.delete(f"{PREFIX}lease:{batch.id}")
         await db.hset(sent_key(batch.id), "0", "sent")  # its first line sent, its edge gone before its result
+        cost, pending = counted(COST), counted(COST_PENDING)
         async with edge_keyed(chain, tenant, new_key) as new:
             await new.batches.cancel(batch.id)
             ended = await finished(new, batch.id, timeout_s=20)
             errors = await lines_of(new, ended.error_file_id)
         assert ended.status == "cancelled"
+        # It may have been charged, by an amount the edge does not know: pending, not 0 in the edge's cost counter.
+        assert (ended.model_extra or {})["x_router"] == {"cost_pending_lines": 1}
+        assert (counted(COST), counted(COST_PENDING)) == (cost, pending + 1)
         assert {custom_id: e["error"]["code"] for custom_id, e in errors.items()} == {"revoked-0": "outcome_unknown"}
         # What happened: the batch was cancelled (its window never expired).
         assert errors["revoked-0"]["error"]["message"] == (
