@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
@@ -74,7 +75,7 @@ async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() 
 class DeferringSomePending(router_pb2_grpc.RouterServicer):
     """Defers every line to one provider batch; collected, the first line (parked-0) is an answer whose cost is pending,
     the second a failure whose charge is pending (CollectedLine.cost_pending: charged before under a marker saying no
-    amount), the third an answer at EXACT."""
+    amount), told so only to an edge that says it reads it (reads_cost_pending), the third an answer at EXACT."""
 
     async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         deferred = [
@@ -95,6 +96,8 @@ class DeferringSomePending(router_pb2_grpc.RouterServicer):
                 answer.cost_pending = True
                 lines.append(router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=answer))
             elif request_id.endswith(":parked-1"):
+                if not request.reads_cost_pending:  # as the router fails it for an edge of the version before
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the provider batch could not be read")
                 lines.append(router_pb2.CollectedLine(request_id=request_id, error="charged before", cost_pending=True))
             else:
                 answer.cost_usd = EXACT
