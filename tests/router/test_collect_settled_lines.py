@@ -345,21 +345,33 @@ async def test_a_line_whose_charge_is_not_on_record_is_told_pending_to_a_caller_
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
     """As above, to an edge that reads CollectedLine.cost_pending: the line ends failed and pending (its error saying
-    so), no amount told, rather than failing every collect until its charged marker expires. Nothing more is charged."""
+    so), no amount told, and the batch's other line at its charge, rather than the whole collect failing until the
+    marker expires. Nothing more is charged."""
+    other = router_pb2.CompleteRequest()
+    other.CopyFrom(LINE)
+    other.request_id = "line-2"
     provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
     async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-        held = await sent_and_reconciled(router, redis_store, clock)
+        with acting_as(TENANT_CALLER):
+            sent = await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE, other]), NoDeadline())
+        assert all(line.provider_batch_id == "pbatch-1" for line in sent.lines), sent
+        admitted = await redis_store.pending_charge(ACCOUNT, LINE.request_id)
+        assert admitted is not None and admitted.until
+        router.deferred.wait = clock.wait
+        clock.at, held = admitted.until + 1.0, admitted.hold_pico
+        assert await redis_store.reconcile("another-router", 0.001, 3600) == 2  # both lines charged their holds
         marker = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
         assert await redis_store.redis.set(marker, "batch:pbatch-1", keepttl=True)  # as such a router wrote it
-        collect = router_pb2.CollectBatchRequest()
-        collect.CopyFrom(COLLECT)
-        collect.reads_cost_pending = True
+        collect = router_pb2.CollectBatchRequest(
+            model="strong", provider_batch_id="pbatch-1", request_ids=["line-1", "line-2"], reads_cost_pending=True
+        )
         with acting_as(TENANT_CALLER):
             reply = await router.CollectBatch(collect, Deadline(60.0))
-    (line,) = reply.lines
-    assert reply.ended and not line.succeeded and line.cost_pending and not line.charged_usd, reply
-    assert line.error == f"{SETTLED_UNREAD} (request id line-1): {CHARGE_PENDING}"
-    assert await spent(redis_store) == held
+    pending, charged = reply.lines
+    assert reply.ended and not pending.succeeded and pending.cost_pending and not pending.charged_usd, reply
+    assert pending.error == f"{SETTLED_UNREAD} (request id line-1): {CHARGE_PENDING}"
+    assert (charged.request_id, charged.cost_pending, Decimal(charged.charged_usd)) == ("line-2", False, held / PICO)
+    assert await spent(redis_store) == 2 * held
 
 
 PROVIDERS_BEFORE = "803e11e"  # the providers service before BATCH_UNREADABLE: a provider's 404 told UNAVAILABLE
