@@ -8,7 +8,8 @@ again with the new tenant for the rest of the period (README, *A key serves one 
 With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
 master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would
 lose the move silently, the key serving its old tenant again. Fewer in time exits 1, the move made on the masters but
-not yet replicated: run it again.
+not yet replicated: run it again. Its record (below) is then waited for too, as long again at most: fewer in time exits
+1 too, saying what the move was (made and replicated: note it rather than run it again).
 
 Each move is recorded in the money Redis (store/key_moves.py): the key id, the tenant before and after, when, and by
 whom (`--by`, by default the operating system user running it); admins list them with the Operator service's KeyMoves
@@ -92,6 +93,16 @@ async def main(argv: list[str]) -> int:
         )
         return 1
     if not recorded:
+        return 1
+    record = moved.record_replicated
+    if record is not None and record.replicas < replicas:
+        # The move itself is replicated: run again, it would be recorded as a move from the tenant it now has.
+        print(
+            f"key {args.key_id}: {was} to {args.tenant!r}, replicated, but its record not yet ({record.replicas} of"
+            f" {replicas} replicas of {record.master} had it within {args.wait_s:g} s): a failover now would lose"
+            " the record, and no admin's listing of key moves would show the move; note it",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"key {args.key_id}: {was}; it serves {args.tenant!r} alone from now on, on every router"

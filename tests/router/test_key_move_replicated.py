@@ -92,6 +92,31 @@ async def test_a_move_the_replica_did_not_get_in_time_exits_1_and_is_run_again(
     assert await move_as_read_by(money.replica) == await move_as_read_by(money.primary)
 
 
+async def test_a_move_whose_record_the_replica_did_not_get_in_time_exits_1_saying_what_it_was(
+    money: Replicated, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move's record (the `{llmrouter}` slot's key-moves stream) is waited for too: the replica lagging once it
+    had the move itself (stopped right after acknowledging it), a failover would lose the record while the move
+    stands. The move exits 1, saying what it was, and to note it rather than run it again."""
+    assert await key_move.main([KEY, OLD, "--replicas", "1"]) == 0
+    capsys.readouterr()
+    wait_for_move = replicated.set_replicated
+
+    async def replica_lags_after_the_move(*args: Any) -> Any:
+        done = await wait_for_move(*args)
+        money.replica.stop()
+        return done
+
+    monkeypatch.setattr(replicated, "set_replicated", replica_lags_after_the_move)
+    assert await key_move.main([KEY, NEW, "--replicas", "1", "--wait-s", "0.2"]) == 1
+    assert capsys.readouterr().err == (
+        f"key {KEY}: moved from {OLD!r} to {NEW!r}, replicated, but its record not yet (0 of 1 replicas of the"
+        " master had it within 0.2 s): a failover now would lose the record, and no admin's listing of key moves"
+        " would show the move; note it\n"
+    )
+    assert (await move_as_read_by(money.primary))[0] == NEW, "the move is made"
+
+
 async def test_without_replicas_asked_a_move_waits_for_none(
     money: Replicated, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -251,7 +276,7 @@ async def test_no_router_reads_a_masters_new_token_with_the_binding_of_before(
     try:
         await store.move_key(KEY, old)
         assert (await store.move_key(KEY, NEW, replicas=1, wait_s=5)).before == old
-        assert len(read) == masters, "a read after every master's share"
+        assert len(read) == masters + 1, "a read after every master's share, and after the record's"
         for n, binding in enumerate(read):
             hold = Hold(f"r{n}", 100, period_id("day"), "router-1", f"n{n}")
             verdict = await store.admit(Account(old, KEY), Allowance("day"), hold, moves=binding.moves)

@@ -7,13 +7,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import SecretStr
+
+from services.router.store import replicated
 from services.router.store.keys import KEY_MOVES_RECORD
 from services.router.store.model import KeyMoveRecord
 
 
+def _entry(key_id: str, before: str | None, tenant: str, by: str) -> dict[str, str]:
+    # when: its entry id, the milliseconds of Redis' clock
+    bound = "1" if before is not None else ""
+    return {"key_id": key_id, "from": before or "", "bound": bound, "to": tenant, "by": by}
+
+
 async def record(client: Any, key_id: str, before: str | None, tenant: str, by: str) -> None:
-    fields = {"key_id": key_id, "from": before or "", "bound": "1" if before is not None else "", "to": tenant}
-    await client.xadd(KEY_MOVES_RECORD, {**fields, "by": by})  # when: its entry id, the milliseconds of Redis' clock
+    await client.xadd(KEY_MOVES_RECORD, _entry(key_id, before, tenant, by))
+
+
+async def record_replicated(
+    url: str | SecretStr,
+    client: Any,
+    move: tuple[str, str | None, str, str],
+    replicas: int,
+    wait_s: float,
+) -> replicated.Replicated:
+    """record, then WAIT for `replicas` replicas of its master (a failover would lose the record silently): how many
+    acknowledged it. `move`: key id, tenant before, tenant after, by whom."""
+    return await replicated.add_replicated(url, client, KEY_MOVES_RECORD, _entry(*move), replicas, wait_s)
 
 
 async def latest(client: Any, count: int) -> list[KeyMoveRecord]:

@@ -211,10 +211,12 @@ _RAISED: dict[int, Raised] = {1: "raised", 0: "repaired since", -1: "moved off t
 
 class KeyMoved(NamedTuple):
     """A key move (RedisStore.move_key): the tenant the key was bound to before (None: none), and, when it waited for
-    replicas, how many of each master's had the move's writes (replicated.Replicated)."""
+    replicas, how many of each master's had the move's writes (replicated.Replicated), and how many of its record's
+    master had its record (None: not waited for, or not recorded)."""
 
     before: str | None
     replicated: list[Replicated]
+    record_replicated: Replicated | None = None
 
 
 class KeyMoveUnrecorded(Exception):
@@ -510,7 +512,8 @@ class RedisStore:
         is made but routers may not meet it for key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for
         that many replicas of each master written to to have the writes (replicated.py, WAIT), and says how many did.
         Then records the move (key_moves.py), last, so that its record failing (its own master away) delays no
-        router's meeting it: KeyMoveUnrecorded then, saying what the move was."""
+        router's meeting it: KeyMoveUnrecorded then, saying what the move was. With `replicas`, the record too is
+        waited for, as long again at most, and how many replicas had it said."""
         token = secrets.token_hex(8)
         told: list[Replicated] = []
         if replicas:
@@ -526,12 +529,17 @@ class RedisStore:
                 for shard in range(SHARDS):
                     pipe.set(key_moves_key(shard), token)
                 await pipe.execute()
+        record_told = None
         try:
             async with self._call():
-                await key_moves.record(self.redis, key, before, tenant, by)
+                if replicas:
+                    move = (key, before, tenant, by)
+                    record_told = await key_moves.record_replicated(self.url, self.redis, move, replicas, wait_s)
+                else:
+                    await key_moves.record(self.redis, key, before, tenant, by)
         except (StoreUnavailable, ResponseError):  # out of reach, refusing, or its key hand-edited to another type
             raise KeyMoveUnrecorded(KeyMoved(before, told)) from None
-        return KeyMoved(before, told)
+        return KeyMoved(before, told, record_told)
 
     async def key_moves(self, count: int) -> list[KeyMoveRecord]:
         async with self._call():

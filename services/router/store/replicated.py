@@ -5,7 +5,8 @@ by master, the first write's first, so the writes land in the order given."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 from pydantic import SecretStr
@@ -45,21 +46,41 @@ async def set_replicated(
     before: list[Any] = [None] * len(writes)
     told = []
     for master, indexes in shares.items():
-        values, acknowledged = await _share(urls[master], [writes[i] for i in indexes], replicas, wait_s)
+        commands = [partial(_set, *writes[i]) for i in indexes]
+        values, acknowledged = await _share(urls[master], commands, replicas, wait_s)
         for i, value in zip(indexes, values, strict=True):
             before[i] = value
         told.append(Replicated(master, acknowledged))
     return before, told
 
 
+async def add_replicated(
+    url: str | SecretStr, client: Any, stream: str, fields: dict[str, str], replicas: int, wait_s: float
+) -> Replicated:
+    """XADD `fields` to `stream`, then WAIT for `replicas` replicas of its master, `wait_s` at most."""
+    master, master_url = "the master", url
+    if is_cluster_client(client):
+        await client.initialize()
+        node = client.get_node_from_key(stream)
+        master, master_url = f"master {node.name}", node_url(url, node.host, node.port)
+    _, acknowledged = await _share(master_url, [lambda pipe: pipe.xadd(stream, fields)], replicas, wait_s)
+    return Replicated(master, acknowledged)
+
+
+def _set(key: str, value: str, pipe: Any) -> None:
+    pipe.set(key, value, get=True)
+
+
 async def _share(
-    url: str | SecretStr, writes: list[tuple[str, str]], replicas: int, wait_s: float
+    url: str | SecretStr, commands: list[Callable[[Any], Any]], replicas: int, wait_s: float
 ) -> tuple[list[Any], int]:
+    """The commands (one master's, each queuing itself on the pipeline given), then WAIT, on one connection of their
+    own: what each answered, and how many replicas acknowledged them."""
     node = connect(url, max_connections=1, socket_connect_timeout=2, socket_timeout=wait_s + REPLY_MARGIN_S)
     try:
         async with node.pipeline(transaction=False) as pipe:
-            for key, value in writes:
-                pipe.set(key, value, get=True)
+            for command in commands:
+                command(pipe)
             pipe.wait(replicas, max(1, round(wait_s * 1000)))
             *values, acknowledged = await pipe.execute()
     except AskError as exc:  # MOVED too: the layout changed under the writes
