@@ -20,7 +20,7 @@ from llmrouter.redis_scripts import Script
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.outbox import Outbox
-from services.router.store import PICO, Allowance, RedisStore, StoreUnavailable
+from services.router.store import PICO, Allowance, RedisStore, StoreUnavailable, limits
 from services.router.store.keys import LIMIT_UNCONFIRMED, LIMIT_VERSION, SHARDS, limit_field, limits_key, shard_of
 from services.router.store.limits import LimitUnconfirmed
 from services.router.upkeep import Upkeep
@@ -192,11 +192,17 @@ async def test_a_change_whose_shards_are_up_is_finished_while_another_waits_for_
         await store.close()
 
 
+def finished(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.limit_field) for r in caplog.records if r.getMessage() == "budget limit change finished"]  # type: ignore[attr-defined]
+
+
 async def test_a_change_an_upkeep_finished_while_it_was_under_way_records_the_limit_it_replaced(
-    any_redis_url: str,
+    any_redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A tenant's first limit change recorded, then held up before its shard's write while another router's upkeep
-    finishes it (as it does any change under way as the round reads them): it replaced the default, not itself."""
+    finishes it (as it does any change under way as the round reads them): it replaced the default, not itself. The
+    upkeep met a change under way, which never failed: no warning (it warned of every change it finished)."""
+    caplog.set_level("INFO", logger="llmrouter.router")
     one, two = RedisStore(any_redis_url), RedisStore(any_redis_url)
     try:
         gate = Gate(one, 0)
@@ -206,6 +212,27 @@ async def test_a_change_an_upkeep_finished_while_it_was_under_way_records_the_li
         gate.opened.set()
         assert await changing is None  # the default
         assert await two.limit_overrides() == {("tenant", "acme"): 5 * USD}
+        assert finished(caplog) == [("INFO", "tenant:acme")]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_change_its_set_budget_gave_up_on_is_finished_with_a_warning(
+    any_redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change held up past its SetBudget's bound (limits.UNDER_WAY_S, shortened here) is reported unconfirmed by it,
+    and so truly left: the upkeep that finishes it warns."""
+    monkeypatch.setattr(limits, "UNDER_WAY_S", 0.2)
+    caplog.set_level("INFO", logger="llmrouter.router")
+    one, two = RedisStore(any_redis_url), RedisStore(any_redis_url)
+    try:
+        Gate(one, 0)  # never opened: a shard's write that hangs
+        with pytest.raises(LimitUnconfirmed):
+            await one.set_limit("tenant", "acme", 5 * USD)
+        assert await two.finish_limit_changes() == 1
+        assert await two.limit_overrides() == {("tenant", "acme"): 5 * USD}
+        assert finished(caplog) == [("WARNING", "tenant:acme")]
     finally:
         await one.close()
         await two.close()

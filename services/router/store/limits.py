@@ -12,6 +12,7 @@ the versions cost it nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -36,6 +37,12 @@ from services.router.store.keys import (
 from services.router.store.model import StoreUnavailable
 
 log = logging.getLogger("llmrouter.router")
+
+# How long a SetBudget gives its change to reach every shard before it reports it unconfirmed (a healthy store takes
+# milliseconds). An upkeep meeting a change recorded less long ago (its version: the money's clock in microseconds, at
+# least) may have met it under way, its caller still applying it: it applies it too, harmlessly, and warns only of one
+# older, which its caller truly left (failed, cancelled, or gone with its router).
+UNDER_WAY_S = 30.0
 
 
 class LimitUnconfirmed(ServiceError):
@@ -79,8 +86,11 @@ class Limits:
             )
         change = f"{_text(version)}:{'' if pico is None else pico}"
         try:
-            first = await self._apply(field, change)
-        except StoreUnavailable:
+            # Counted from its version, as the upkeep ages it (at most UNDER_WAY_S: a version ahead of the clock).
+            age = money_now() - int(_text(version)) / 1_000_000
+            async with asyncio.timeout(min(UNDER_WAY_S, UNDER_WAY_S - age)):
+                first = await self._apply(field, change)
+        except (StoreUnavailable, TimeoutError):
             raise LimitUnconfirmed() from None
         before = _text(recorded[0]) if recorded else first
         return int(before) if before else None
@@ -91,6 +101,7 @@ class Limits:
         the record, could not be reached (its change stays for the next round)."""
         async with self._call():
             unconfirmed = await self._redis.hgetall(LIMIT_UNCONFIRMED)
+        read_at = money_now()
         finished, away = 0, False
         for field, change in unconfirmed.items():
             try:
@@ -99,7 +110,9 @@ class Limits:
                 away = True
                 continue
             finished += 1
-            log.warning("budget limit change finished", extra={"limit_field": _text(field), "change": _text(change)})
+            left = read_at - int(_text(change).partition(":")[0]) / 1_000_000 >= UNDER_WAY_S
+            told = {"limit_field": _text(field), "change": _text(change)}
+            log.log(logging.WARNING if left else logging.INFO, "budget limit change finished", extra=told)
         if away:
             raise StoreUnavailable()
         return finished
