@@ -72,7 +72,7 @@ def _set(key: str, value: str, pipe: Any) -> None:
 
 
 async def _share(
-    url: str | SecretStr, commands: list[Callable[[Any], Any]], replicas: int, wait_s: float
+    url: str | SecretStr, commands: Sequence[Callable[[Any], Any]], replicas: int, wait_s: float
 ) -> tuple[list[Any], int]:
     """The commands (one master's, each queuing itself on the pipeline given), then WAIT, on one connection of their
     own: what each answered, and how many replicas acknowledged them."""
