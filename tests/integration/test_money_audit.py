@@ -7,8 +7,9 @@ grace mid-way, a second (a process) is SIGKILLed with requests in flight, and a 
 killed one left, serves the rest. Then, to the pico-dollar: each budget's spend is the sum of its ledger lines, and the
 sum of what its callers were told plus the lines of those told cost_pending or nothing (left, or their router killed);
 each caller told a charge (an answer's cost, a failure's charged_usd, a duplicate's) was told its ledger line; no
-request is charged twice, no hostile one at all, none by another tenant's key; no budget is past its limit, no capped
-request past its cap; and every generation a provider reported is charged at least at its model's prices.
+request is charged twice, no cache hit or hostile one at all, none by another tenant's key; no budget is past its
+limit, no capped request past its cap; and every generation a provider reported is charged at least at its model's
+prices. Each key's repeats of a prompt are sent once its first was answered, so they hit the routers' shared cache.
 
 Real routers (router.build) behind their gRPC servers on loopback over the real Redis; the providers and classifier a
 gRPC server of the test's. The seed is printed, and named in every failure: MONEY_AUDIT_SEED replays it."""
@@ -42,6 +43,7 @@ from services.router.store import Account, key_id, to_pico
 from tests.conftest import ledger_records
 from tests.integration.conftest import Chain
 from tests.integration.test_money_faults import RouterProcess, pending_of
+from tests.redis_servers import cache_redis
 from tests.router.servicer_kit import NearScores, registry_file, serve_providers, store_on
 from tests.router.test_admission import REGISTRY
 from tests.router.test_budgets_mixed_load import REFUSAL
@@ -49,6 +51,7 @@ from tests.waiting import eventually
 
 TENANTS = ("t-acme", "t-bolt", "t-cove")
 KEYS = {t: (f"{t}-key-a", f"{t}-key-b") for t in TENANTS}  # a key is of one tenant
+KEYS_OF_ALL = [k for t in TENANTS for k in KEYS[t]]
 TENANT_BUDGET, KEY_BUDGET = Decimal("0.02"), Decimal("0.012")
 CAP = Decimal("0.0008")  # a per-request cost cap: below the strong model's worst case, above the cheap one's
 MAX_TOKENS = 60
@@ -80,26 +83,57 @@ class Plan:
 
 
 def draw(rng: random.Random) -> list[Plan]:
-    cached = {t: f"What is the capital of France? {uuid.UUID(int=rng.getrandbits(128)).hex}" for t in TENANTS}
+    # A cached prompt per key (the cache's scope), sent uncapped (the cap is part of what the cache matches).
+    cached = {k: f"What is the capital of France? {uuid.UUID(int=rng.getrandbits(128)).hex}" for k in KEYS_OF_ALL}
     plans = []
     for n in range(REQUESTS):
         tenant, kind = rng.choice(TENANTS), rng.choice(KINDS)
-        prompt = cached[tenant] if kind == "cached" else f"Question #{n} {uuid.UUID(int=rng.getrandbits(128)).hex}"
+        key = rng.choice(KEYS[tenant])
+        prompt = cached[key] if kind == "cached" else f"Question #{n} {uuid.UUID(int=rng.getrandbits(128)).hex}"
         plans.append(
             Plan(
                 n,
                 tenant,
-                rng.choice(KEYS[tenant]),
+                key,
                 kind,
                 rng.choice(FATES),
                 rng.randint(3, MAX_TOKENS - 10),
                 rng.randint(1, 4),
-                rng.random() < 0.25,
+                rng.random() < 0.25 and kind != "cached",
                 prompt,
                 f"r{n}-{rng.getrandbits(32):08x}",
             )
         )
+    for first in Repeats(plans).first.values():  # answered plainly, so kept for the repeats to hit
+        plans[first].fate = "ok"
     return plans
+
+
+class Repeats:
+    """Each key's cached prompt: its first request is answered (and kept in the shared response cache) before the
+    others are sent, which are then served from it; sent all at once, every one missed."""
+
+    def __init__(self, plans: list[Plan]) -> None:
+        self.first: dict[str, int] = {}
+        for plan in plans:
+            if plan.kind == "cached":
+                self.first.setdefault(plan.key, plan.n)
+        self.answered: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    @asynccontextmanager
+    async def turn(self, plan: Plan) -> AsyncIterator[None]:
+        """Waits, for a repeat, until its key's first request was answered; for that first, says when it was."""
+        if plan.kind != "cached":
+            yield
+            return
+        first = self.first[plan.key] == plan.n
+        if not first:
+            await self.answered[plan.key].wait()
+        try:
+            yield
+        finally:
+            if first:
+                self.answered[plan.key].set()
 
 
 @dataclass
@@ -233,8 +267,13 @@ def asked(plan: Plan) -> router_pb2.CompleteRequest:
     return request
 
 
-async def send(stub: router_pb2_grpc.RouterStub, plan: Plan, told: Told, reported: Reported) -> None:
-    """One request as its plan says; what its caller is told noted."""
+async def send(stub: router_pb2_grpc.RouterStub, plan: Plan, told: Told, reported: Reported, repeats: Repeats) -> None:
+    """One request as its plan says, in its turn; what its caller is told noted."""
+    async with repeats.turn(plan):
+        await sent(stub, plan, told, reported)
+
+
+async def sent(stub: router_pb2_grpc.RouterStub, plan: Plan, told: Told, reported: Reported) -> None:
     request = asked(plan)
     try:
         if plan.kind in ("stream", "left_stream"):
@@ -266,7 +305,9 @@ async def send(stub: router_pb2_grpc.RouterStub, plan: Plan, told: Told, reporte
 
 
 @asynccontextmanager
-async def a_router(tmp_path: Path, name: str, redis_url: str, providers_port: int) -> AsyncIterator[RunningServer]:
+async def a_router(
+    tmp_path: Path, name: str, redis_url: str, cache_url: str, providers_port: int
+) -> AsyncIterator[RunningServer]:
     """A router as it is deployed (router.build: its upkeep heartbeats, replays its outbox and reconciles), stopped
     at the end unless the test stopped it."""
     settings = RouterSettings(
@@ -277,6 +318,7 @@ async def a_router(tmp_path: Path, name: str, redis_url: str, providers_port: in
         classifier_addr=f"127.0.0.1:{providers_port}",
         providers_addr=f"127.0.0.1:{providers_port}",
         redis_url=RedisUrl(redis_url),
+        cache_redis_url=RedisUrl(cache_url),  # shared by the routers, as deployed
         data_dir=tmp_path / name,
         ledger_sql_path=tmp_path / f"{name}.sqlite3",
         verifier=False,
@@ -297,32 +339,36 @@ async def test_the_money_adds_up_under_chaos(tmp_path: Path, redis_url: str) -> 
     print(f"MONEY_AUDIT_SEED={chosen}")
     rng = random.Random(chosen)
     plans = draw(rng)
-    provider, told = Chaos(plans, rng), Told()
+    provider, told, repeats = Chaos(plans, rng), Told(), Repeats(plans)
     async with store_on(redis_url) as store:
         for tenant in TENANTS:
             await store.set_limit("tenant", tenant, to_pico(TENANT_BUDGET))
     providers, port = await serve_providers(provider, NearScores())
+    cache = cache_redis(tmp_path / "cache", maxmemory="64mb").start()
     drained, killed, rest = plans[:70], plans[70:130], plans[130:]
     try:
         async with (
-            a_router(tmp_path, "router-a", redis_url, port) as running,
+            a_router(tmp_path, "router-a", redis_url, cache.url, port) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             stub = router_pb2_grpc.RouterStub(channel)
-            sending = [asyncio.create_task(send(stub, p, told, provider.reported)) for p in drained]
+            sending = [asyncio.create_task(send(stub, p, told, provider.reported, repeats)) for p in drained]
             await eventually(lambda: sum(t.done() for t in sending) >= len(drained) // 2, "half its requests done")
             await running.stop(0.2)  # drained mid-way, past its grace: what still runs is cut
             await asyncio.gather(*sending)
-        left_pending = await killed_mid_way(tmp_path, redis_url, port, killed, told, provider.reported)
-        async with a_router(tmp_path, "router-b", redis_url, port) as running:
+        left_pending = await killed_mid_way(
+            tmp_path, redis_url, cache.url, port, killed, told, provider.reported, repeats
+        )
+        async with a_router(tmp_path, "router-b", redis_url, cache.url, port) as running:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 stub = router_pb2_grpc.RouterStub(channel)
                 again = [p for p in drained + killed if p.kind == "resent"]  # sent again here, same ids
-                await asyncio.gather(*(send(stub, p, told, provider.reported) for p in rest + again))
+                await asyncio.gather(*(send(stub, p, told, provider.reported, repeats) for p in rest + again))
             # The killed router's pending charges are this one's reconciler's to settle, at their holds.
             await eventually(lambda: all_settled(redis_url), "every hold settled", timeout_s=30)
     finally:
         await providers.stop(0)
+        cache.stop()
     reconciled = await audit(redis_url, plans, told, provider.reported, chosen)
     print(f"the killed router left {left_pending} pending charges; the reconciler made {reconciled} ledger lines")
     assert reconciled >= min(left_pending, 1), (
@@ -331,7 +377,14 @@ async def test_the_money_adds_up_under_chaos(tmp_path: Path, redis_url: str) -> 
 
 
 async def killed_mid_way(
-    tmp_path: Path, redis_url: str, providers_port: int, plans: list[Plan], told: Told, reported: Reported
+    tmp_path: Path,
+    redis_url: str,
+    cache_url: str,
+    providers_port: int,
+    plans: list[Plan],
+    told: Told,
+    reported: Reported,
+    repeats: Repeats,
 ) -> int:
     """`plans` sent to a router process (python -m services.router) SIGKILLed once it has requests in flight past
     their admission: how many pending charges it left."""
@@ -346,6 +399,7 @@ async def killed_mid_way(
         stand_in,
         tmp_path,
         ROUTER_REDIS_URL=redis_url,
+        ROUTER_CACHE_REDIS_URL=cache_url,
         ROUTER_INSTANCE_ID="router-c",
         ROUTER_HEARTBEAT_TTL_S="1",
         ROUTER_VERIFIER="false",
@@ -358,7 +412,7 @@ async def killed_mid_way(
         await doomed.ready()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            sending = [asyncio.create_task(send(stub, p, told, reported)) for p in plans]
+            sending = [asyncio.create_task(send(stub, p, told, reported, repeats)) for p in plans]
 
             async def in_flight() -> bool:
                 return len(await pending_of(db, "router-c")) >= 3 or all(t.done() for t in sending)
@@ -405,8 +459,9 @@ async def audit(redis_url: str, plans: list[Plan], told: Told, reported: Reporte
         assert asker in lines, f"{asker} told cost_pending has no ledger line; {replay}"
     hostile = [asker for asker in lines if by_plan[asker].kind == "hostile"]
     assert not hostile, f"hostile requests on record: {hostile}; {replay}"
-    for r in ledger:  # each charge paid by its own tenant's key
+    for r in ledger:  # each charge paid by its own tenant's key; an answer served from the cache generated nothing
         assert r["key"] in {key_id(k) for k in KEYS[r["tenant"]]}, f"{r}; {replay}"
+        assert not r.get("cache_hit") or Decimal(r["cost_usd"]) == 0, f"a cache hit charged: {r}; {replay}"
     for asker, costs in lines.items():
         plan, charged = by_plan[asker], sum(costs, Decimal(0))
         if plan.capped:
