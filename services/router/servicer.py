@@ -266,7 +266,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except Exception:  # the charge failed (the bug was its own, or it was kept nowhere): the reconciler charges it
             routed.settled = True  # so no clean-up settles it again, to fail once more in this error's stead
             charged, charge = None, "pending"
-        metrics.ROUTER_FAULTS.labels(charge).inc()
+        finally:  # counted when the drain's cut cancels this too: its charge runs on, shielded, and is told by the cut
+            metrics.ROUTER_FAULTS.labels(charge).inc()
         return faults.fault_error(routed.request_id, charged, routed.released)
 
     async def _settle_failed(self, routed: Routed, failed: ServiceError) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis
+from prometheus_client import REGISTRY as METRICS
 
 from llmrouter.errors import ServiceError
 from llmrouter.redis_url import RedisUrl
@@ -819,13 +820,17 @@ async def test_a_stream_cut_while_its_fault_is_settled_is_told_its_charge(
 ) -> None:
     """A bug after the stream's answer was read settles it at its hold (faults.py); the cut landing while that charge
     was on its way ended the call with gRPC's bare cancellation, its caller told nothing of what it was charged. Told
-    as every cut call is: SHUTTING_DOWN, the hold it was charged, no retry."""
+    as every cut call is: SHUTTING_DOWN, the hold it was charged, no retry. The fault is counted all the same (the
+    alert LLMRouterRouterFaults): the cut cancelling its settling skipped the count."""
 
     def a_bug(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Served, "add", a_bug)  # pricing the stream's final chunk
+    at_hold = {"charge": "hold"}  # llmrouter_router_faults_total's series of faults charged their hold
+    before = METRICS.get_sample_value("llmrouter_router_faults_total", at_hold) or 0.0
     ended, charges = await cut_while_settling(tmp_path, redis_url, monkeypatch, Streamed())
+    assert METRICS.get_sample_value("llmrouter_router_faults_total", at_hold) == before + 1
     told = shutting_down(ended)
     (charge,) = charges
     assert told.metadata == {"charged_usd": charge["cost_usd"], "retryable": "false"}
