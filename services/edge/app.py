@@ -236,7 +236,7 @@ async def first_chunks(call: Any, request: Request, request_id: str) -> tuple[ro
 
 async def unless_left(
     reading: Awaitable[T],
-    call: Any,
+    call: Any | None,
     request: Request,
     request_id: str,
     taken_on: Callable[[asyncio.Future[T]], None] | None = None,
@@ -247,7 +247,8 @@ async def unless_left(
     escalation or fallback for a caller gone. Only the server's word that the client left counts: a watch that ends
     otherwise (its receive failing, or another message) says nothing of the client, and the request is served on
     unwatched rather than cancelled and lost. Any failure here cancels the call too. `taken_on`: given, it takes the
-    reading of a call whose client left on, uncancelled (an Idempotency-Key's answer, kept for the retry)."""
+    reading of a call whose client left on, uncancelled (an Idempotency-Key's answer, kept for the retry). No `call`:
+    a wait after the call ended (a refused retry's, for the first's answer), cancelled alone."""
     read, leaving = asyncio.ensure_future(reading), asyncio.create_task(client_left(request))
     taken = False
     try:
@@ -264,7 +265,8 @@ async def unless_left(
         return read.result()
     except BaseException:
         if not taken:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             read.cancel()
         raise
     finally:
@@ -515,7 +517,8 @@ class Edge:
         except grpc.RpcError as err:
             error = self.refusal(err, request, request_id, sent_key)
             # A retry of a stream that ended whole, its events still being kept (on any edge), waits for them.
-            return await self._kept_meanwhile(error, request_id, sent, list(self._keeping.get(request_id, ())))
+            keeping = list(self._keeping.get(request_id, ()))
+            return await self._kept_meanwhile(error, request, request_id, sent, keeping)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -556,28 +559,40 @@ class Edge:
             return await unless_left(answer, call, request, request_id, taken_on=_left_running)
         except grpc.RpcError as err:
             error = self.refusal(err, request, request_id, sent_key)
-        return await self._kept_meanwhile(error, request_id, sent, others)
+        return await self._kept_meanwhile(error, request, request_id, sent, others)
 
     async def _kept_meanwhile(
-        self, error: ApiError, request_id: str, sent: str, others: list[asyncio.Task[Any]]
+        self, error: ApiError, request: Request, request_id: str, sent: str, others: list[asyncio.Task[Any]]
     ) -> Response:
         """A keyed request the router refused. One refused as ended (no hold told) while the first's answer or stream
         (charged) is still being kept is sent that answer once kept, as a retry after it is; else the refusal. Kept on
         this edge (`others`), the wait is bounded as they are: by the first's call timeout and the store's write
-        timeouts. On another edge sharing the store, its marker still there, at most EDGE_IDEMPOTENCY_KEEPING_WAIT_S:
-        past it the refusal says so, to be retried."""
+        timeouts. On another edge sharing the store, its marker still there, at most EDGE_IDEMPOTENCY_KEEPING_WAIT_S,
+        its reads included: past it the refusal says so, to be retried; so does one whose store answered no read.
+        The wait is watched: a caller that leaves ends it (a 499), nothing served or charged for it, and a marker it
+        waited on is left as it is for the next retry (never retired early: the answer may yet land)."""
         if error.code != "idempotency_key_reused" or error.held_usd:
             raise error from None  # its gRPC cause is told in it
-        if others:
-            await asyncio.wait(others)
-            kept = await self.replays.lookup(request_id, sent)
-        else:
-            kept = await self.replays.settled(request_id, sent, self.settings.idempotency_keeping_wait_s)
+        waiting_s = self.settings.idempotency_keeping_wait_s
+        try:
+            kept = await unless_left(self._kept_by(request_id, sent, others, waiting_s), None, request, request_id)
+        except replays.Unread as unread:
+            raise idempotency.unread(error, unread.waited_s) from None
         if kept is not None and kept.body is not None:
             return replayed(kept)
         if kept is not None and kept.started is not None:
-            raise idempotency.still_being_kept(error, self.settings.idempotency_keeping_wait_s) from None
+            raise idempotency.still_being_kept(error, waiting_s) from None
         raise error from None
+
+    async def _kept_by(
+        self, request_id: str, sent: str, others: list[asyncio.Task[Any]], waiting_s: float
+    ) -> replays.Kept | None:
+        """What is kept for the request once `others` (this edge's keeping of it) are done, else once no marker of
+        another edge names it in flight (at most waiting_s)."""
+        if others:
+            await asyncio.wait(others)  # never cancels them: the answer is kept for the next retry all the same
+            return await self.replays.lookup(request_id, sent)
+        return await self.replays.settled(request_id, sent, waiting_s)
 
     async def _serve_and_keep(
         self,

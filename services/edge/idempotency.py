@@ -85,3 +85,15 @@ def still_being_kept(error: ApiError, waited_s: float) -> ApiError:
     )
     error.retryable = True
     return error
+
+
+def unread(error: ApiError, waited_s: float) -> ApiError:
+    """The key's reuse (`reused`) by a retry of a request that ended, whose answer the edges' store (slow or out of
+    reach) told nothing of within waited_s: it may be kept there for the next retry, which the SDKs then send
+    (`retryable`). Never served or charged again: the router refused it."""
+    error.message += (
+        f". Whether its answer was kept could not be read within {waited_s:g} s (the edge's store did not answer): "
+        f"retry with this {SHOWN} to be sent it"
+    )
+    error.retryable = True
+    return error

@@ -96,6 +96,18 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 # Replaces the marker ARGV[1] by the digest alone ARGV[2], its expiry kept, if it is still that marker.
+STORE_ERRORS = (RedisError, RedisClusterException, OSError)  # a Redis or its connection failing
+
+
+class Unread(Exception):
+    """No read of the store answered within a retry's wait of waited_s (Replays.settled): what is kept for its key is
+    unknown."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"no read of the edge's store answered within {waited_s:g} s")
+        self.waited_s = waited_s
+
+
 RETIRE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL') end
 return 0
@@ -236,6 +248,7 @@ class Replays:
         self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()
         self._memory_used = 0
         self._tenant_bytes_kept: dict[str, tuple[int, int]] = {}  # tenant -> (replay window, bytes kept in it)
+        self._retiring: set[asyncio.Task[None]] = set()  # markers giving way after a retry's wait (settled)
 
     async def arrive(self, request_id: str, sent: str) -> Arrival:
         """A request of id `request_id` with digest `sent` arriving: marked in flight when nothing is kept for its id
@@ -277,23 +290,50 @@ class Replays:
     async def settled(self, request_id: str, sent: str, wait_s: float) -> Kept | None:
         """What is kept for request id `request_id` sent with digest `sent` once no marker names it in flight: a
         request that ended on another edge sharing the store (the router refusing its retry as ended) may still be
-        keeping its answer there, after its call's end and its last event. The store is read again, backing off, for
-        at most wait_s while a marker is there; one still there then is returned as it is, and gives way to its digest
-        alone (_retire). None when nothing is kept; a 422 when the request kept had another digest."""
+        keeping its answer there, after its call's end and its last event. The store is read again, backing off, while
+        a marker is there; one still there at the end is returned as it is, and gives way to its digest alone
+        (_retire, beside: the retry's answer never waits on it). None when nothing is kept; a 422 when the request kept
+        had another digest.
+
+        The whole wait, its reads included, ends within wait_s (0: one read, within arrival_timeout_s, as on arrival):
+        a read failing is tried again within it, one too slow is cut at its end. Left to the client's socket timeouts,
+        a store slow or out of reach held the retry for several of them. Unread when no read answered within it: what
+        is kept is unknown (the retry's 409 says to retry, never served or charged again)."""
         if self.ttl_s == 0:
             return None
         loop = asyncio.get_running_loop()
-        deadline, pause = loop.time() + wait_s, FIRST_LOOK_S
-        kept = await self._get(request_id)
-        while kept is not None and kept.started is not None and (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(pause, left))  # a write on another edge: no event of this process tells it
-            pause = min(2 * pause, LAST_LOOK_S)
-            kept = await self._get(request_id)
+        started = loop.time()
+        deadline, pause = started + wait_s, FIRST_LOOK_S
+        bound_s = wait_s or self.arrival_timeout_s
+        read, kept = False, None
+        try:
+            async with asyncio.timeout_at(started + bound_s):
+                while True:
+                    answered, now_kept = await self._tried(request_id)
+                    if answered:  # a read that failed leaves the last one that answered standing
+                        read, kept = True, now_kept
+                    if read and (kept is None or kept.started is None):
+                        break
+                    # A write on another edge: no event of this process tells it. The last read begins with room left.
+                    if (left := deadline - loop.time() - FIRST_LOOK_S) <= 0:
+                        break
+                    await asyncio.sleep(min(pause, left))
+                    pause = min(2 * pause, LAST_LOOK_S)
+        except TimeoutError:  # the last read cut: the one before it stands
+            log.warning("idempotency answer read too slowly, wait ended", extra={"request_id": request_id})
+        if not read:
+            raise Unread(bound_s)
         if kept is not None:
             check(kept, sent)
             if kept.started is not None:
-                await self._retire(request_id, kept)
+                self._retire_beside(request_id, kept)
         return kept
+
+    def _retire_beside(self, request_id: str, marker: Kept) -> None:
+        """_retire, run beside the retry's answer (close awaits it): a slow store adds nothing to the wait's bound."""
+        task = asyncio.ensure_future(self._retire(request_id, marker))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, request_id: str, marker: Kept) -> None:
         """Replace the `marker` a retry waited on past its wait by its digest alone, its expiry kept, if it is still
@@ -309,7 +349,7 @@ class Replays:
         try:
             async with asyncio.timeout(self.arrival_timeout_s):
                 await self._redis.eval(RETIRE, 1, PREFIX + request_id, marker.dumps(), digest_alone.dumps())
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as err:
+        except (*STORE_ERRORS, TimeoutError) as err:
             log.warning("idempotency marker not retired", extra={"request_id": request_id, "error": repr(err)[:200]})
 
     async def release(self, request_id: str, marker: Kept) -> None:
@@ -323,7 +363,7 @@ class Replays:
         try:
             async with asyncio.timeout(self.arrival_timeout_s):  # the failure's caller waits on it
                 await self._redis.eval(RELEASE, 1, PREFIX + request_id, marker.dumps())
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as err:
+        except (*STORE_ERRORS, TimeoutError) as err:
             PASSED["release"].inc()
             log.warning("idempotency marker not taken back", extra={"request_id": request_id, "error": repr(err)[:200]})
 
@@ -362,7 +402,7 @@ class Replays:
                     "idempotency entry not kept: its tenant's bytes kept are spent",
                     extra={"request_id": request_id, "tenant": tenant, "digest_alone": entry == entries[-1]},
                 )
-        except (RedisError, RedisClusterException, OSError) as err:
+        except STORE_ERRORS as err:
             PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})
             return
@@ -393,7 +433,7 @@ class Replays:
             return True
         try:
             return bool(await self._redis.set(PREFIX + request_id, marker.dumps(), ex=self.marker_ttl_s, nx=True))
-        except (RedisError, RedisClusterException, OSError) as err:
+        except STORE_ERRORS as err:
             PASSED["arrival"].inc()
             log.warning("idempotency marker not written", extra={"request_id": request_id, "error": repr(err)[:200]})
             return None
@@ -417,17 +457,27 @@ class Replays:
         return True
 
     async def close(self) -> None:
+        await asyncio.gather(*self._retiring, return_exceptions=True)  # each within arrival_timeout_s
         if self._redis is not None:
             await self._redis.aclose()
 
     async def _get(self, request_id: str) -> Kept | None:
+        """What is kept for the id; None for nothing, or a store that failed (logged)."""
+        return (await self._tried(request_id))[1]
+
+    async def _tried(self, request_id: str) -> tuple[bool, Kept | None]:
+        """Whether the store answered a read of what is kept for the id (a failure logged), and what it holds."""
+        try:
+            return True, await self._read(request_id)
+        except STORE_ERRORS as err:
+            log.warning("idempotency answer not read", extra={"request_id": request_id, "error": repr(err)[:200]})
+            return False, None
+
+    async def _read(self, request_id: str) -> Kept | None:
+        """What is kept for the id (None: nothing readable); a store that fails raises."""
         if self._redis is None:
             return self._get_in_memory(request_id)
-        try:
-            text = await self._redis.get(PREFIX + request_id)
-        except (RedisError, RedisClusterException, OSError) as err:
-            log.warning("idempotency answer not read", extra={"request_id": request_id, "error": repr(err)[:200]})
-            return None
+        text = await self._redis.get(PREFIX + request_id)
         kept = None if text is None else Kept.loads(text)
         if text is not None and kept is None:
             log.warning("idempotency answer unreadable, passed over", extra={"request_id": request_id})

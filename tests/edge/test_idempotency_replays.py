@@ -22,7 +22,7 @@ from redis.crc import key_slot
 
 from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
-from services.edge.replays import Arrival, Kept, Replays, digest
+from services.edge.replays import Arrival, Kept, Replays, Unread, digest
 from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.waiting import eventually
@@ -593,5 +593,37 @@ async def test_a_read_cut_by_the_arrival_timeout_leaves_no_reply_for_another_ten
                     assert arrival.replay is not None and arrival.replay.body == f'"{name}"'.encode()
                     kept = await replays.lookup(f"idem-{name}", sent[name])
                     assert kept is not None and kept.body == f'"{name}"'.encode()
+        finally:
+            await replays.close()
+
+
+@pytest.mark.parametrize("how", ["silent", "away"])
+async def test_a_retrys_wait_ends_within_its_bound_with_the_store_silent_or_away(redis_url: str, how: str) -> None:
+    """The wait of a retry for an answer kept on another edge (Replays.settled), its reads included, ends within its
+    bound with the store silent (a server stopped: each read would wait out the client's 5 s socket timeout) or out
+    of reach (each read refused): Unread, what is kept unknown, never taken for nothing kept (the 409 not to retry,
+    though the answer may be there). The store answering again, the marker read past the wait gives way to its
+    digest."""
+    port = int(urlsplit(redis_url).port or 6379)
+    sent = digest("/v1/chat/completions", b"{}")
+    async with LossyProxy("127.0.0.1", port) as proxy:
+        replays = Replays(
+            ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=proxy.url_for(redis_url)
+        )
+        try:
+            arrived = await replays.arrive("idem-1", sent)
+            assert arrived.started is not None
+            proxy.go_silent() if how == "silent" else proxy.go_down()
+            began = time.monotonic()
+            with pytest.raises(Unread):
+                await replays.settled("idem-1", sent, 0.3)
+            assert time.monotonic() - began < 4, "held past the wait, as the client's socket timeout (5 s) would"
+            proxy.come_back()
+            assert await replays.settled("idem-1", sent, 0.05) == arrived.started  # read: the marker, past its wait
+
+            async def digest_alone() -> bool:
+                return await replays.settled("idem-1", sent, 0) == Kept(sent)
+
+            await eventually(digest_alone, "the marker gives way to its digest")
         finally:
             await replays.close()

@@ -4,7 +4,8 @@ drop; and with `then_down`, the server out of reach from then on, until `come_ba
 command ran (`hold_next_reply`, or `hold_reply_to` a command of given bytes: its caller waits, and may leave
 meanwhile) and a command lost before it ran
 (`swallow_next`: never forwarded, the connection dropped a little later), and a command held back before it ran
-(`hold_command`: a slow server, as its caller sees it, until released). Runs in the test's own event loop."""
+(`hold_command`: a slow server, as its caller sees it, until released), and every command held so (`go_silent`: a
+server stopped, its connections open, answering nothing until `come_back`). Runs in the test's own event loop."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class LossyProxy:
         self._lose_reply = False
         self._down_after_loss = False
         self.down = False  # every connection is dropped at once
+        self._speaking = asyncio.Event()  # cleared: every command waits, unsent (go_silent)
+        self._speaking.set()
         self._swallow_s: float | None = None
         self.swallowed = asyncio.Event()  # set once swallow_next has taken its command
         self._hold_reply: HeldReply | None = None
@@ -67,8 +70,14 @@ class LossyProxy:
         for pipe in list(self._pipes):
             pipe.cancel()
 
+    def go_silent(self) -> None:
+        """Every command, on a connection open or new, waits in the proxy unsent until come_back(): a server that
+        stopped (SIGSTOP), its connections open, as its callers see it."""
+        self._speaking.clear()
+
     def come_back(self) -> None:
         self.down = False
+        self._speaking.set()
 
     def hold_next_reply(self) -> HeldReply:
         """The next reply from the server waits in the proxy until it is released: the server has run the command,
@@ -141,6 +150,7 @@ class LossyProxy:
                 held, self._hold_command = self._hold_command, None
                 if not await self._released(held, source):
                     return  # the connection drops; the command never reached the server
+            await self._speaking.wait()
             server.write(data)
             with contextlib.suppress(ConnectionError):
                 await server.drain()
