@@ -343,10 +343,9 @@ async def kept_whole(
             kept_as(None)
 
 
-def _left_running(answer: asyncio.Future[Any]) -> None:
-    """A request sent with an Idempotency-Key whose caller left runs on (Edge._keyed tracks it): its answer, or its
-    failure, is no one's to read now."""
-    answer.add_done_callback(lambda done: done.cancelled() or done.exception())
+def duplicate(err: BaseException) -> bool:
+    """Whether the router refused the request as a duplicate of its id (DUPLICATE_REQUEST), in flight or ended."""
+    return isinstance(err, grpc.RpcError) and ServiceError.from_rpc_error(err).reason == "DUPLICATE_REQUEST"
 
 
 def duplicate_in_flight(err: BaseException) -> bool:
@@ -518,7 +517,7 @@ class Edge:
             error = self.refusal(err, request, request_id, sent_key)
             # A retry of a stream that ended whole, its events still being kept (on any edge), waits for them.
             keeping = list(self._keeping.get(request_id, ()))
-            return await self._kept_meanwhile(error, request, request_id, sent, keeping)
+            return await self._kept_meanwhile(error, request, request_id, sent, keeping, started)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -556,28 +555,55 @@ class Edge:
         self._answering.setdefault(request_id, set()).add(serving)
         serving.add_done_callback(functools.partial(self._answered, request_id))
         try:
-            return await unless_left(answer, call, request, request_id, taken_on=_left_running)
+            left_running = functools.partial(self._left_running, request_id, started)
+            return await unless_left(answer, call, request, request_id, taken_on=left_running)
         except grpc.RpcError as err:
             error = self.refusal(err, request, request_id, sent_key)
-        return await self._kept_meanwhile(error, request, request_id, sent, others)
+        return await self._kept_meanwhile(error, request, request_id, sent, others, started)
+
+    def _left_running(self, request_id: str, started: replays.Kept | None, answer: asyncio.Future[Any]) -> None:
+        """A request sent with an Idempotency-Key whose caller left runs on (_keyed tracks it): its answer, or its
+        failure, is no one's to read now. Refused as the duplicate of one ended, no one waits on the marker it wrote
+        (_kept_meanwhile): taken back at once."""
+
+        def ended(done: asyncio.Future[Any]) -> None:
+            failure = None if done.cancelled() else done.exception()
+            ended_first = failure is not None and duplicate(failure) and not duplicate_in_flight(failure)
+            if started is not None and ended_first:
+                self.replays.release_beside(request_id, started)
+
+        answer.add_done_callback(ended)
 
     async def _kept_meanwhile(
-        self, error: ApiError, request: Request, request_id: str, sent: str, others: list[asyncio.Task[Any]]
+        self,
+        error: ApiError,
+        request: Request,
+        request_id: str,
+        sent: str,
+        others: list[asyncio.Task[Any]],
+        started: replays.Kept | None,
     ) -> Response:
         """A keyed request the router refused. One refused as ended (no hold told) while the first's answer or stream
         (charged) is still being kept is sent that answer once kept, as a retry after it is; else the refusal. Kept on
         this edge (`others`), the wait is bounded as they are: by the first's call timeout and the store's write
         timeouts. On another edge sharing the store, its marker still there, at most EDGE_IDEMPOTENCY_KEEPING_WAIT_S,
         its reads included: past it the refusal says so, to be retried; so does one whose store answered no read.
-        The wait is watched: a caller that leaves ends it (a 499), nothing served or charged for it, and a marker it
-        waited on is left as it is for the next retry (never retired early: the answer may yet land)."""
+        A marker this request wrote as it arrived (`started`) is waited on too: the first, reaching the router before
+        it with none of its own, replaces it with its answer as it keeps it (taken back before the wait, the retry
+        read nothing kept and was told never to retry). Still there after the wait, it names no request: taken back.
+        The wait is watched: a caller that leaves ends it (a 499), nothing served or charged for it, and leaves the
+        marker of another edge's first as it is for the next retry (never retired early: the answer may yet land)."""
         if error.code != "idempotency_key_reused" or error.held_usd:
             raise error from None  # its gRPC cause is told in it
         waiting_s = self.settings.idempotency_keeping_wait_s
+        kept_by = self._kept_by(request_id, sent, others, waiting_s, started)
         try:
-            kept = await unless_left(self._kept_by(request_id, sent, others, waiting_s), None, request, request_id)
+            kept = await unless_left(kept_by, None, request, request_id)
         except replays.Unread as unread:
             raise idempotency.unread(error, unread.waited_s) from None
+        finally:
+            if started is not None:  # compare-and-delete: an answer kept over it stays
+                self.replays.release_beside(request_id, started)
         if kept is not None and kept.body is not None:
             return replayed(kept)
         if kept is not None and kept.started is not None:
@@ -585,14 +611,19 @@ class Edge:
         raise error from None
 
     async def _kept_by(
-        self, request_id: str, sent: str, others: list[asyncio.Task[Any]], waiting_s: float
+        self,
+        request_id: str,
+        sent: str,
+        others: list[asyncio.Task[Any]],
+        waiting_s: float,
+        started: replays.Kept | None,
     ) -> replays.Kept | None:
         """What is kept for the request once `others` (this edge's keeping of it) are done, else once no marker of
-        another edge names it in flight (at most waiting_s)."""
+        another edge names it in flight (at most waiting_s), its own (`started`) counting as none once waited on."""
         if others:
             await asyncio.wait(others)  # never cancels them: the answer is kept for the next retry all the same
             return await self.replays.lookup(request_id, sent)
-        return await self.replays.settled(request_id, sent, waiting_s)
+        return await self.replays.settled(request_id, sent, waiting_s, own=started)
 
     async def _serve_and_keep(
         self,
@@ -628,9 +659,11 @@ class Edge:
     async def _failed(self, request_id: str, started: replays.Kept | None, err: BaseException) -> None:
         """A request that failed takes back the in-flight marker it wrote: the router decides its retry (served when
         the first cost nothing). Not when the router refused it as the duplicate of a request still in flight: the
-        marker names that first truly (whose own went unwritten). One refused as the duplicate of a request ended names
-        none: left, uncounted, it outlived its request by the call's timeout and a minute (the first kept nothing)."""
-        if started is not None and not duplicate_in_flight(err):
+        marker names that first truly (whose own went unwritten). Nor yet when it refused it as the duplicate of one
+        ended: that first may be keeping its answer over the marker, on another edge, which the refused request waits
+        for (_kept_meanwhile) before taking the marker back (left, uncounted, it outlived its request by the call's
+        timeout and a minute)."""
+        if started is not None and not duplicate(err):
             await self.replays.release(request_id, started)
 
     def _beside(self, request_id: str, keeping: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

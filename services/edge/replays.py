@@ -22,8 +22,9 @@ names that first, whose own went unwritten); so does one that ends with nothing 
 marker lasts its request's life, uncounted (Replays.keep): a stream's until its end, replaced then by its events or
 its digest alone. A retry the router refuses as ended while the marker stands, on another edge sharing the Redis,
 knows the first's answer may still be being written: it waits for what replaces the marker (Replays.settled), at most
-EDGE_IDEMPOTENCY_KEEPING_WAIT_S, and is sent the answer, rather than the 409; the marker still there then gives way
-to its digest alone (its writer gone, or its write failed), so that retries are not each held until it expires.
+EDGE_IDEMPOTENCY_KEEPING_WAIT_S, its reads of the store included, and is sent the answer, rather than the 409; the
+marker still there then gives way to its digest alone (its writer gone, or its write failed), so that retries are not
+each held until it expires. A store that answered no read within the wait is Unread: the 409 says to retry.
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
@@ -49,6 +50,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,7 +250,7 @@ class Replays:
         self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()
         self._memory_used = 0
         self._tenant_bytes_kept: dict[str, tuple[int, int]] = {}  # tenant -> (replay window, bytes kept in it)
-        self._retiring: set[asyncio.Task[None]] = set()  # markers giving way after a retry's wait (settled)
+        self._giving_way: set[asyncio.Task[None]] = set()  # markers retired or taken back after a retry's wait
 
     async def arrive(self, request_id: str, sent: str) -> Arrival:
         """A request of id `request_id` with digest `sent` arriving: marked in flight when nothing is kept for its id
@@ -287,13 +289,15 @@ class Replays:
         check(kept, sent)
         return kept if kept.body is not None else None
 
-    async def settled(self, request_id: str, sent: str, wait_s: float) -> Kept | None:
+    async def settled(self, request_id: str, sent: str, wait_s: float, own: Kept | None = None) -> Kept | None:
         """What is kept for request id `request_id` sent with digest `sent` once no marker names it in flight: a
         request that ended on another edge sharing the store (the router refusing its retry as ended) may still be
         keeping its answer there, after its call's end and its last event. The store is read again, backing off, while
         a marker is there; one still there at the end is returned as it is, and gives way to its digest alone
         (_retire, beside: the retry's answer never waits on it). None when nothing is kept; a 422 when the request kept
-        had another digest.
+        had another digest. `own`: the marker the waiting retry wrote itself as it arrived, which the first's answer
+        replaces as it is kept (the first reached the router before it, with no marker of its own): still there at
+        the end, it names no request, and is its writer's to take back (None returned, nothing retired).
 
         The whole wait, its reads included, ends within wait_s (0: one read, within arrival_timeout_s, as on arrival):
         a read failing is tried again within it, one too slow is cut at its end. Left to the client's socket timeouts,
@@ -325,15 +329,22 @@ class Replays:
             raise Unread(bound_s)
         if kept is not None:
             check(kept, sent)
+            if own is not None and kept.started == own.started:
+                return None
             if kept.started is not None:
-                self._retire_beside(request_id, kept)
+                self._beside(self._retire(request_id, kept))
         return kept
 
-    def _retire_beside(self, request_id: str, marker: Kept) -> None:
-        """_retire, run beside the retry's answer (close awaits it): a slow store adds nothing to the wait's bound."""
-        task = asyncio.ensure_future(self._retire(request_id, marker))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+    def release_beside(self, request_id: str, marker: Kept) -> None:
+        """release, run beside the retry's answer (close awaits it)."""
+        self._beside(self.release(request_id, marker))
+
+    def _beside(self, giving_way: Coroutine[Any, Any, None]) -> None:
+        """A marker's giving way after a retry's wait, run beside its answer (close awaits it, each bounded by
+        arrival_timeout_s): a slow store adds nothing to the wait's bound."""
+        task = asyncio.ensure_future(giving_way)
+        self._giving_way.add(task)
+        task.add_done_callback(self._giving_way.discard)
 
     async def _retire(self, request_id: str, marker: Kept) -> None:
         """Replace the `marker` a retry waited on past its wait by its digest alone, its expiry kept, if it is still
@@ -457,7 +468,7 @@ class Replays:
         return True
 
     async def close(self) -> None:
-        await asyncio.gather(*self._retiring, return_exceptions=True)  # each within arrival_timeout_s
+        await asyncio.gather(*self._giving_way, return_exceptions=True)  # each within arrival_timeout_s
         if self._redis is not None:
             await self._redis.aclose()
 

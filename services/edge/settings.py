@@ -66,7 +66,8 @@ class EdgeSettings(ServiceSettings):
     # the router's 409. Under the 15 s the chart leaves after the drain (terminationGracePeriodSeconds), as it checks.
     idempotency_drain_s: float = Field(default=5.0, ge=0)
     # How long a retry refused by the router as its first ended waits for that first's answer, still being kept by
-    # another edge sharing the batch Redis (its in-flight marker still there), before its 409 says so (retryable).
+    # another edge sharing the batch Redis (its in-flight marker still there), before its 409 says so (retryable); its
+    # reads of that Redis included (0: one read, within idempotency_lookup_timeout_s).
     idempotency_keeping_wait_s: float = Field(default=5.0, ge=0)
     # One tenant's answers and digests kept per replay window, in the batch Redis (noeviction, shared by every tenant's
     # batches) as stored, else in memory as held: past it an answer is kept as its digest alone, and past that nothing.

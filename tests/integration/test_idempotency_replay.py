@@ -11,6 +11,7 @@ Redis, which its replicas share, when it has one; in the edge's memory otherwise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -616,3 +617,123 @@ async def test_a_marker_standing_past_the_wait_gives_way_to_its_digest_so_retrie
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     assert asked(first_edge, body) == 1
     assert len(await first_edge.ledger()) == 1
+
+
+@pytest.mark.parametrize("how", ["silent", "away"])
+async def test_a_retry_on_an_edge_whose_redis_is_silent_or_away_is_told_to_retry_within_the_wait(
+    chain: Chain, redis_url: str, how: str
+) -> None:
+    """A retry reaching an edge whose Redis is stopped (silent: each read would wait out the client's 5 s socket
+    timeout) or out of reach, after the first was answered and kept on another edge: refused by the router as ended,
+    its wait for the answer, reads included, ends within EDGE_IDEMPOTENCY_KEEPING_WAIT_S and its 409 says the answer
+    could not be read, to be retried (no `x-should-retry: false`); once the Redis answers again, the retry is sent the
+    answer. Never served or charged again. Before, a silent store held it a socket timeout per read, and either way it
+    was the 409 not to retry, though its answer was kept."""
+    body = ask()
+    port = int(urlsplit(redis_url).port or 6379)
+    async with (
+        LossyProxy("127.0.0.1", port) as proxy,
+        tenant_before(chain, chain.router_addr, batch_redis_url=redis_url) as first_edge,
+        tenant_before(
+            chain,
+            chain.router_addr,
+            like=first_edge,
+            batch_redis_url=proxy.url_for(redis_url),
+            idempotency_keeping_wait_s=0.3,
+        ) as second_edge,
+    ):
+        first = await sent_keyed(first_edge, body, "store-gone")
+        proxy.go_silent() if how == "silent" else proxy.go_down()
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(openai.ConflictError) as refused:
+            await sent_keyed(second_edge, body, "store-gone")
+        took = asyncio.get_running_loop().time() - began
+        assert "could not be read within 0.3 s" in refused.value.message
+        assert refused.value.response.headers.get("x-should-retry") != "false"
+        # Its arrival's read and the marker's taking back (0.5 s each at most), then the wait: never a socket timeout.
+        assert took < 4, took
+        proxy.come_back()
+        again = await sent_keyed(second_edge, body, "store-gone")
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert asked(first_edge, body) == 1
+    assert len(await first_edge.ledger()) == 1
+
+
+async def test_a_retry_whose_caller_leaves_while_it_waits_stops_waiting_and_leaves_the_marker_for_the_next(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry waiting on another edge for the first's answer (its write held back) whose client disconnects: the
+    wait ends at once, not at EDGE_IDEMPOTENCY_KEEPING_WAIT_S (60 s here); nothing is served or charged for it; the
+    first's marker is left as it was (not given way to its digest: the answer may yet land), so the next retry, once
+    the answer is written, is sent it. Before, the wait ran on for nobody to its end, then retired the marker."""
+    body = ask()
+    waits: list[asyncio.Task[Any]] = []
+    settled = Replays.settled
+
+    async def settled_seen(replays: Replays, *args: Any, **kwargs: Any) -> Any:
+        waits.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await settled(replays, *args, **kwargs)
+
+    monkeypatch.setattr(Replays, "settled", settled_seen)
+    async with two_edges_keeping_slowly(chain, redis_url, False, idempotency_keeping_wait_s=60) as edges:
+        first_edge, second_edge, write = edges
+        first = await sent_keyed(first_edge, body, "left-waiting")
+        await eventually(write.arrived.is_set, "the first's answer is being written")
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(first_edge.name, first_edge.keys[0], "left-waiting")
+        marker = await store.get(key)
+        try:
+            retry = asyncio.ensure_future(sent_keyed(second_edge, body, "left-waiting"))
+            await eventually(lambda: bool(waits), "the retry waits for the first's answer")
+            retry.cancel()  # its connection closed
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry
+            await eventually(lambda: waits[0].done(), "the retry's wait ends as its caller leaves", timeout_s=20)
+            assert await store.get(key) == marker  # the first's marker, as it was
+            write.released.set()
+
+            async def written() -> bool:
+                kept = Kept.loads(await store.get(key) or b"")
+                return kept is not None and kept.body is not None
+
+            await eventually(written, "the first's answer is written")
+        finally:
+            await store.aclose()
+        again = await sent_keyed(second_edge, body, "left-waiting")
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert asked(first_edge, body) == 1
+    assert len(await first_edge.ledger()) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_sixteen_retries_at_once_on_two_edges_are_served_and_charged_once(
+    chain: Chain, redis_url: str, stream: bool
+) -> None:
+    """16 requests with one Idempotency-Key and body sent at once, half to each of two edges sharing a Redis: one is
+    served and charged; each other is sent its answer byte for byte (replayed, or once kept after a wait) or a 409
+    that the SDKs retry (still in flight, or still being kept), never a 5xx, another answer or the 409 not to retry;
+    a retry after them all is sent the answer."""
+    body = streamed(ask()) if stream else ask()
+    async with (
+        tenant_before(chain, chain.router_addr, batch_redis_url=redis_url) as one,
+        tenant_before(chain, chain.router_addr, like=one, batch_redis_url=redis_url) as other,
+    ):
+        headers = {"Authorization": f"Bearer {one.keys[0]}", "Idempotency-Key": "sixteen"}
+        async with httpx.AsyncClient(timeout=60) as http:
+
+            async def sent(edge: Tenant) -> httpx.Response:
+                return await http.post(f"{edge.base_url}/chat/completions", json=body, headers=headers)
+
+            answers = await asyncio.gather(*(sent(edge) for edge in [one, other] * 8))
+            after = await sent(other)
+    served = [answer for answer in answers if answer.status_code == 200]
+    refused = [answer for answer in answers if answer.status_code != 200]
+    assert served, [answer.text for answer in answers]
+    assert {answer.content for answer in served} == {after.content}
+    assert sum("idempotent-replayed" not in answer.headers for answer in served) == 1  # the first's
+    for answer in refused:
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "idempotency_key_reused", answer.text
+        assert answer.headers.get("x-should-retry") != "false", answer.text
+    assert after.headers["idempotent-replayed"] == "true"
+    assert asked(one, body) == 1
+    assert len(await one.ledger()) == 1
