@@ -737,3 +737,42 @@ async def test_sixteen_retries_at_once_on_two_edges_are_served_and_charged_once(
     assert after.headers["idempotent-replayed"] == "true"
     assert asked(one, body) == 1
     assert len(await one.ledger()) == 1
+
+
+async def test_a_retry_that_marked_the_key_and_was_refused_as_the_first_ended_waits_for_its_answer(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests with one key racing on two edges: one marks the key first but reaches the router last; the other,
+    finding that marker (none of its own), is served, and its edge is still writing its answer over the marker when
+    the router refuses the first as the duplicate of one ended. That one waits on its own marker and is sent the
+    answer once written, charged once; its marker, replaced, is not taken back. Before, it took its marker back at
+    once, read nothing kept and was the 409 not to retry, though the answer landed a moment later (16 sent at once)."""
+    marked, go, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    arrive, refusal = Replays.arrive, app_module.Edge.refusal
+
+    async def marking_held(replays: Replays, *args: Any) -> Any:
+        arrival = await arrive(replays, *args)
+        if arrival.started is not None:  # the request that marked the key: held before its router call
+            marked.set()
+            await go.wait()
+        return arrival
+
+    def refusal_seen(edge: app_module.Edge, *told: Any) -> Any:
+        refused.set()
+        return refusal(edge, *told)
+
+    monkeypatch.setattr(Replays, "arrive", marking_held)
+    monkeypatch.setattr(app_module.Edge, "refusal", refusal_seen)
+    body = ask()
+    async with two_edges_keeping_slowly(chain, redis_url, False) as (served_edge, marking_edge, write):
+        marking = asyncio.ensure_future(sent_keyed(marking_edge, body, "marked-last"))
+        await eventually(marked.is_set, "one request marks the key")
+        served = await sent_keyed(served_edge, body, "marked-last")
+        await eventually(write.arrived.is_set, "the served one's answer is being written")
+        go.set()
+        await eventually(refused.is_set, "the router refuses the one that marked the key as the first ended")
+        write.released.set()
+        again = await marking
+    assert again.headers["idempotent-replayed"] == "true" and again.content == served.content
+    assert asked(served_edge, body) == 1
+    assert len(await served_edge.ledger()) == 1
