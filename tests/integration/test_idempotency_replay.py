@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -24,13 +25,16 @@ import httpx
 import openai
 import pytest
 import redis.asyncio as redis
+from pydantic import SecretStr
 
 from services.edge import app as app_module
 from services.edge import idempotency
+from services.edge.keys import key_line
 from services.edge.replays import KEPT_BYTES, PREFIX, Kept, Replays
+from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import HeldCommand, LossyProxy
 from tests.fakes.server import TOOL_CUE, Fault
-from tests.integration.conftest import Chain
+from tests.integration.conftest import Chain, free_port, served_edge
 from tests.integration.test_chain import unique
 from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
 from tests.integration.test_responses_api import RESPONSE_TOOLS
@@ -776,3 +780,32 @@ async def test_a_retry_that_marked_the_key_and_was_refused_as_the_first_ended_wa
     assert again.headers["idempotent-replayed"] == "true" and again.content == served.content
     assert asked(served_edge, body) == 1
     assert len(await served_edge.ledger()) == 1
+
+
+async def test_another_tenants_request_with_the_same_key_value_is_never_sent_the_first_tenants_answer(
+    chain: Chain, redis_url: str
+) -> None:
+    """Two tenants behind one edge and its Redis send one body with one Idempotency-Key value: the second is served as
+    its own request (its own request id, charged to it), never sent the first tenant's answer; its own retry is sent
+    its own answer. The request id derives from the tenant and the API key as well as the value."""
+    names = [f"idem-{secrets.token_hex(4)}" for _ in range(2)]
+    keys = [f"sk-idem-{secrets.token_urlsafe(12)}" for _ in names]
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        request_timeout_s=20,
+        batch_redis_url=redis_url,
+        api_keys=SecretStr(",".join(key_line(name, key) for name, key in zip(names, keys, strict=True))),
+    )
+    body = ask()
+    async with served_edge(settings) as base_url:
+        first, second = (Tenant(name, (key, key), base_url, chain) for name, key in zip(names, keys, strict=True))
+        answer = await sent_keyed(first, body, "shared-value")
+        others = await sent_keyed(second, body, "shared-value")
+        again = await sent_keyed(second, body, "shared-value")
+    assert "idempotent-replayed" not in others.headers
+    assert others.headers["x-request-id"] != answer.headers["x-request-id"]
+    assert again.headers["idempotent-replayed"] == "true" and again.content == others.content
+    [charged] = await second.ledger()
+    assert charged["request_id"] == others.headers["x-request-id"]
+    assert [record["request_id"] for record in await first.ledger()] == [answer.headers["x-request-id"]]
