@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 from services.edge import app as app_module
 from services.edge import idempotency
-from services.edge.replays import PREFIX, Kept
+from services.edge.replays import PREFIX, Kept, Replays
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
@@ -379,3 +379,47 @@ async def test_a_stream_whose_caller_left_before_its_first_event_leaves_no_marke
             assert "still being kept" not in again.text and again.headers["x-should-retry"] == "false"
         finally:
             await store.aclose()
+
+
+async def test_a_retry_whose_caller_left_before_it_was_refused_as_its_first_ended_takes_its_marker_back(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry that marked the key (its first kept nothing: past its tenant's bytes) whose caller left before the
+    router refused it as the duplicate of the first, ended: no one waits on its marker then (its wait is its caller's),
+    so it is taken back as the refusal comes, not left to outlive it by the call's timeout and a minute."""
+    marked, go = asyncio.Event(), asyncio.Event()
+    arrive = Replays.arrive
+
+    async def marking_held(replays: Replays, *args: Any) -> Any:
+        arrival = await arrive(replays, *args)
+        if arrival.started is not None and marked.is_set():  # the retry's marker: held before its router call
+            await go.wait()
+        marked.set()
+        return arrival
+
+    monkeypatch.setattr(Replays, "arrive", marking_held)
+    async with tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, idempotency_tenant_bytes=1) as tenant:
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(tenant.name, tenant.keys[0], "left-marked")
+        body = ask()
+        headers = {"Authorization": f"Bearer {tenant.keys[0]}", "Idempotency-Key": "left-marked"}
+
+        async def taken_back() -> bool:
+            return not await store.exists(key)
+
+        try:
+            async with httpx.AsyncClient(base_url=tenant.base_url, timeout=60) as http:
+                first = await http.post("/chat/completions", json=body, headers=headers)
+                assert first.status_code == 200, first.text
+                await eventually(taken_back, "the first's marker is taken back, nothing kept past its tenant's bytes")
+                retry = asyncio.ensure_future(http.post("/chat/completions", json=body, headers=headers))
+                await eventually(lambda: store.exists(key), "the retry marks the key")
+                retry.cancel()  # its connection closed
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retry
+            go.set()
+            await eventually(taken_back, "the retry's marker is taken back as the router refuses it", timeout_s=10)
+        finally:
+            await store.aclose()
+    assert asked(tenant, body) == 1
+    assert len(await tenant.ledger()) == 1
