@@ -743,8 +743,9 @@ async def test_sixteen_retries_at_once_on_two_edges_are_served_and_charged_once(
     assert len(await one.ledger()) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_a_retry_that_marked_the_key_and_was_refused_as_the_first_ended_waits_for_its_answer(
-    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
     """Two requests with one key racing on two edges: one marks the key first but reaches the router last; the other,
     finding that marker (none of its own), is served, and its edge is still writing its answer over the marker when
@@ -767,8 +768,8 @@ async def test_a_retry_that_marked_the_key_and_was_refused_as_the_first_ended_wa
 
     monkeypatch.setattr(Replays, "arrive", marking_held)
     monkeypatch.setattr(app_module.Edge, "refusal", refusal_seen)
-    body = ask()
-    async with two_edges_keeping_slowly(chain, redis_url, False) as (served_edge, marking_edge, write):
+    body = streamed(ask()) if stream else ask()
+    async with two_edges_keeping_slowly(chain, redis_url, stream) as (served_edge, marking_edge, write):
         marking = asyncio.ensure_future(sent_keyed(marking_edge, body, "marked-last"))
         await eventually(marked.is_set, "one request marks the key")
         served = await sent_keyed(served_edge, body, "marked-last")
