@@ -618,11 +618,12 @@ class Edge:
         waiting_s: float,
         started: replays.Kept | None,
     ) -> replays.Kept | None:
-        """What is kept for the request once `others` (this edge's keeping of it) are done, else once no marker of
-        another edge names it in flight (at most waiting_s), its own (`started`) counting as none once waited on."""
+        """What is kept for the request once `others` (this edge's requests of its id) are done and no marker names it
+        in flight (at most waiting_s more), its own (`started`) counting as none once waited on. Those others may be
+        refused retries alike, and the first served on another edge, still keeping its answer over a marker: read
+        once they were done (lookup), nothing kept was taken for final, and the retry told never to retry."""
         if others:
             await asyncio.wait(others)  # never cancels them: the answer is kept for the next retry all the same
-            return await self.replays.lookup(request_id, sent)
         return await self.replays.settled(request_id, sent, waiting_s, own=started)
 
     async def _serve_and_keep(

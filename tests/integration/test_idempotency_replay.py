@@ -27,6 +27,7 @@ import pytest
 import redis.asyncio as redis
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.edge import app as app_module
 from services.edge import idempotency
 from services.edge.keys import key_line
@@ -795,7 +796,7 @@ async def test_another_tenants_request_with_the_same_key_value_is_never_sent_the
         port=free_port(),
         router_addr=chain.router_addr,
         request_timeout_s=20,
-        batch_redis_url=redis_url,
+        batch_redis_url=RedisUrl(redis_url),
         api_keys=SecretStr(",".join(key_line(name, key) for name, key in zip(names, keys, strict=True))),
     )
     body = ask()
