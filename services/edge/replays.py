@@ -66,6 +66,8 @@ log = logging.getLogger("llmrouter.edge")
 
 PREFIX = "llmrouter:edge:idempotency:"
 KEPT_BYTES = "llmrouter:edge:idempotency-bytes:"  # + tenant and window: the bytes of entries the tenant kept in it
+# + request id: the token of the marker another request of the id found as it arrived (Replays._found).
+FOUND = "llmrouter:edge:idempotency-found:"
 # Count ARGV[1] bytes on the counter KEYS[1] (kept ARGV[3] s) when its total stays within ARGV[2], in one step across
 # edges: bytes refused are not counted.
 COUNT = """
@@ -267,6 +269,8 @@ class Replays:
                 if marked is not False:
                     return Arrival(started=marker)
                 kept = await self._get(request_id)
+                if kept is not None and kept.started not in (None, marker.started):
+                    await self._tell_found(request_id, kept)
         except TimeoutError:
             PASSED["arrival"].inc()
             log.warning("idempotency store too slow, passed over", extra={"request_id": request_id})
@@ -309,7 +313,7 @@ class Replays:
         started = loop.time()
         deadline, pause = started + wait_s, FIRST_LOOK_S
         bound_s = wait_s or self.arrival_timeout_s
-        read, kept = False, None
+        read, kept, found = False, None, False
         try:
             async with asyncio.timeout_at(started + bound_s):
                 while True:
@@ -318,6 +322,9 @@ class Replays:
                         read, kept = True, now_kept
                     if read and (kept is None or kept.started is None):
                         break
+                    own_there = read and own is not None and kept is not None and kept.started == own.started
+                    if own_there and not found and not (found := await self._found(request_id, own)):
+                        break  # no other request of the id found it as it arrived: none keeps its answer over it
                     # A write on another edge: no event of this process tells it. The last read begins with room left.
                     if (left := deadline - loop.time() - FIRST_LOOK_S) <= 0:
                         break
@@ -334,6 +341,36 @@ class Replays:
             if kept.started is not None:
                 self._beside(self._retire(request_id, kept))
         return kept
+
+    async def _tell_found(self, request_id: str, marker: Kept) -> None:
+        """Tell the writer of `marker`, found by a request of its id arriving, that one did (_found): this request
+        may reach the router first and keep its answer over the marker. Within the arrival's bound; a store failing
+        is logged (its writer, refused as the duplicate of this one, then takes it back at once: the 409)."""
+        assert marker.started is not None
+        if self._redis is None:
+            self._keep_in_memory(FOUND + request_id, Kept("", started=marker.started), self.marker_ttl_s)
+            return
+        try:
+            await self._redis.set(FOUND + request_id, marker.started, ex=self.marker_ttl_s)
+        except STORE_ERRORS as err:
+            log.warning("idempotency marker not told found", extra={"request_id": request_id, "error": repr(err)[:200]})
+
+    async def _found(self, request_id: str, own: Kept) -> bool:
+        """Whether another request of the id found the marker `own` (this request's) as it arrived (_tell_found): only
+        one did can have reached the router first with no marker of its own, to keep its answer over `own`. Never
+        found, the request the router refused this one for ended before it arrived, and will keep nothing over it: its
+        retry's 409 comes at once, not after the whole wait. A store failing counts as found (the wait, bounded)."""
+        if self._redis is None:
+            told = self._get_in_memory(FOUND + request_id)
+            return told is not None and told.started == own.started
+        try:
+            told = await self._redis.get(FOUND + request_id)
+        except STORE_ERRORS as err:
+            log.warning(
+                "idempotency marker's finding not read", extra={"request_id": request_id, "error": repr(err)[:99]}
+            )
+            return True
+        return told is not None and (told.decode() if isinstance(told, bytes) else told) == own.started
 
     def release_beside(self, request_id: str, marker: Kept) -> None:
         """release, run beside the retry's answer (close awaits it)."""
