@@ -322,9 +322,10 @@ class Replays:
                         read, kept = True, now_kept
                     if read and (kept is None or kept.started is None):
                         break
-                    own_there = read and own is not None and kept is not None and kept.started == own.started
-                    if own_there and not found and not (found := await self._found(request_id, own)):
-                        break  # no other request of the id found it as it arrived: none keeps its answer over it
+                    # Its own marker, no other request of the id found as it arrived: none keeps an answer over it.
+                    mine = own is not None and kept is not None and kept.started == own.started
+                    if mine and not found and not (found := await self._found(request_id, own)):
+                        break
                     # A write on another edge: no event of this process tells it. The last read begins with room left.
                     if (left := deadline - loop.time() - FIRST_LOOK_S) <= 0:
                         break
@@ -355,11 +356,12 @@ class Replays:
         except STORE_ERRORS as err:
             log.warning("idempotency marker not told found", extra={"request_id": request_id, "error": repr(err)[:200]})
 
-    async def _found(self, request_id: str, own: Kept) -> bool:
+    async def _found(self, request_id: str, own: Kept | None) -> bool:
         """Whether another request of the id found the marker `own` (this request's) as it arrived (_tell_found): only
         one did can have reached the router first with no marker of its own, to keep its answer over `own`. Never
         found, the request the router refused this one for ended before it arrived, and will keep nothing over it: its
         retry's 409 comes at once, not after the whole wait. A store failing counts as found (the wait, bounded)."""
+        assert own is not None
         if self._redis is None:
             told = self._get_in_memory(FOUND + request_id)
             return told is not None and told.started == own.started
