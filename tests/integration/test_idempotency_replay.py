@@ -811,3 +811,44 @@ async def test_another_tenants_request_with_the_same_key_value_is_never_sent_the
     [charged] = await second.ledger()
     assert charged["request_id"] == others.headers["x-request-id"]
     assert [record["request_id"] for record in await first.ledger()] == [answer.headers["x-request-id"]]
+
+
+async def test_a_refused_retry_after_another_of_its_id_on_its_edge_waits_while_the_first_s_marker_stands(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two retries on one edge, the first served on another still writing its answer over its marker: the later one
+    waits for the earlier (its router call still under way as it came), itself refused as ended alike, then for that
+    marker, and is sent the answer, charged once. Before, once the earlier was done it read the store once, found
+    nothing kept (the marker), and was the 409 not to retry, the answer landing a moment later."""
+    body = ask()
+    go, refusals = asyncio.Event(), []
+    entered: list[str] = []
+    serve_and_keep, refusal = app_module.Edge._serve_and_keep, app_module.Edge.refusal
+
+    async def held(edge: app_module.Edge, *args: Any) -> Any:
+        entered.append("retry")
+        await go.wait()  # both retries on the edge, each a request of the id to the other
+        return await serve_and_keep(edge, *args)
+
+    def refusal_seen(edge: app_module.Edge, *told: Any) -> Any:
+        refusals.append(told)
+        return refusal(edge, *told)
+
+    async with two_edges_keeping_slowly(chain, redis_url, False) as (first_edge, retry_edge, write):
+        first = await sent_keyed(first_edge, body, "two-retries")
+        await eventually(write.arrived.is_set, "the first's answer is being written")
+        monkeypatch.setattr(app_module.Edge, "_serve_and_keep", held)
+        monkeypatch.setattr(app_module.Edge, "refusal", refusal_seen)
+        earlier = asyncio.ensure_future(sent_keyed(retry_edge, body, "two-retries"))
+        await eventually(lambda: len(entered) == 1, "the earlier retry's router call is under way")
+        later = asyncio.ensure_future(sent_keyed(retry_edge, body, "two-retries"))
+        await eventually(lambda: len(entered) == 2, "the later retry's router call is under way too")
+        go.set()
+        await eventually(lambda: len(refusals) == 2, "the router refuses both as the first ended")
+        assert not later.done()  # waiting while the marker stands, not the 409
+        write.released.set()
+        answers = [await earlier, await later]
+    for again in answers:
+        assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert asked(first_edge, body) == 1
+    assert len(await first_edge.ledger()) == 1
