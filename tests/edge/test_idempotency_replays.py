@@ -234,6 +234,36 @@ async def test_an_answer_kept_as_a_retrys_wait_ends_is_never_replaced_by_its_dig
         await replays.close()
 
 
+async def test_a_retry_waits_on_its_own_marker_only_once_another_request_found_it(
+    any_store: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry that wrote its own marker and was refused as the duplicate of one ended (Replays.settled, `own`): no
+    other request of its id found the marker as it arrived, so none reached the router first to keep its answer over
+    it (the first ended before, a stream cut as its client left): nothing to wait for, at once (it waited the whole
+    wait, past an SDK's 5 s timeout). Found by one, it waits, and is sent the answer that one keeps over it."""
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=any_store)
+    sent = digest("/v1/chat/completions", b"{}")
+    try:
+        own = (await replays.arrive("idem-1", sent)).started
+        assert own is not None
+        assert await asyncio.wait_for(replays.settled("idem-1", sent, 60, own=own), 5) is None
+        assert await replays.arrive("idem-1", sent) == Arrival()  # the first, finding the retry's marker
+        reads, tried = [], replays._tried
+
+        async def counted(request_id: str) -> tuple[bool, Kept | None]:
+            reads.append(request_id)
+            return await tried(request_id)
+
+        monkeypatch.setattr(replays, "_tried", counted)
+        waiting = asyncio.ensure_future(replays.settled("idem-1", sent, 60, own=own))
+        await eventually(lambda: len(reads) >= 2, "the retry reads its marker again: it waits")
+        await replays.keep("idem-1", sent, b"{}", {"x-request-id": "idem-1"}, tenant="acme")  # over the marker
+        kept = await asyncio.wait_for(waiting, 5)
+        assert kept is not None and kept.body == b"{}"
+    finally:
+        await replays.close()
+
+
 async def test_a_marker_lasts_its_calls_timeout_and_a_minute_not_the_replay_window(redis_url: str) -> None:
     """A marker whose writer never took it back (its edge killed, or the store passed over as it failed) ties the key
     to its body only until the call it names has surely ended (EDGE_REQUEST_TIMEOUT_S and a minute), not for the day
