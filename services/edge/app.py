@@ -621,7 +621,7 @@ class Edge:
         """What is kept for the request once `others` (this edge's requests of its id) are done and no marker names it
         in flight (at most waiting_s more), its own (`started`) counting as none once waited on. Those others may be
         refused retries alike, and the first served on another edge, still keeping its answer over a marker: read
-        once they were done (lookup), nothing kept was taken for final, and the retry told never to retry."""
+        once they were done, nothing kept was taken for final, and the retry told never to retry."""
         if others:
             await asyncio.wait(others)  # never cancels them: the answer is kept for the next retry all the same
         return await self.replays.settled(request_id, sent, waiting_s, own=started)

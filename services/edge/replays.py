@@ -205,6 +205,13 @@ def check(kept: Kept, sent: str) -> None:
         )
 
 
+def replay_of(kept: Kept, sent: str) -> Kept | None:
+    """The answer `kept` to send again to a request of digest `sent`: None when only a digest or marker is kept (the
+    router's 409 tells it); a 422 when the request kept had another digest."""
+    check(kept, sent)
+    return kept if kept.body is not None else None
+
+
 def _text_pairs(headers: Any) -> bool:
     return isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
 
@@ -279,19 +286,7 @@ class Replays:
             return Arrival()
         if kept.started == marker.started:  # its own: a Redis Cluster client resends a write whose reply was lost
             return Arrival(started=marker)
-        check(kept, sent)
-        return Arrival(replay=kept if kept.body is not None else None)
-
-    async def lookup(self, request_id: str, sent: str) -> Kept | None:
-        """The kept answer to send again for request id `request_id` sent with digest `sent`: None when none is kept
-        (or only a digest: the router's 409 tells it); a 422 when the request kept had another digest."""
-        if self.ttl_s == 0:
-            return None
-        kept = await self._get(request_id)
-        if kept is None:
-            return None
-        check(kept, sent)
-        return kept if kept.body is not None else None
+        return Arrival(replay=replay_of(kept, sent))
 
     async def settled(self, request_id: str, sent: str, wait_s: float, own: Kept | None = None) -> Kept | None:
         """What is kept for request id `request_id` sent with digest `sent` once no marker names it in flight: a

@@ -22,10 +22,17 @@ from redis.crc import key_slot
 
 from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
-from services.edge.replays import Arrival, Kept, Replays, Unread, digest
+from services.edge.replays import Arrival, Kept, Replays, Unread, digest, replay_of
 from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.waiting import eventually
+
+
+async def kept_answer(replays: Replays, request_id: str, sent: str) -> Kept | None:
+    """The answer a retry of digest `sent` arriving is sent again (Replays.arrive's replay), read without marking the
+    id when nothing is kept."""
+    kept = await replays._get(request_id)
+    return None if kept is None else replay_of(kept, sent)
 
 
 async def test_memory_is_bounded_oldest_first_and_a_large_answer_kept_as_its_digest() -> None:
@@ -35,13 +42,13 @@ async def test_memory_is_bounded_oldest_first_and_a_large_answer_kept_as_its_dig
     for n in range(6):
         # Each its own tenant's: one tenant keeps at most a quarter of the memory.
         await replays.keep(f"idem-{n}", sent, b"x" * 900, {"x-request-id": f"idem-{n}"}, tenant=f"tenant-{n}")
-    assert await replays.lookup("idem-0", sent) is None and await replays.lookup("idem-1", sent) is None
-    kept = await replays.lookup("idem-5", sent)
+    assert await kept_answer(replays, "idem-0", sent) is None and await kept_answer(replays, "idem-1", sent) is None
+    kept = await kept_answer(replays, "idem-5", sent)
     assert kept is not None and kept.body == b"x" * 900 and kept.headers == {"x-request-id": "idem-5"}
     await replays.keep("idem-big", sent, b"x" * 1001, {"x-request-id": "idem-big"}, tenant="acme")
-    assert await replays.lookup("idem-big", sent) is None  # not sent again: the router's 409
+    assert await kept_answer(replays, "idem-big", sent) is None  # not sent again: the router's 409
     with pytest.raises(ApiError) as refused:
-        await replays.lookup("idem-big", digest("/v1/chat/completions", b"{ }"))
+        await kept_answer(replays, "idem-big", digest("/v1/chat/completions", b"{ }"))
     assert refused.value.status == 422 and refused.value.code == "idempotency_key_mismatch"
 
 
@@ -52,7 +59,7 @@ async def test_a_redis_out_of_reach_is_passed_over() -> None:
     try:
         sent = digest("/v1/chat/completions", b"{}")
         await replays.keep("idem-1", sent, b"{}", {}, tenant="acme")
-        assert await replays.lookup("idem-1", sent) is None
+        assert await kept_answer(replays, "idem-1", sent) is None
     finally:
         await replays.close()
 
@@ -88,9 +95,9 @@ async def test_an_answer_kept_past_its_time_is_not_sent_again_and_is_dropped(mon
     now = time.monotonic()
     monkeypatch.setattr(replays_module.time, "monotonic", lambda: now)
     await replays.keep("idem-old", sent, b"{}", {"x-request-id": "idem-old"}, tenant="acme")
-    assert await replays.lookup("idem-old", sent) is not None
+    assert await kept_answer(replays, "idem-old", sent) is not None
     monkeypatch.setattr(replays_module.time, "monotonic", lambda: now + 61)
-    assert await replays.lookup("idem-old", sent) is None
+    assert await kept_answer(replays, "idem-old", sent) is None
     with_one_more = replays._memory_used
     await replays.keep("idem-new", sent, b"{}", {"x-request-id": "idem-new"}, tenant="acme")
     assert list(replays._memory) == ["idem-new"] and replays._memory_used == with_one_more
@@ -123,7 +130,7 @@ async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored
     client = redis.from_url(redis_url)
     try:
         await client.set(replays_module.PREFIX + "idem-1", stored)
-        assert await replays.lookup("idem-1", digest("/v1/chat/completions", b"{}")) is None
+        assert await kept_answer(replays, "idem-1", digest("/v1/chat/completions", b"{}")) is None
     finally:
         await client.aclose()
         await replays.close()
@@ -212,7 +219,7 @@ async def test_a_marker_outlasting_a_retrys_wait_gives_way_to_its_digest_alone(a
                 0 < await replays._redis.ttl(replays_module.PREFIX + "idem-1") <= 20 + replays_module.IN_FLIGHT_MARGIN_S
             )
         await replays.keep("idem-1", sent, b"{}", {"x-request-id": "idem-1"}, tenant="acme", started=arrived.started)
-        kept = await replays.lookup("idem-1", sent)
+        kept = await kept_answer(replays, "idem-1", sent)
         assert kept is not None and kept.body == b"{}"
     finally:
         await replays.close()
@@ -228,7 +235,7 @@ async def test_an_answer_kept_as_a_retrys_wait_ends_is_never_replaced_by_its_dig
         assert arrived.started is not None
         await replays.keep("idem-1", sent, b"{}", {"x-request-id": "idem-1"}, tenant="acme", started=arrived.started)
         await replays._retire("idem-1", arrived.started)  # as settled does once its wait is over
-        kept = await replays.lookup("idem-1", sent)
+        kept = await kept_answer(replays, "idem-1", sent)
         assert kept is not None and kept.body == b"{}"
     finally:
         await replays.close()
@@ -319,14 +326,16 @@ async def test_the_digest_kept_is_the_one_edges_before_routing_headers_wrote_and
     client = redis.from_url(redis_url)
     try:  # the previous version's answer, kept as it kept them, to the retry of its request
         await client.set(replays_module.PREFIX + "idem-1", json.dumps({"digest": legacy, "body": "{}", "headers": {}}))
-        kept = await replays.lookup("idem-1", sent)
+        kept = await kept_answer(replays, "idem-1", sent)
         assert kept is not None and kept.body == b"{}"
         await replays.keep("idem-2", sent, b"{}", None, tenant="acme")
         with pytest.raises(ApiError) as refused:  # kept here: its routing headers compared
-            await replays.lookup("idem-2", digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "2")]))
+            await kept_answer(
+                replays, "idem-2", digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "2")])
+            )
         assert refused.value.code == "idempotency_key_mismatch"
         with pytest.raises(ApiError):  # none at all is not the first's
-            await replays.lookup("idem-2", digest("/v1/chat/completions", b"{}"))
+            await kept_answer(replays, "idem-2", digest("/v1/chat/completions", b"{}"))
     finally:
         await client.aclose()
         await replays.close()
@@ -342,7 +351,7 @@ async def test_a_streams_events_are_kept_apart_from_a_body_an_edge_before_them_r
     replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=None)
     sent = digest("/v1/chat/completions", b"{}")
     await replays.keep("idem-1", sent, events, {"x-request-id": "idem-1"}, tenant="acme", stream=True)
-    kept = await replays.lookup("idem-1", sent)
+    kept = await kept_answer(replays, "idem-1", sent)
     assert kept is not None and kept.stream and kept.body == events
 
 
@@ -362,7 +371,7 @@ async def test_a_retold_streams_events_are_kept_where_an_edge_before_them_does_n
         await replays.keep("idem-1", sent, events, {"x-request-id": "idem-1"}, tenant="acme", stream=True, retold=True)
         previous = json.loads(await client.get(replays_module.PREFIX + "idem-1") or b"null")
         assert previous.get("body") is None and previous.get("events") is None  # what an edge before reads
-        kept = await replays.lookup("idem-1", sent)
+        kept = await kept_answer(replays, "idem-1", sent)
         assert kept is not None and kept.stream and kept.retold and kept.body == events
     finally:
         await client.aclose()
@@ -380,10 +389,10 @@ async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_t
         for n in range(3):
             await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
         await replays.keep("idem-other", sent, answer, {}, tenant="acme")
-        assert [await replays.lookup(f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
-        assert await replays.lookup("idem-other", sent) is not None
+        assert [await kept_answer(replays, f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
+        assert await kept_answer(replays, "idem-other", sent) is not None
         with pytest.raises(ApiError) as refused:  # its digest kept all the same
-            await replays.lookup("idem-2", digest("/v1/chat/completions", b"{ }"))
+            await kept_answer(replays, "idem-2", digest("/v1/chat/completions", b"{ }"))
         assert refused.value.code == "idempotency_key_mismatch"
     finally:
         await replays.close()
@@ -400,10 +409,10 @@ async def test_in_memory_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_
     for n in range(3):
         await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
     await replays.keep("idem-other", sent, answer, {}, tenant="acme")
-    assert [await replays.lookup(f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
-    assert await replays.lookup("idem-other", sent) is not None
+    assert [await kept_answer(replays, f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
+    assert await kept_answer(replays, "idem-other", sent) is not None
     with pytest.raises(ApiError) as refused:  # its digest kept all the same
-        await replays.lookup("idem-2", digest("/v1/chat/completions", b"{ }"))
+        await kept_answer(replays, "idem-2", digest("/v1/chat/completions", b"{ }"))
     assert refused.value.code == "idempotency_key_mismatch"
 
 
@@ -421,7 +430,7 @@ async def test_in_memory_one_tenant_never_drops_every_others_answers_at_the_defa
     await replays.keep("idem-acme", sent, answer, {}, tenant="acme")
     for n in range(4 * bound // len(answer)):  # four times the memory's bound, whatever each entry holds
         await replays.keep(f"idem-hog-{n}", sent, answer, {}, tenant="hog")
-    kept = await replays.lookup("idem-acme", sent)
+    kept = await kept_answer(replays, "idem-acme", sent)
     assert kept is not None and kept.body == answer
     held_by_hog = sum(size for request_id, (_, _, size) in replays._memory.items() if "hog" in request_id)
     assert held_by_hog <= bound // 2
@@ -440,7 +449,7 @@ async def test_in_memory_a_tenant_past_its_bytes_leaves_no_marker_to_drop_the_ot
         started = (await replays.arrive(f"idem-hog-{n}", sent)).started
         assert started is not None
         await replays.keep(f"idem-hog-{n}", sent, answer, {}, tenant="hog", started=started)
-    kept = await replays.lookup("idem-acme", sent)
+    kept = await kept_answer(replays, "idem-acme", sent)
     assert kept is not None and kept.body == answer
 
 
@@ -486,10 +495,10 @@ async def test_in_memory_a_tenants_bytes_are_counted_afresh_each_replay_window(m
     monkeypatch.setattr(replays_module.time, "time", lambda: now)
     for n in range(2):
         await replays.keep(f"idem-{n}", sent, answer, {}, tenant="acme")
-    assert [await replays.lookup(f"idem-{n}", sent) is not None for n in range(2)] == [True, False]
+    assert [await kept_answer(replays, f"idem-{n}", sent) is not None for n in range(2)] == [True, False]
     monkeypatch.setattr(replays_module.time, "time", lambda: now + 60)
     await replays.keep("idem-2", sent, answer, {}, tenant="acme")
-    assert await replays.lookup("idem-2", sent) is not None
+    assert await kept_answer(replays, "idem-2", sent) is not None
     assert replays._memory_used == sum(size for _, _, size in replays._memory.values())
 
 
@@ -507,7 +516,7 @@ async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_
     try:
         for n in range(20):
             await replays.keep(f"idem-{n}", sent, answer, headers, tenant="hog")
-        kept = [n for n in range(20) if await replays.lookup(f"idem-{n}", sent) is not None]
+        kept = [n for n in range(20) if await kept_answer(replays, f"idem-{n}", sent) is not None]
         assert kept and kept == list(range(len(kept)))  # the first ones, up to the bound
         keys = [replays_module.PREFIX + f"idem-{n}" for n in kept]
         took = sum([len(key) + await client.strlen(key) for key in keys])
@@ -532,12 +541,12 @@ async def test_in_redis_a_tenants_bytes_are_given_back_in_the_next_replay_window
     try:
         for n in range(3):
             await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
-        assert await replays.lookup("idem-2", sent) is None  # past its bytes
+        assert await kept_answer(replays, "idem-2", sent) is None  # past its bytes
         counters = [key async for key in client.scan_iter(replays_module.KEPT_BYTES + "*")]
         assert len(counters) == 1 and 0 < await client.ttl(counters[0]) <= 2 * 3600
         monkeypatch.setattr(replays_module.time, "time", lambda: now + 3600)
         await replays.keep("idem-next", sent, answer, {}, tenant="hog")
-        assert await replays.lookup("idem-next", sent) is not None
+        assert await kept_answer(replays, "idem-next", sent) is not None
     finally:
         await client.aclose()
         await replays.close()
@@ -564,7 +573,7 @@ async def test_in_redis_a_tenants_digests_count_against_its_bytes_too(redis_url:
         assert 0 < took <= bound, (len(hogs), took)
         assert len(keys) == len(hogs) + 1  # the other tenant's digest kept
         with pytest.raises(ApiError):  # the first ones, within the bound, still tell another body's retry
-            await replays.lookup("idem-0", digest("/v1/chat/completions", b"{ }"))
+            await kept_answer(replays, "idem-0", digest("/v1/chat/completions", b"{ }"))
     finally:
         await client.aclose()
         await replays.close()
@@ -621,7 +630,7 @@ async def test_a_read_cut_by_the_arrival_timeout_leaves_no_reply_for_another_ten
                 for name in ("b", "c"):
                     arrival = await replays.arrive(f"idem-{name}", sent[name])
                     assert arrival.replay is not None and arrival.replay.body == f'"{name}"'.encode()
-                    kept = await replays.lookup(f"idem-{name}", sent[name])
+                    kept = await kept_answer(replays, f"idem-{name}", sent[name])
                     assert kept is not None and kept.body == f'"{name}"'.encode()
         finally:
             await replays.close()
