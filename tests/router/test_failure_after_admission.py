@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +25,7 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
-from services.router import charging, servicer, serving
+from services.router import charging, metrics, servicer, serving
 from services.router.cache import ResponseCache
 from services.router.faults import AT_HOLD, UNSERVED
 from services.router.key_tenants import KeyTenants
@@ -462,3 +464,20 @@ async def test_a_bug_in_admission_before_the_store_was_asked_writes_nothing(
 
 async def a_bug_before_the_store(*args: Any) -> Any:
     raise RuntimeError("a bug reading the key's binding")
+
+
+EXPORT_FRESH = "import services.router.metrics, prometheus_client as p; print(p.generate_latest().decode())"
+
+
+def test_each_fault_series_is_exported_from_zero_before_any_fault() -> None:
+    """A router's first fault is seen by the alert's increase() only if its series was exported at 0 before it: a
+    fresh process (no fault yet, whatever the other tests counted here) exports all four."""
+    exported = subprocess.run(
+        [sys.executable, "-c", EXPORT_FRESH],
+        cwd=Path(__file__).parents[2],  # `-c` puts it first on the path: the repository's packages importable
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for charge in metrics.FAULT_CHARGES:
+        assert f'llmrouter_router_faults_total{{charge="{charge}"}} 0.0' in exported
