@@ -27,7 +27,7 @@ from llmrouter.validation import (
     parse_amount,
     validate,
 )
-from services.router import metrics, policy
+from services.router import faults, metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
 from services.router.input_bound import bound_input
@@ -307,7 +307,12 @@ class Admission:
             # A bug once the store may have run it (reading its reply, say): undone as one whose reply was lost, by its
             # nonce. Settled by a charge of 0 instead, one the store had refused as a duplicate wrote a ledger line and
             # a charged marker beside the request that uses the id, and one it had held was left to the reconciler.
-            await self.undoing.withdraw(account, hold)
+            try:
+                await self.undoing.withdraw(account, hold)
+            except StoreUnavailable:
+                raise
+            except Exception as undo_bug:
+                raise faults.HoldLeft(hold.request_id) from undo_bug
             raise
         self.undoing.answered()
         return verdict
@@ -341,9 +346,13 @@ class Admission:
         if needed <= routed.hold.pico:
             return True
         # Its reply may be lost (the connection drops, the caller leaves) after the store grew the hold: the
-        # request then settles the hold the store holds, not routed.hold (store/model.py), so none lingers.
+        # request then settles the hold the store holds, not routed.hold (store/model.py), so none lingers, and is
+        # told at most that one (Routed.most_held_pico) until the store answers.
+        unanswered = routed.unanswered_hold_pico
+        routed.unanswered_hold_pico = max(unanswered, needed)
         try:
             refused = await self.store.extend(routed.account, self.allowance, routed.hold, needed)
+            routed.unanswered_hold_pico = unanswered
         except StoreUnavailable:
             # Admitted already, so never answered STORE_UNAVAILABLE (which says: not admitted, send the same request
             # id again, and that retry would be refused as a duplicate). No fallback: the request ends with its

@@ -248,18 +248,18 @@ class Charger:
         is told at what the ledger charged it, which its charged marker says. When the marker does not say (a router of
         the version before charged it) or cannot be read, the caller is answered all the same, its charge unknown
         (None): the answer says it pending (cost_pending: what it computed is not what the ledger holds), and so does a
-        status telling it, not 0. Its cost_usd is then the hold, the most the ledger can have charged (what the
-        reconciler charges): a caller of the version before reads cost_usd alone, and its batch code failed on an empty
-        one, its batch's run with it."""
-        routed.charged = None
+        status telling it, not 0. Its cost_usd is then the most the store may hold for it (the grown hold of an extend
+        whose reply was lost too), the most the ledger can have charged (what the reconciler charges): a caller of the
+        version before reads cost_usd alone, and its batch code failed on an empty one, its batch's run with it."""
+        routed.charged, routed.charged_before = None, True
         try:
             pico = await self.store.charged_pico(routed.account, routed.request_id)
         except Exception:
             log.exception("charged before: its charge not read", extra={"request_id": routed.request_id})
             pico = None
         if pico is None:
-            assert routed.hold is not None  # only admitted requests are settled
-            response.cost_usd, response.cost_pending = format(Decimal(routed.hold.pico) / PICO, "f"), True
+            most = routed.most_held_pico()
+            response.cost_usd, response.cost_pending = format(Decimal(most) / PICO, "f"), True
             return
         routed.charged = Decimal(pico) / PICO
         response.cost_usd = format(routed.charged, "f")

@@ -71,7 +71,7 @@ from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.upstream_messages import UPSTREAM_REASONS
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
-from services.router import poll_retries
+from services.router import faults, metrics, poll_retries
 from services.router.admission import Admission
 from services.router.capped_charges import REPORTED, count_charge
 from services.router.routed import Routed, counts_below_nothing, generation_entry
@@ -331,7 +331,7 @@ class Deferred:
                 routed.plan, order=[dataclasses.replace(routed.plan.order[0], model=priced)], own=None
             )
             routed.max_tokens = admitting.output_caps(routed.plan, routed.limits, routed.decision)
-            await self.admission.admit(routed, until=money_now() + self.hold_s)
+            await self._admit_counted(routed)
         except ServiceError as exc:
             log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
             return None
@@ -339,6 +339,16 @@ class Deferred:
             log.exception("batch line not deferred: an unexpected failure", extra={"request_id": request.request_id})
             return None
         return routed
+
+    async def _admit_counted(self, routed: Routed) -> None:
+        """The line's admission, a bug in which is counted as Complete's is (llmrouter_router_faults_total)."""
+        try:
+            await self.admission.admit(routed, until=money_now() + self.hold_s)
+        except ServiceError:
+            raise
+        except Exception as bug:
+            metrics.ROUTER_FAULTS.labels(faults.admission_fault_charge(bug)).inc()
+            raise
 
     async def _send(self, model: str, group: list[Routed], started: float) -> dict[str, router_pb2.DeferredLine]:
         """One provider batch of the lines for `model`. When the provider is known to have created none, or the

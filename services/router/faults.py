@@ -5,7 +5,8 @@ the SDK's retry, served again. The router cannot tell how far such a request got
 call may have run), so it is settled then as an attempt of unknown outcome is, at its worst case: its hold, as the
 reconciler charges a request whose router died; before that (a bug in the cache's lookup) nothing was generated, and it
 is settled at nothing, its id released. A bug in the admission itself leaves nothing admitted (Admission._hold_under
-undoes what the store may have taken, by its nonce): told charged nothing, retryable. A charge that
+undoes what the store may have taken, by its nonce): told charged nothing, retryable; unless that undo failed too
+(HoldLeft): the hold may remain, charged by the reconciler, and it is told pending. A charge that
 landed before the failure stands. Its caller is told that charge (`charged_usd`), or `cost_pending` when the charge
 itself failed (the reconciler then charges the hold), `retryable` only when it was charged nothing and its id released.
 So is a charge failing by a bug as the drain's cut reads it (servicer._charged_when_cut): pending, rather than
@@ -26,6 +27,15 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 # failed attempts owed (nothing: none was made).
 AT_HOLD = "an unexpected failure in the router after admission: its outcome unknown, charged its hold"
 UNSERVED = "an unexpected failure in the router before any providers call: nothing generated"
+
+
+class HoldLeft(Exception):
+    """A bug in an admission whose undo failed as well: the store may keep its hold, which the reconciler charges."""
+
+
+def admission_fault_charge(bug: Exception) -> str:
+    """How a request whose admission a bug failed is charged (llmrouter_router_faults_total's label)."""
+    return "pending" if isinstance(bug, HoldLeft) else "nothing"
 
 
 def fault_error(request_id: str, charged: Decimal | None, released: bool) -> ServiceError:

@@ -53,6 +53,16 @@ class Routed:
     caller_left: bool = False
     # Serving began: a providers call may have run, of an outcome unknown to a failure the router did not expect.
     providers_asked: bool = False
+    # The hold an extend asked for that did not answer (out of reach, cancelled, a bug): the store may have grown the
+    # hold to it all the same, and the reconciler then charges that one.
+    unanswered_hold_pico: int = 0
+    # Its settlement met a charge made before (the reconciler's): the charge it tells is that one, not its own.
+    charged_before: bool = False
+
+    def most_held_pico(self) -> int:
+        """The most the store may hold for it, so the most the ledger can charge it."""
+        assert self.hold is not None  # only admitted requests hold anything
+        return max(self.hold.pico, self.unanswered_hold_pico)
 
     def time_left(self, context: Any) -> float:
         """What the request may still run: its own time limit, or the caller's deadline when that comes first."""

@@ -190,15 +190,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _admit(self, routed: Routed) -> None:
         """Admitted (counted as it is served): a fault from here on is settled (faults.py). One in the admission itself
         leaves nothing admitted (Admission._hold_under undoes what the store may have taken): told so, charged nothing,
-        rather than a bare INTERNAL."""
+        rather than a bare INTERNAL; pending, not retryable, when that undo failed too (the hold may remain)."""
         try:
             await self.admission.admit(routed)
         except ServiceError:
             raise
         except Exception as bug:
             log.error("unexpected failure after admission", exc_info=bug, extra={"request_id": routed.request_id})
-            metrics.ROUTER_FAULTS.labels("nothing").inc()
-            raise faults.fault_error(routed.request_id, Decimal(0), released=True) from bug
+            charge = faults.admission_fault_charge(bug)
+            metrics.ROUTER_FAULTS.labels(charge).inc()
+            undone = charge == "nothing"
+            raise faults.fault_error(routed.request_id, Decimal(0) if undone else None, released=undone) from bug
 
     async def _refuse_if_cut(self, routed: Routed) -> None:
         """A call admitted once the drain's cut ran (it was being routed then) is not served: gRPC would cancel it at
@@ -263,6 +265,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 charge = "hold" if routed.providers_asked else "nothing"
                 await self.charger.settle_unknown(routed, model)
             charged = await self.charger.charged(routed, model)
+            if routed.charged_before:  # its settlement met a charge made before (the reconciler's): not its own
+                charge = "earlier"
         except Exception:  # the charge failed (the bug was its own, or it was kept nowhere): the reconciler charges it
             routed.settled = True  # so no clean-up settles it again, to fail once more in this error's stead
             charged, charge = None, "pending"

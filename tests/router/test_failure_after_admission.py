@@ -34,10 +34,12 @@ from services.router.routed import Served
 from services.router.routing import Routing
 from services.router.sessions import Sessions
 from services.router.store import PICO, Account, RedisStore, period_id, to_pico
+from services.router.undoing import Undoing
 from tests.conftest import ledger_records
 from tests.integration.conftest import free_port, served_edge
 from tests.router.servicer_kit import router_stub, served_router
 from tests.router.test_admission import REGISTRY
+from tests.router.test_answer_cost_pending import answered_after_reconciled
 from tests.router.test_drained_past_grace import outbox_unwritable, store_down
 from tests.waiting import eventually
 
@@ -481,3 +483,52 @@ def test_each_fault_series_is_exported_from_zero_before_any_fault() -> None:
     ).stdout
     for charge in metrics.FAULT_CHARGES:
         assert f'llmrouter_router_faults_total{{charge="{charge}"}} 0.0' in exported
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_bug_in_admission_whose_undo_fails_too_says_it_pending(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """The store took the hold, the admission failed by a bug, and so did its undo: the hold stays, for the reconciler
+    to charge. Told charged nothing and retryable, the caller's retry was refused as a duplicate and the hold charged
+    all the same: told pending, not to retry."""
+    admit = RedisStore.admit
+
+    async def held_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        await admit(self, *args, **kwargs)  # the hold taken
+        raise RuntimeError("a bug reading the store's reply")
+
+    monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
+    monkeypatch.setattr(Undoing, "withdraw", an_undo_failing)
+    before = router_faults()
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = await failure(router_pb2_grpc.RouterStub(channel), ask("bug-undo"), streamed)
+    assert moved(before) == {"pending": 1}
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
+    assert await redis_store.pending_charge(CALLER, "bug-undo") is not None  # left for the reconciler
+
+
+async def an_undo_failing(*args: Any) -> Any:
+    raise RuntimeError("a bug undoing the admission")
+
+
+async def test_a_bug_after_the_providers_answered_meeting_a_charge_made_before_is_counted_earlier(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler charged the request while it ran (its router taken for dead); a bug then failed it once the
+    providers answered. Its settlement at its hold meets that charge: counted as a charge made earlier, not as one of
+    its hold this router made."""
+    monkeypatch.setattr(Served, "add", a_bug)  # pricing the generation the providers returned
+    before = router_faults()
+
+    async def asking(_: str, router_addr: str) -> ServiceError:
+        async with grpc.aio.insecure_channel(router_addr) as channel:
+            return await failure(router_pb2_grpc.RouterStub(channel), ask("bug-earlier"), False)
+
+    told, hold, records = await answered_after_reconciled(tmp_path, redis_url, asking)
+    assert moved(before) == {"earlier": 1}
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING  # its amount unread: the ledger says
+    assert [(r["outcome"], r["cost_usd"]) for r in records] == [("reconciled", hold)]  # charged once, its hold

@@ -20,6 +20,7 @@ from services.router import admission, charging
 from services.router.outbox import NotRecorded
 from services.router.routed import Served
 from services.router.store import (
+    PICO,
     Account,
     AccountKeys,
     Allowance,
@@ -195,3 +196,34 @@ async def test_an_admission_sent_again_after_a_lost_reply_is_admitted_once(
     finally:
         await direct.aclose()
         await store.close()
+
+
+async def test_an_old_caller_of_an_answer_charged_before_is_told_the_hold_a_lost_extension_grew(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """The store grew the hold (before an escalation, say) and its reply was lost, so the router knows the smaller one;
+    the reconciler then charged the grown hold (the router taken for dead), and the router's own charge meets that
+    charge, its amount unread (as a router of the version before marks it). cost_usd, all a caller of the version
+    before reads, must be the most the ledger can have charged: the grown hold, not the one the router knew."""
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
+    await gate.admit(r)
+    assert r.hold is not None
+    grown = r.hold.pico + 1_000
+    direct = redis.from_url(redis_url)
+    try:
+        await direct.script_load(lua.EXTEND)  # the extension itself is the next reply, not a NOSCRIPT
+        proxy.lose_next_reply()
+        assert not await gate.cover(r, grown)
+        assert await charger.store.reconcile(SETTINGS.instance_id, 1.0, 0.0) == 1
+        assert await charger.store.spent(ACCOUNT, DAY) == (grown, grown)  # the grown hold charged
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        entries, _ = (await direct.get(marker)).decode().rsplit(" ", 1)
+        await direct.set(marker, entries, keepttl=True)  # as the version before wrote it: no amount
+    finally:
+        await direct.aclose()
+    model = r.plan.order[0].model
+    served = Served(model, content="an answer", input_tokens=10, output_tokens=5, cost=model.cost_usd(10, 5))
+    answer = charging.response(r, served)
+    await charger.settle(r, answer)
+    assert answer.cost_pending
+    assert Decimal(answer.cost_usd) == Decimal(grown) / PICO, answer.cost_usd
