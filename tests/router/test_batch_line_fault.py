@@ -18,6 +18,7 @@ from services.router.sessions import Sessions
 from services.router.store import Account, RedisStore
 from tests.router.servicer_kit import served_router
 from tests.router.test_collect_model import REGISTRY, BatchProvider
+from tests.router.test_failure_after_admission import moved, router_faults
 
 ACCOUNT = Account("acme", "anonymous")
 FAULTY = "b:f1"
@@ -85,6 +86,18 @@ async def test_a_bug_in_one_batch_lines_admission_leaves_it_unheld_and_sends_the
     assert [p.provider_batch if p else None for p in sent] == ["pbatch-1"] * 2
     held = sum(p.hold_pico for p in sent if p)
     assert await redis_store.held_pico(ACCOUNT) == (held, held)  # the sent lines' holds alone
+
+
+@pytest.mark.parametrize(("bug", "counted"), [(bug_in_admission, {"nothing": 1}), (bug_in_routing, {})])
+async def test_a_bug_in_a_batch_lines_admission_is_counted_as_completes_is(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug: Any, counted: dict[str, int]
+) -> None:
+    """In llmrouter_router_faults_total (alert LLMRouterRouterFaults), by how it was charged (nothing: withdrawn), as a
+    bug in Complete's admission is; one in its routing, before any admission, is not."""
+    bug(monkeypatch)
+    before = router_faults()
+    await submitted(redis_store, tmp_path, [line(f"b:f{i}") for i in range(3)])
+    assert moved(before) == counted
 
 
 async def test_a_bug_making_the_provider_batch_withdraws_its_lines(
