@@ -64,8 +64,8 @@ ROUTER_FAULTS = Counter(
     "llmrouter_router_faults_total",
     "Requests ended by an unexpected failure (a bug) in the router once admitted or in their admission, told INTERNAL "
     "INTERNAL_ERROR, by how they were charged: hold (a providers call may have run), nothing (none had: its id "
-    "released), earlier (its charge had landed before the failure) or pending (the charge itself failed: the "
-    "reconciler charges the hold)",
+    "released), earlier (a charge had landed before the failure, the reconciler's too) or pending (the charge itself "
+    "failed, or the undo of an admission the bug failed: the reconciler charges the hold)",
     ["charge"],
 )
 for _charge in FAULT_CHARGES:

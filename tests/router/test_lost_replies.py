@@ -217,7 +217,9 @@ async def test_an_old_caller_of_an_answer_charged_before_is_told_the_hold_a_lost
         assert await charger.store.reconcile(SETTINGS.instance_id, 1.0, 0.0) == 1
         assert await charger.store.spent(ACCOUNT, DAY) == (grown, grown)  # the grown hold charged
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
-        entries, _ = (await direct.get(marker)).decode().rsplit(" ", 1)
+        marked = await direct.get(marker)
+        assert isinstance(marked, bytes)  # the charged marker the reconciler wrote
+        entries, _ = marked.decode().rsplit(" ", 1)
         await direct.set(marker, entries, keepttl=True)  # as the version before wrote it: no amount
     finally:
         await direct.aclose()
