@@ -310,7 +310,7 @@ class Admission:
             try:
                 await self.undoing.withdraw(account, hold)
             except StoreUnavailable:
-                raise  # the store out of reach: its own error, as before (the undo is kept in the outbox first)
+                raise  # the store out of reach: its own error, told as before
             except Exception as undo_bug:  # a bug undoing it too: the hold may stay, for the reconciler to charge
                 raise faults.HoldLeft(hold.request_id) from undo_bug
             raise
