@@ -1241,22 +1241,34 @@ return {total[1] or '', total[2] or '', total[3] or '', redis.call('GET', KEYS[2
 )
 
 # The reconciler's lease, taken (or renewed) by one router at a time (KEYS: the lease, its last holder; ARGV: the
-# router, the lease's ms, the ms its key outlives it by, now by the money's clock in Unix ms: TIME may be renamed
-# away). Returns 0 when another holds it; 1 when `router` does, and none other held it since it last did; 2 when
-# `router` took it from another, or its last holder is not known. Its key reads "<router> <until, Unix ms>" and
-# outlives the lease: a router of a version before (whose script sets it to its bare name, for the lease alone, and
-# writes no last holder) takes it only once the key is gone, so it can hold the lease only after a gap with no round
-# of this version for as long as the key outlives the lease, and a key found gone is taken as another's tenure may
-# have passed through it. A bare name is a version before's lease, held until its key lapses.
+# router, the lease's ms, the ms its key outlives it by, now by the money's clock in Unix ms). Returns 0 when another
+# holds it; 1 when `router` does, and none other held it since it last did; 2 when `router` took it from another, or
+# its last holder is not known. Its key reads "<router> +<outlives ms> <until, Unix ms>" and outlives the lease: a
+# router of a version before (whose script sets it to its bare name, for the lease alone, and writes no last holder)
+# takes it only once the key is gone, so it can hold the lease only after a gap with no round of this version for as
+# long as the key outlives the lease, and a key found gone is taken as another's tenure may have passed through it.
+# Whether it is held is Redis' own clock's call, by the key's PTTL against what it outlives the lease by (as its
+# holder set it: routers may run other leases), never a router's: one whose money clock is ahead (its TIME unread, or
+# just after a failover) took a live lease. `until`, last, is for the version just before, which compares it with its
+# own money clock; a key that version wrote ("<router> <until>") is judged that way still; a bare name is the version
+# before's, held until its key lapses. TIME is not called: it may be renamed away or denied.
 LEASE = """
 local held = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[4])
 if held then
-  local holder, til = string.match(held, '^(.*) (%d+)$')
-  if not holder then holder = held end
-  if holder ~= ARGV[1] and not (til and tonumber(til) <= now) then return 0 end
+  local holder, outlives = string.match(held, '^(.*) %+(%d+) %d+$')
+  local lapsed
+  if holder then
+    lapsed = redis.call('PTTL', KEYS[1]) <= tonumber(outlives)
+  else
+    local til
+    holder, til = string.match(held, '^(.*) (%d+)$')
+    if holder then lapsed = tonumber(til) <= now else holder, lapsed = held, false end
+  end
+  if holder ~= ARGV[1] and not lapsed then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. (now + tonumber(ARGV[2])), 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+local value = ARGV[1] .. ' +' .. ARGV[3] .. ' ' .. (now + tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], value, 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 local last = redis.call('GETSET', KEYS[2], ARGV[1])
 if held and last == ARGV[1] then return 1 end
 return 2
