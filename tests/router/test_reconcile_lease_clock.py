@@ -5,12 +5,15 @@ lapse whole. Routers may run leases of other lengths: each key says what it outl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.router.store import RedisStore
 from services.router.store.clock import MONEY_CLOCK
 from services.router.store.keys import LEASE
 from tests.router.lease import lease_holder
+from tests.router.old_version import checkout, run
 from tests.waiting import eventually
 
 LEASE_S = 30.0  # the holder's: live throughout the test
@@ -51,3 +54,46 @@ async def test_a_router_whose_money_clock_is_behind_takes_a_lapsed_lease(
     finally:
         for store in (holder, behind):
             await store.close()
+
+
+JUST_BEFORE = "5bad4f75"  # the version just before: its key "<router> <until>", judged by its own money clock
+JUST_BEFORE_RECONCILE = """
+import asyncio, sys
+from services.router.store import RedisStore
+async def main():
+    store = RedisStore(sys.argv[1])
+    try:
+        await store.reconcile("before", float(sys.argv[2]), 3600.0)
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_the_lease_beside_a_router_of_the_version_just_before(redis_url: str, tmp_path: Path) -> None:
+    """Each reads the other's live lease as held (that version reads `until`, last in this version's key), and this
+    version takes that version's lapsed lease by its `until`."""
+    tree = checkout(JUST_BEFORE, tmp_path)
+    store = RedisStore(redis_url)
+    try:
+        assert await store.reconcile("rec", LEASE_S, 3600.0) == 0
+        await run(tree, JUST_BEFORE_RECONCILE, redis_url, str(LEASE_S))
+        assert await lease_holder(store.redis) == "rec"
+
+        await store.redis.delete(LEASE)
+        await run(tree, JUST_BEFORE_RECONCILE, redis_url, str(LEASE_S))
+        assert await lease_holder(store.redis) == "before"
+        assert await store.reconcile("rec", LEASE_S, 3600.0) == 0
+        assert await lease_holder(store.redis) == "before"
+
+        await store.redis.delete(LEASE)
+        await run(tree, JUST_BEFORE_RECONCILE, redis_url, "0.1")
+
+        async def lease_lapsed() -> bool:
+            return await lease_holder(store.redis) is None
+
+        await eventually(lease_lapsed, "that version's lease past")
+        assert await store.reconcile("rec", LEASE_S, 3600.0) == 0
+        assert await lease_holder(store.redis) == "rec"
+    finally:
+        await store.close()
