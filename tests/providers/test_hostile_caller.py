@@ -12,6 +12,7 @@ GenerateStream (Generate served it, unread). The real service on loopback, the f
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 import pytest
@@ -151,7 +152,7 @@ async def test_a_passthrough_nested_past_the_depth_limit_is_refused_naming_it(
     ],
 )
 async def test_a_malformed_amount_is_refused_on_a_unary_call_as_on_a_stream(
-    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, field: str, fields: dict[str, object]
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, field: str, fields: dict[str, Any]
 ) -> None:
     """Generate retries against no budget, but a caller's malformed amount is its bug whichever call carries it: it
     was served on Generate, unread, while GenerateStream refused it."""
