@@ -22,31 +22,19 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.cli.__main__ import main
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore
 from services.router.store.model import CHARGED_TOTAL
 from tests.conftest import ledger_records
 from tests.integration.conftest import free_port, served_edge
 from tests.router.servicer_kit import served_router, store_on
-from tests.router.test_admission import REGISTRY
+from tests.router.test_charge_after_reconcile import Held as HeldUnary
 from tests.waiting import eventually
 
 
-class Held(provider_pb2_grpc.ProviderServicer):
+class Held(HeldUnary):
     """A providers service whose answer, unary or streamed, waits until `answer` is set."""
-
-    def __init__(self) -> None:
-        self.called, self.answer = asyncio.Event(), asyncio.Event()
-
-    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
-
-    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
-        self.called.set()
-        await self.answer.wait()
-        usage = common_pb2.Usage(input_tokens=10, output_tokens=5)
-        return provider_pb2.GenerateResponse(content="an answer", usage=usage, model=request.model)
 
     async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
         first = await anext(aiter(requests))
