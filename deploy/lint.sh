@@ -98,7 +98,8 @@ test_rules() { scoped_rules && promtool test rules deploy/prometheus/*_test.yaml
 step "promtool test rules (rules scoped to a release)" test_rules
 
 # --- tests/deploy (they use the tools above) ----------------------------------------------------------------
-step "pytest tests/deploy" env CI=true "$PY" -m pytest -q -p no:cacheprovider tests/deploy
+# Two workers, as make test: each promtool mutation case reads every rule test, so one worker took 22 min of its 25.
+step "pytest tests/deploy" env CI=true "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-2}" tests/deploy
 
 printf '\n'
 for name in "${failed[@]}"; do echo "FAILED: $name"; done
