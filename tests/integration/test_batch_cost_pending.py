@@ -46,30 +46,40 @@ def counted(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() -> None:
-    tenant, key = f"pending-{secrets.token_hex(4)}", f"sk-pending-{secrets.token_urlsafe(12)}"
+async def batch_through(
+    router: router_pb2_grpc.RouterServicer, prefix: str, **settings: Any
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A batch of three lines sent by a tenant of its own through a real edge before `router`, once it has ended: the
+    batch, what each line's body says of its cost (x_router) by custom id, and the error file's lines. It asserts the
+    outcome both tests share (two lines pending, the third charged EXACT, each counted so in the edge's metrics)."""
+    tenant, key = f"{prefix}-{secrets.token_hex(4)}", f"sk-{prefix}-{secrets.token_urlsafe(12)}"
     cost, pending = (
         counted("llmrouter_edge_batch_cost_usd_total"),
         counted("llmrouter_edge_batch_cost_pending_lines_total"),
     )
-    async with served_router(SomePending()) as router_addr:
-        settings = EdgeSettings(
+    async with served_router(router) as router_addr:
+        edge_settings = EdgeSettings(
             port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
-            api_keys=SecretStr(key_line(tenant, key)),
+            api_keys=SecretStr(key_line(tenant, key)), **settings,
         )  # fmt: skip
-        async with edge_of(settings, key) as client:
+        async with edge_of(edge_settings, key) as client:
             done = await finished(client, await submit(client, 3), timeout_s=30)
             answers = await lines_of(client, done.output_file_id)
             errors = await lines_of(client, done.error_file_id)
     assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 2, 1)
     assert (done.model_extra or {})["x_router"] == {"cost_pending_lines": 2}
     told = {custom_id: line["response"]["body"]["x_router"] for custom_id, line in {**answers, **errors}.items()}
+    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
+    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
+    return done, told, errors
+
+
+async def test_a_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() -> None:
+    _, told, errors = await batch_through(SomePending(), "pending")
     for pending_line in ("parked-0", "parked-2"):
         assert told[pending_line]["cost_pending"] is True and "cost_usd" not in told[pending_line], told
     assert told["parked-1"]["cost_usd"] == EXACT
     assert errors["parked-2"]["response"]["body"]["error"]["code"] == "duplicate_request"
-    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
-    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
 
 
 class DeferringSomePending(router_pb2_grpc.RouterServicer):
@@ -106,27 +116,9 @@ class DeferringSomePending(router_pb2_grpc.RouterServicer):
 
 
 async def test_a_collected_line_whose_cost_is_pending_is_counted_pending_not_at_nothing() -> None:
-    tenant, key = f"deferred-{secrets.token_hex(4)}", f"sk-deferred-{secrets.token_urlsafe(12)}"
-    cost, pending = (
-        counted("llmrouter_edge_batch_cost_usd_total"),
-        counted("llmrouter_edge_batch_cost_pending_lines_total"),
-    )
-    async with served_router(DeferringSomePending()) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, batch_poll_s=0.05,
-            api_keys=SecretStr(key_line(tenant, key)),
-        )  # fmt: skip
-        async with edge_of(settings, key) as client:
-            done = await finished(client, await submit(client, 3), timeout_s=30)
-            answers = await lines_of(client, done.output_file_id)
-            errors = await lines_of(client, done.error_file_id)
-    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 2, 1)
-    assert (done.model_extra or {})["x_router"] == {"cost_pending_lines": 2}
-    told = {custom_id: line["response"]["body"]["x_router"] for custom_id, line in {**answers, **errors}.items()}
+    _, told, errors = await batch_through(DeferringSomePending(), "deferred", batch_poll_s=0.05)
     for pending_line in ("parked-0", "parked-1"):
         assert told[pending_line]["cost_pending"] is True and "cost_usd" not in told[pending_line], told
     assert told["parked-2"]["cost_usd"] == EXACT
     # Charged, at an amount unknown: an outcome unknown (it may have run), not a failure the provider billed nothing.
     assert errors["parked-1"]["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown"
-    assert counted("llmrouter_edge_batch_cost_pending_lines_total") == pending + 2
-    assert counted("llmrouter_edge_batch_cost_usd_total") - cost == pytest.approx(float(EXACT))
