@@ -172,30 +172,38 @@ class ServiceInterceptor(WrappingInterceptor):
 
     @asynccontextmanager
     async def _guard(self, method: str, seconds: Histogram, context: grpc.aio.ServicerContext) -> AsyncIterator[Call]:
-        start, code, reason = time.perf_counter(), grpc.StatusCode.OK, ""
+        start, counted = time.perf_counter(), False
+
+        def count(code: grpc.StatusCode, reason: str = "") -> None:
+            # Counted before an abort sends the status, so whoever reads the metrics after the answer sees this call.
+            nonlocal counted
+            if not counted:
+                counted = True
+                RPCS.labels(self.service, method, code.name, reason).inc()
+                seconds.observe(time.perf_counter() - start)
+
         inflight = self._inflight
         inflight.inc()
         call = Call()
         try:
             yield call
         except ServiceError as exc:
-            code, reason = exc.code, exc.reason
             if not exc.explained:  # a call to a service behind this one that broke: gRPC's text names its address
                 told = {"error": exc.message, "request_id": getattr(call.request, "request_id", "")}
                 log.warning("%s failed: a call it made broke", method, extra=told)
-                exc = ServiceError(exc.code, exc.reason, BROKE_BEHIND.format(code.name), exc.metadata)
+                exc = ServiceError(exc.code, exc.reason, BROKE_BEHIND.format(exc.code.name), exc.metadata)
+            count(exc.code, exc.reason)
             await context.abort(exc.code, exc.message, exc.trailing_metadata())
         except grpc.aio.AbortError:
-            code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            count(context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN)
             raise
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            count(grpc.StatusCode.CANCELLED)
             raise
         except Exception:
-            code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
+            count(grpc.StatusCode.INTERNAL)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
         finally:
             inflight.dec()
-            RPCS.labels(self.service, method, code.name, reason).inc()
-            seconds.observe(time.perf_counter() - start)
+            count(grpc.StatusCode.OK)  # ended well, or closed by gRPC (GeneratorExit): counted OK as before
