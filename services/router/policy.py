@@ -13,7 +13,7 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, ProviderSpec, Registry
-from services.router.costs import floor_pico
+from services.router.costs import floor_pico, worst_pico
 from services.router.exclusions import (
     BLANK_STOP_REFUSED,
     FORMAT_UNHONOURED,
@@ -92,8 +92,12 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         # max_tokens is lowered to the room left. max_cost_usd lowers it too: only a short answer must fit.
         wanted = min(limits.max_output_tokens or limits.min_output_tokens, model.max_output_tokens)
         shortest = min(limits.min_output_tokens, wanted)
-        # A short answer after the most input the provider can bill must fit max_cost_usd.
-        least_worst = model.worst_cost_usd(limits.billed_input(model), shortest)
+        # A short answer after the most input the provider can bill must fit max_cost_usd as admission caps it
+        # (output_caps): its cost rounded up to the pico-dollar, as held and charged, within the cap rounded down.
+        # Compared unrounded, a price of a fraction of a pico-dollar a token made a model eligible whose cap paid for
+        # no token: sent max_tokens 0, which the gateways read as none (Anthropic's default of thousands), held for
+        # no output at all.
+        least_worst_pico = worst_pico(model, limits.billed_input(model), shortest)
         excluded = ""
         if limits.input_tokens + wanted > model.context_window:
             # Said as it is: a short prompt refused for the answer the caller asked room for is no prompt too long.
@@ -103,9 +107,9 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
                 else ""
             )
             excluded = f"prompt of {limits.input_tokens} tokens{answer} exceeds context window {model.context_window}"
-        elif limits.max_cost_usd is not None and least_worst > limits.max_cost_usd:
+        elif limits.max_cost_usd is not None and least_worst_pico > floor_pico(limits.max_cost_usd):
             excluded = (
-                f"the prompt and a {shortest}-token answer may cost {least_worst:f}, "
+                f"the prompt and a {shortest}-token answer may cost {Decimal(least_worst_pico) / PICO:f}, "
                 f"over max_cost_usd {capped_usd(limits.max_cost_usd)}"
             )
         elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:

@@ -9,7 +9,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.ledger.db import LedgerDB
 from services.router.admission import Admission
@@ -79,3 +82,43 @@ async def test_a_budget_limit_is_rounded_down_to_the_pico_dollar(tmp_path: Path,
     settings = RouterSettings(tenant_budget_usd=Decimal("0.0000000000015"), key_budget_usd=Decimal("0." + "9" * 40))
     gate = Admission(settings, REGISTRY, MemoryStore(), scratch_outbox())
     assert (gate.allowance.tenant_pico, gate.allowance.key_pico) == (1, 10**12 - 1)
+
+
+class Recording(WritingAll):
+    """WritingAll, keeping the max_tokens each call was sent."""
+
+    def __init__(self, input_tokens: int) -> None:
+        super().__init__(input_tokens)
+        self.sent: list[int] = []
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.sent.append(request.max_tokens)
+        return await super().Generate(request, context)
+
+
+async def test_a_model_is_eligible_under_a_cap_only_when_its_charge_of_a_short_answer_fits(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A price of more than six decimals per 1M tokens is a fraction of a pico-dollar per token. A cap at the exact
+    cost of the prompt and one token is under that cost rounded up to the pico-dollar, as it is held and charged: the
+    model cannot write one token within it. Judged eligible on the exact decimal cost, it was sent max_tokens 0, which
+    the gateways read as none (Anthropic's sends its default of thousands, the local model 256): an answer held and
+    charged for no output at all."""
+    fractional = REGISTRY.model_copy(deep=True)
+    fractional.models[0] = fractional.models[0].model_copy(update={"output_usd_per_mtok": Decimal("1.5000005")})
+    cheap = fractional.get("cheap")
+    assert cheap is not None
+    message = common_pb2.ChatMessage(role="user", content="Hello there")
+    probe = router_pb2.CompleteRequest(messages=[message], model="cheap", max_tokens=1)
+    billed = (await Admission(SETTINGS, fractional, MemoryStore(), scratch_outbox()).limits(probe)).billed_input(cheap)
+    exact = cheap.worst_cost_usd(billed, 1)  # half a pico-dollar past a whole number of them
+    assert to_pico(exact) > floor_pico(exact)
+    provider = Recording(billed)
+    async with store_on(redis_url) as store, router_servicer(tmp_path, store, provider, fractional) as servicer:
+        request = router_pb2.CompleteRequest(
+            messages=[message], tenant="t", model="cheap", max_tokens=1, max_cost_usd=format(exact, "f")
+        )
+        with acting_as(ANONYMOUS), pytest.raises(ServiceError) as refused:
+            await servicer.Complete(request, NoDeadline())
+    assert provider.sent == [], f"the providers were sent max_tokens {provider.sent}"
+    assert refused.value.reason == "NO_ELIGIBLE_MODEL" and refused.value.metadata.get("field") == "max_cost_usd"
