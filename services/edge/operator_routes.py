@@ -6,6 +6,7 @@ RPCs' answers as JSON, money as exact decimal strings."""
 from __future__ import annotations
 
 import calendar
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from services.edge.given_once import known_only, single
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
+log = logging.getLogger("llmrouter.edge")
 GROUPINGS = ("", "model", "tenant", "day")
 STATS_PARAMETERS = ("since", "until", "group_by")
 
@@ -90,7 +92,7 @@ class OperatorRoutes:
         message = operator_pb2.StatsRequest(
             since=since, until=until, group_by=group_by, tenant=tenant, admin=admin, api_key=key
         )
-        return JSONResponse(as_json(await self._call(self.operator.Stats, message)))
+        return JSONResponse(as_json(await self._call(self.operator.Stats, message, "stats")))
 
     async def budgets(self, request: Request) -> Response:
         tenant, key = self.edge.caller(request)
@@ -98,7 +100,7 @@ class OperatorRoutes:
         admin = self.edge.keys.is_admin(key)
         # The key too: a key that is no admin's sees its tenant's budget and its own, not its colleagues' spend.
         message = operator_pb2.BudgetsRequest(tenant=tenant, admin=admin, api_key=key)
-        reply = await self._call(self.operator.Budgets, message)
+        reply = await self._call(self.operator.Budgets, message, "budgets")
         return JSONResponse(as_json(reply))
 
     async def set_budget(self, request: Request) -> Response:
@@ -127,7 +129,7 @@ class OperatorRoutes:
             admin=True,
             api_key=key,  # the change's record names the admin's key id
         )
-        return JSONResponse(as_json(await self._call(self.operator.SetBudget, message)))
+        return JSONResponse(as_json(await self._call(self.operator.SetBudget, message, "budget changes")))
 
     async def key_moves(self, request: Request) -> Response:
         """An admin's: the API keys moved between tenants, as recorded (the router's KeyMoves), the latest first."""
@@ -140,7 +142,7 @@ class OperatorRoutes:
             # 0 is the RPC's "none given": ?limit=0 answered the default 100, not the refusal the README promises.
             raise ApiError(400, "limit must be a whole number, 1 to 1000", param="limit", code="invalid_value")
         message = operator_pb2.KeyMovesRequest(admin=True, limit=int(text or 0))
-        return JSONResponse(as_json(await self._call(self.operator.KeyMoves, message)))
+        return JSONResponse(as_json(await self._call(self.operator.KeyMoves, message, "key moves")))
 
     async def decide(self, request: Request) -> Response:
         """The Decide RPC: the chat completion request's routing decision; no provider is called."""
@@ -150,12 +152,19 @@ class OperatorRoutes:
         self.edge.apply_headers(request, message)
         check_encoded_size(message)
         try:
-            return JSONResponse(as_json(await self._call(self.router.Decide, message)))
+            return JSONResponse(as_json(await self._call(self.router.Decide, message, "routing decisions")))
         except ApiError as error:
             raise router_headers.named_as_sent(error, request.headers) from None
 
-    async def _call(self, method: Any, message: Any) -> Any:
+    async def _call(self, method: Any, message: Any, served: str) -> Any:
+        """Every route's call of the router; `served` names what it asks for, in words, for a router without the RPC."""
         try:
             return await method(message, timeout=30)
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # A router of a version before the RPC (a rolling upgrade under way, or the routers not upgraded):
+                # what the caller can act on, where the generic answer blamed a provider (a 502).
+                log.warning("the router does not serve an operator call", extra={"served": served})
+                told = f"the router does not serve {served} yet (upgrade the routers)"
+                raise ApiError(501, told, code="not_implemented") from None
             raise self.api_error(err, uuid.uuid4().hex) from None
