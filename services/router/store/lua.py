@@ -1251,25 +1251,33 @@ return {total[1] or '', total[2] or '', total[3] or '', redis.call('GET', KEYS[2
 # holder set it: routers may run other leases), never a router's: one whose money clock is ahead (its TIME unread, or
 # just after a failover) took a live lease. `until`, last, is for the version just before, which compares it with its
 # own money clock; a key that version wrote ("<router> <until>") is judged that way still; a bare name is the version
-# before's, held until its key lapses. TIME is not called: it may be renamed away or denied.
+# before's, held until its key lapses. The key is read from its writer's name on: the last holder, which every
+# version since the bare name's writes in the same script. Parsed from its end, a name ending in " +<digits>" (or
+# " <digits>": names may hold anything, ROUTER_INSTANCE_ID) was misread: the version just before's "x +5 <until>" taken
+# for router "x"'s (x then took a live lease as its own, and any other router waited for the key's PTTL, not `until`),
+# a bare "old 7" for a lease past at 7 ms. A key that does not begin with the last holder's name and a blank is read as
+# a bare name (the version before's, which keeps no last holder, or one whose last holder is gone): held until it
+# lapses, its whole PTTL at most. TIME is not called: it may be renamed away or denied.
 LEASE = """
 local held = redis.call('GET', KEYS[1])
+local last = redis.call('GET', KEYS[2])
 local now = tonumber(ARGV[4])
 if held then
-  local holder, outlives = string.match(held, '^(.*) %+(%d+) %d+$')
-  local lapsed
-  if holder then
-    lapsed = redis.call('PTTL', KEYS[1]) <= tonumber(outlives)
-  else
-    local til
-    holder, til = string.match(held, '^(.*) (%d+)$')
-    if holder then lapsed = tonumber(til) <= now else holder, lapsed = held, false end
+  local holder, lapsed = held, false
+  if last and string.sub(held, 1, #last + 1) == last .. ' ' then
+    local after = string.sub(held, #last + 2)
+    local outlives = string.match(after, '^%+(%d+) %d+$')
+    if outlives then
+      holder, lapsed = last, redis.call('PTTL', KEYS[1]) <= tonumber(outlives)
+    elseif string.match(after, '^%d+$') then
+      holder, lapsed = last, tonumber(after) <= now
+    end
   end
   if holder ~= ARGV[1] and not lapsed then return 0 end
 end
 local value = ARGV[1] .. ' +' .. ARGV[3] .. ' ' .. (now + tonumber(ARGV[2]))
 redis.call('SET', KEYS[1], value, 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
-local last = redis.call('GETSET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
 if held and last == ARGV[1] then return 1 end
 return 2
 """
