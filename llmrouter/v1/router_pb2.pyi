@@ -140,20 +140,22 @@ class SubmitLinesRequest(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class DeferredLine(_message.Message):
-    __slots__ = ("request_id", "deferred", "model", "provider_batch_id", "error", "held_usd")
+    __slots__ = ("request_id", "deferred", "model", "provider_batch_id", "error", "held_usd", "cost_pending")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HELD_USD_FIELD_NUMBER: _ClassVar[int]
+    COST_PENDING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     deferred: bool
     model: str
     provider_batch_id: str
     error: str
     held_usd: str
-    def __init__(self, request_id: _Optional[str] = ..., deferred: _Optional[bool] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., error: _Optional[str] = ..., held_usd: _Optional[str] = ...) -> None: ...
+    cost_pending: bool
+    def __init__(self, request_id: _Optional[str] = ..., deferred: _Optional[bool] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., error: _Optional[str] = ..., held_usd: _Optional[str] = ..., cost_pending: _Optional[bool] = ...) -> None: ...
 
 class SubmitLinesResponse(_message.Message):
     __slots__ = ("lines",)

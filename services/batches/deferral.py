@@ -152,10 +152,11 @@ class Deferral:
             if not answer.deferred:
                 continue
             if answer.error:  # the provider batch may run and bill, but has no answer for us
-                # Charged its hold when the hold ends: the ledger's cost, known now.
+                # Charged its hold when the hold ends: the ledger's cost, known now; or, never sent, its hold perhaps
+                # standing (cost_pending), at most that, counted apart as pending.
                 cost = answer.held_usd or "0"
-                body = _charged_error(answer.error, UNKNOWN, cost)
-                await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
+                body = _charged_error(answer.error, UNKNOWN, cost, answer.cost_pending)
+                await results.record(self.store, batch_id, index, custom_id, 502, body, cost, answer.cost_pending)
                 continue
             entry = {"model": answer.model, "provider_batch_id": answer.provider_batch_id}
             await self.store.put_once(deferred_key(batch_id), str(index), json.dumps(entry).encode())

@@ -32,7 +32,7 @@ from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
 from services.router.input_bound import bound_input
 from services.router.key_tenants import KeyTenants
-from services.router.outbox import Outbox
+from services.router.outbox import NotRecorded, Outbox
 from services.router.rate_refused import RateRefused
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
@@ -221,7 +221,11 @@ class Admission:
             marked = marked_until(self.store.request_id_ttl_s, until, money_now())
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until, marked)
             prices = _prices(model) if until else None
-            verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
+            try:
+                verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
+            except (faults.HoldLeft, NotRecorded):
+                routed.unanswered_hold_pico = hold.pico  # its undo kept nowhere: the store may hold it all the same
+                raise
             if not verdict.refused:
                 routed.hold = hold
                 return

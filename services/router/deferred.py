@@ -74,6 +74,7 @@ from services.router import admission as admitting
 from services.router import faults, metrics, poll_retries
 from services.router.admission import Admission
 from services.router.capped_charges import REPORTED, count_charge
+from services.router.outbox import NotRecorded
 from services.router.routed import Routed, counts_below_nothing, generation_entry
 from services.router.serving import generate_request
 from services.router.store import (
@@ -164,6 +165,10 @@ CHARGED_UNANSWERED = (
 NO_USAGE = "the provider reported no usage, or one its answer belies"
 OVER_REPORTED = "the provider reported more usage than the line may be billed"
 UNDER_REPORTED = "the provider reported a usage below nothing"
+LEFT_HELD = (
+    "request id {} was not sent: its admission failed ({}) in a way that may have left its hold standing, so its "
+    "charge is pending (at most its hold, charged by the reconciler as the hold lapses)"
+)
 UNANSWERED = (
     "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
     "by a router of the version before): it is charged its hold at the batch price"
@@ -218,24 +223,27 @@ class Deferred:
         answers = {i: found.get(i) or router_pb2.DeferredLine(request_id=i) for i in ids}
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
 
-        async def admit(line: router_pb2.CompleteRequest) -> Routed | None:
+        async def admit(line: router_pb2.CompleteRequest) -> Routed | router_pb2.DeferredLine | None:
             async with slots:
                 return await self._admit(line, context)
 
-        admitted = await asyncio.gather(*(admit(line) for line in lines if line.request_id not in found))
+        outcomes = await asyncio.gather(*(admit(line) for line in lines if line.request_id not in found))
+        admitted = [routed for routed in outcomes if isinstance(routed, Routed)]
+        left_held = {line.request_id: line for line in outcomes if isinstance(line, router_pb2.DeferredLine)}
+        answers.update(left_held)
         # A line another call of the same lines (its reply lost, offered again) admitted after this one looked it up
         # is refused here as a duplicate: looked up again, it is not answered not deferred (to Complete, refused as a
         # duplicate) while that call sends it. Being sent, this call fails BATCH_BEING_SENT, its own lines withdrawn.
-        taken = {routed.request_id for routed in admitted if routed is not None}
+        # Not a line whose hold this call may have left standing: answered already, that hold is no other call's.
+        taken = {routed.request_id for routed in admitted} | left_held.keys()
         try:
             answers.update(await self._sent([line for line in lines if line.request_id not in found.keys() | taken]))
         except Exception:  # a bug too: its lines, never sent, are not left held to be charged their holds
-            await self._withdraw([routed for routed in admitted if routed is not None])
+            await self._withdraw(admitted)
             raise
         groups: dict[str, list[Routed]] = {}
         for routed in admitted:
-            if routed is not None:
-                groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
+            groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
         # Each model's batch sent at once, not after the others' uploads: all start within SEND_START_S. One failing
         # (a withdrawal kept nowhere) fails the call once every other is sent and recorded: the call runs to its end
         # (servicer.py) so that a stopping router cuts no send, which would leave its lines held with no batch
@@ -314,12 +322,16 @@ class Deferred:
             held_usd=format(Decimal(pending.hold_pico) / PICO, "f"),
         )
 
-    async def _admit(self, request: router_pb2.CompleteRequest, context: Any) -> Routed | None:
+    async def _admit(
+        self, request: router_pb2.CompleteRequest, context: Any
+    ) -> Routed | router_pb2.DeferredLine | None:
         """The line routed and admitted at its model's batch price; None when it is not deferred (nothing held):
         its model has no batch price or Batch API, or routing or admission refused it (Complete says why), or failed
         by a bug of the router's (faults.py): that line's admission, should the store have taken it, is withdrawn, and
         the call's other lines go on. Left to fail the call, a bug in one line's left every other line admitted, never
-        sent, each charged its hold as it lapsed."""
+        sent, each charged its hold as it lapsed. Its answer, not sent and its charge pending (_left_held), when its
+        admission failed so that its hold may stand: its undo failed by a bug too, or was kept by neither the store
+        nor the outbox."""
         try:
             routed = await self.route(request, context)
             assert routed.registry is not None  # every routed request keeps its registry snapshot
@@ -332,6 +344,8 @@ class Deferred:
             )
             routed.max_tokens = admitting.output_caps(routed.plan, routed.limits, routed.decision)
             await self._admit_counted(routed)
+        except (faults.HoldLeft, NotRecorded) as left:  # before ServiceError: NotRecorded is one
+            return _left_held(routed, left)
         except ServiceError as exc:
             log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
             return None
@@ -1095,6 +1109,27 @@ def _line_ids(lines: list[router_pb2.CompleteRequest]) -> list[str]:
     return ids
 
 
+def _left_held(routed: Routed, failure: Exception) -> router_pb2.DeferredLine:
+    """A line whose admission may have left its hold standing (Admission.admit: Routed.unanswered_hold_pico), answered
+    as Complete answers such a request: its charge pending, at most that hold (the reconciler charges it as it lapses,
+    or nothing when the store never took it). Deferred, so that its caller never sends it again (to Complete, run a
+    second time, or refused as a duplicate whose charge stays open a day), nor counts it free."""
+    log.error("batch line not sent: its hold may stand", exc_info=failure, extra={"request_id": routed.request_id})
+    why = failure.message if isinstance(failure, ServiceError) else "an unexpected failure in the router"
+    return router_pb2.DeferredLine(
+        request_id=routed.request_id,
+        deferred=True,
+        model=routed.plan.order[0].model.name,
+        error=LEFT_HELD.format(routed.request_id, why),
+        held_usd=_usd(routed.unanswered_hold_pico),
+        cost_pending=True,
+    )
+
+
 def _held_usd(routed: Routed) -> str:
     assert routed.hold is not None  # every deferred line was admitted
-    return format(Decimal(routed.hold.pico) / PICO, "f")
+    return _usd(routed.hold.pico)
+
+
+def _usd(pico: int) -> str:
+    return format(Decimal(pico) / PICO, "f")

@@ -53,8 +53,9 @@ class Routed:
     caller_left: bool = False
     # Serving began: a providers call may have run, of an outcome unknown to a failure the router did not expect.
     providers_asked: bool = False
-    # The hold an extend asked for that did not answer (out of reach, cancelled, a bug): the store may have grown the
-    # hold to it all the same, and the reconciler then charges that one.
+    # The hold an extend asked for that did not answer (out of reach, cancelled, a bug), or that an admission whose undo
+    # was kept nowhere asked for (Admission.admit): the store may hold it all the same, and the reconciler then charges
+    # that one.
     unanswered_hold_pico: int = 0
     # Its settlement met a charge made before (the reconciler's): the charge it tells is that one, not its own.
     charged_before: bool = False

@@ -122,3 +122,41 @@ async def test_a_collected_line_whose_cost_is_pending_is_counted_pending_not_at_
     assert told["parked-2"]["cost_usd"] == EXACT
     # Charged, at an amount unknown: an outcome unknown (it may have run), not a failure the provider billed nothing.
     assert errors["parked-1"]["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown"
+
+
+class DeferringOneLeftHeld(DeferringSomePending):
+    """As DeferringSomePending, but the first line (parked-0) is answered as the router answers a line whose admission
+    may have left its hold standing (never sent, its charge pending at most its hold: DeferredLine.cost_pending); the
+    second is collected as an answer whose cost is pending, the third at EXACT."""
+
+    async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
+        reply = await super().SubmitBatch(request, context)
+        for line in reply.lines:
+            if line.request_id.endswith(":parked-0"):
+                line.provider_batch_id, line.error, line.cost_pending = "", "its hold may stand", True
+        return reply
+
+    async def CollectBatch(
+        self, request: router_pb2.CollectBatchRequest, context: Any
+    ) -> router_pb2.CollectBatchResponse:
+        assert not any(i.endswith(":parked-0") for i in request.request_ids)  # in no provider batch: never collected
+        lines = []
+        for request_id in request.request_ids:
+            answer = router_pb2.CompleteResponse(id=request_id, model="cheap-model", content="hi")
+            if request_id.endswith(":parked-1"):
+                answer.cost_pending = True
+            else:
+                answer.cost_usd = EXACT
+            lines.append(router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=answer))
+        return router_pb2.CollectBatchResponse(status="ended", ended=True, lines=lines)
+
+
+async def test_a_line_whose_hold_may_stand_is_counted_pending_not_at_its_hold_nor_sent_again() -> None:
+    """Written to the error file as the router told it, its cost pending (not its hold, which it may never be charged,
+    nor 0), and never sent to Complete (the stand-in has none: a line sent there would fail UNIMPLEMENTED)."""
+    _, told, errors = await batch_through(DeferringOneLeftHeld(), "left-held", batch_poll_s=0.05)
+    for pending_line in ("parked-0", "parked-1"):
+        assert told[pending_line]["cost_pending"] is True and "cost_usd" not in told[pending_line], told
+    assert told["parked-2"]["cost_usd"] == EXACT
+    assert errors["parked-0"]["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown"
+    assert "its hold may stand" in errors["parked-0"]["response"]["body"]["error"]["message"]
