@@ -227,9 +227,9 @@ class Deferred:
             async with slots:
                 return await self._admit(line, context)
 
-        outcomes = await asyncio.gather(*(admit(line) for line in lines if line.request_id not in found))
-        admitted = [routed for routed in outcomes if isinstance(routed, Routed)]
-        left_held = {line.request_id: line for line in outcomes if isinstance(line, router_pb2.DeferredLine)}
+        admissions = await asyncio.gather(*(admit(line) for line in lines if line.request_id not in found))
+        admitted = [routed for routed in admissions if isinstance(routed, Routed)]
+        left_held = {line.request_id: line for line in admissions if isinstance(line, router_pb2.DeferredLine)}
         answers.update(left_held)
         # A line another call of the same lines (its reply lost, offered again) admitted after this one looked it up
         # is refused here as a duplicate: looked up again, it is not answered not deferred (to Complete, refused as a
