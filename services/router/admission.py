@@ -303,7 +303,12 @@ class Admission:
             self.undoing.undo_if_held(admitting, account, hold)
             raise
         except StoreUnavailable as failure:
-            await self.undoing.undo(account, hold, failure)
+            try:
+                await self.undoing.undo(account, hold, failure)
+            except ServiceError:
+                raise  # kept by neither the store nor the outbox (NotRecorded): told so
+            except Exception as undo_bug:  # else read as a bug in the admission itself, undone: told charged nothing
+                raise faults.HoldLeft(hold.request_id) from undo_bug
             raise
         except ServiceError:
             raise

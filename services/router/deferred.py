@@ -4,7 +4,11 @@ A line routed to a model with a batch price whose provider has a Batch API (Regi
 like any request, for that one model at its batch price (no fallback: the provider answers within its window or
 not at all), with a hold that lasts the provider's 24 h window and a margin (ROUTER_PROVIDER_BATCH_HOLD_S, 26 h):
 admission counts it against the budgets meanwhile, and the reconciler leaves it alone until then, whatever becomes
-of the router that admitted it. The lines admitted together for one model go up as one provider batch.
+of the router that admitted it. The lines admitted together for one model go up as one provider batch. A line whose
+admission may have left its hold standing (its undo failed by a bug, or was kept by neither the store nor the outbox)
+is not sent: it is answered deferred with an error, its charge pending (DeferredLine.cost_pending, at most its hold),
+as Complete tells such a request, so that its caller neither sends it again nor counts it free; the call's other lines
+go on.
 
 Collecting a provider batch that has ended settles each line once: charged at the batch price from the usage the
 provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);

@@ -6,9 +6,11 @@ call may have run), so it is settled then as an attempt of unknown outcome is, a
 reconciler charges a request whose router died; before that (a bug in the cache's lookup) nothing was generated, and it
 is settled at nothing, its id released. A bug in the admission itself leaves nothing admitted (Admission._hold_under
 undoes what the store may have taken, by its nonce): told charged nothing, retryable; unless that undo failed too
-(HoldLeft): the hold may remain, charged by the reconciler, and it is told pending. A charge that
-landed before the failure stands. Its caller is told that charge (`charged_usd`), or `cost_pending` when the charge
-itself failed (the reconciler then charges the hold), `retryable` only when it was charged nothing and its id released.
+(HoldLeft), or the undo of an admission whose reply was lost failed by a bug: the hold may remain, charged by the
+reconciler, and it is told pending (a SubmitBatch line so: deferred.py, answered never sent, its charge pending). A
+charge that landed before the failure stands. Its caller is told that charge (`charged_usd`), or `cost_pending` when
+the charge itself failed (the reconciler then charges the hold), `retryable` only when it was charged nothing and its id
+released.
 So is a charge failing by a bug as the drain's cut reads it (servicer._charged_when_cut): pending, rather than
 SHUTTING_DOWN. The error is logged with the request id and its traceback; the interceptor counts it
 (llmrouter_grpc_requests_total, code INTERNAL, reason INTERNAL_ERROR), and
@@ -30,7 +32,8 @@ UNSERVED = "an unexpected failure in the router before any providers call: nothi
 
 
 class HoldLeft(Exception):
-    """A bug in an admission whose undo failed as well: the store may keep its hold, which the reconciler charges."""
+    """An admission the store may have run (a bug reading its reply, or its reply lost) whose undo failed by a bug: the
+    store may keep its hold, which the reconciler charges."""
 
 
 def admission_fault_charge(bug: Exception) -> str:

@@ -17,7 +17,8 @@ import grpc
 import pytest
 
 from llmrouter.v1 import router_pb2, router_pb2_grpc
-from services.router.store import PICO, Account, Hold, RedisStore, lua
+from services.router import undoing
+from services.router.store import PICO, Account, Hold, RedisStore, StoreUnavailable, lua
 from services.router.undoing import Undoing
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import served_router, store_on
@@ -90,3 +91,30 @@ async def test_a_line_whose_admission_reply_is_lost_and_its_undo_kept_nowhere_is
         held = await direct.pending_charge(ACCOUNT, FAULTY)
         assert held is not None and held.provider_batch == ""  # the hold the reply was lost of stands
         told_pending(told[FAULTY], held.hold_pico)
+
+
+async def test_a_line_whose_admission_reply_is_lost_and_its_undo_fails_by_a_bug_is_told_pending(
+    redis_store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store took the faulty line's hold and its reply was lost (the store out of reach, as the router sees it);
+    its undo then failed by a bug."""
+    admit, undo = RedisStore.admit, undoing.undo_or_give_back
+
+    async def held_then_reply_lost(self: RedisStore, account: Account, allowance: Any, hold: Any, *args: Any) -> Any:
+        verdict = await admit(self, account, allowance, hold, *args)
+        if hold.request_id == FAULTY:
+            raise StoreUnavailable()
+        return verdict
+
+    async def a_bug_undoing_the_faulty_line(store: RedisStore, account: Account, hold: Hold) -> bool:
+        if hold.request_id == FAULTY:
+            raise RuntimeError("a bug undoing the admission")
+        return await undo(store, account, hold)
+
+    monkeypatch.setattr(RedisStore, "admit", held_then_reply_lost)
+    monkeypatch.setattr(undoing, "undo_or_give_back", a_bug_undoing_the_faulty_line)
+    told = await offered(redis_store, tmp_path, [line(f"b:f{i}") for i in range(3)])
+    held = await redis_store.pending_charge(ACCOUNT, FAULTY)
+    assert held is not None and held.provider_batch == ""
+    told_pending(told[FAULTY], held.hold_pico)
+    assert [told[sent].provider_batch_id for sent in ("b:f0", "b:f2")] == ["pbatch-1"] * 2

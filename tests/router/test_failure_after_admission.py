@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
-from services.router import charging, metrics, servicer, serving
+from services.router import charging, metrics, servicer, serving, undoing
 from services.router.cache import ResponseCache
 from services.router.faults import AT_HOLD, UNSERVED
 from services.router.key_tenants import KeyTenants
@@ -33,7 +33,7 @@ from services.router.models import AvailableModels
 from services.router.routed import Served
 from services.router.routing import Routing
 from services.router.sessions import Sessions
-from services.router.store import PICO, Account, RedisStore, period_id, to_pico
+from services.router.store import PICO, Account, RedisStore, StoreUnavailable, period_id, to_pico
 from services.router.undoing import Undoing
 from tests.conftest import ledger_records
 from tests.integration.conftest import free_port, served_edge
@@ -513,6 +513,33 @@ async def test_a_bug_in_admission_whose_undo_fails_too_says_it_pending(
 
 async def an_undo_failing(*args: Any) -> Any:
     raise RuntimeError("a bug undoing the admission")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_admission_whose_reply_was_lost_and_whose_undo_fails_by_a_bug_says_it_pending(
+    tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """The store took the hold and its reply was lost (the store out of reach, as the router sees it); its undo then
+    failed by a bug: the hold stays, for the reconciler to charge. The bug came out of the admission as it was, which
+    Complete read as a bug in the admission itself, undone: told charged nothing and retryable, the caller's retry was
+    refused as a duplicate and the hold charged all the same. Told pending, not to retry, as when a bug's undo fails."""
+    admit = RedisStore.admit
+
+    async def held_then_reply_lost(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        await admit(self, *args, **kwargs)  # the hold taken
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(RedisStore, "admit", held_then_reply_lost)
+    monkeypatch.setattr(undoing, "undo_or_give_back", an_undo_failing)
+    before = router_faults()
+    async with (
+        served_router(tmp_path, redis_store, Answering()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        told = await failure(router_pb2_grpc.RouterStub(channel), ask("lost-undo"), streamed)
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
+    assert moved(before) == {"pending": 1}
+    assert await redis_store.pending_charge(CALLER, "lost-undo") is not None  # left for the reconciler
 
 
 async def test_a_bug_after_the_providers_answered_meeting_a_charge_made_before_is_counted_earlier(
