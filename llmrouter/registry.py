@@ -201,6 +201,18 @@ class ModelSpec(BaseModel):
     def _batch_price_whole(self) -> ModelSpec:
         if (self.batch_input_usd_per_mtok is None) != (self.batch_output_usd_per_mtok is None):
             raise ValueError(f"model {self.name!r}: give both batch prices or neither")
+        # A batch line is routed within max_cost_usd at the realtime price and admitted, its max_tokens capped, at the
+        # batch price: a dearer one could leave it eligible with a cap paying for no token (sent max_tokens 0, which
+        # the gateways read as none). Batch APIs are discounts; a batch price above the realtime one is a mistake.
+        for batch, realtime in (
+            (self.batch_input_usd_per_mtok, "input_usd_per_mtok"),
+            (self.batch_output_usd_per_mtok, "output_usd_per_mtok"),
+        ):
+            if batch is not None and batch > getattr(self, realtime):
+                raise ValueError(
+                    f"model {self.name!r}: batch_{realtime} {batch} is above its {realtime} {getattr(self, realtime)}"
+                    " (a Batch API price is no dearer than the realtime one)"
+                )
         return self
 
     @property
