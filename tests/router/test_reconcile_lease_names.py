@@ -79,9 +79,10 @@ async def test_a_bare_name_ending_in_digits_is_held_until_its_key_lapses(redis_u
         await store.close()
 
 
-async def test_a_bare_name_beginning_with_the_last_holders_is_held(redis_url: str, tmp_path: Path) -> None:
+async def test_a_bare_name_sharing_the_last_holders_first_letters_is_held(redis_url: str, tmp_path: Path) -> None:
     """After a rollback: router "rec" of this version held the lease last, then router "rec-9" of a version before
-    (which keeps no last holder) took it, its key gone: "rec" reads a bare name, not its own key past at 9 ms."""
+    (which keeps no last holder) took it, its key gone: "rec" reads a bare name, not its own key (the last holder's name
+    is followed by a blank in a key of its own). A bare "rec 9" would be misread (README, the lease)."""
     tree = checkout(BEFORE, tmp_path)
     store = RedisStore(redis_url)
     try:
