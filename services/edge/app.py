@@ -829,9 +829,27 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), 500
+        start, status, ended = time.perf_counter(), 500, False
         route = scope["path"] if scope["path"] in ROUTES else "other"
         request_id = model = ""
+        inflight = INFLIGHT.labels("edge")
+
+        def end() -> None:
+            """The request counted and logged, once: as its answer's last part goes out, before it is sent (a caller
+            reading the metrics after its answer finds its request there), or as the app returns without one."""
+            nonlocal ended
+            if ended:
+                return
+            ended = True
+            inflight.dec()
+            # What the caller got, when the app's answer never went out: the protocol's refusal of a body too slow
+            # (408), or nothing, its caller gone first (499).
+            told = scope.get(CALLER_STATUS, status)
+            HTTP_REQUESTS.labels(route, str(told)).inc()
+            if self.access_log is not None:
+                path = scope["path"][:MAX_LOGGED_PATH]
+                elapsed = time.perf_counter() - start
+                self.access_log.record((time.time(), scope["method"], path, told, elapsed, request_id, model))
 
         async def observed_send(message: MutableMapping[str, Any]) -> None:
             nonlocal status, request_id, model
@@ -844,22 +862,15 @@ class Observe:
                             request_id = value.decode("latin-1")
                         elif name == b"x-router-model":
                             model = value.decode("latin-1")
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                end()
             await send(message)
 
-        inflight = INFLIGHT.labels("edge")
         inflight.inc()
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            inflight.dec()
-            # What the caller got, when the app's answer never went out: the protocol's refusal of a body too slow
-            # (408), or nothing, its caller gone first (499).
-            status = scope.get(CALLER_STATUS, status)
-            HTTP_REQUESTS.labels(route, str(status)).inc()
-            if self.access_log is not None:
-                path = scope["path"][:MAX_LOGGED_PATH]
-                elapsed = time.perf_counter() - start
-                self.access_log.record((time.time(), scope["method"], path, status, elapsed, request_id, model))
+            end()
 
 
 class EncodedSlashes:
