@@ -175,10 +175,12 @@ class ServiceInterceptor(WrappingInterceptor):
         start, counted = time.perf_counter(), False
 
         def count(code: grpc.StatusCode, reason: str = "") -> None:
-            # Counted before an abort sends the status, so whoever reads the metrics after the answer sees this call.
+            # Counted (and out of flight) before an abort sends the status, so whoever reads the metrics after the
+            # answer sees this call ended.
             nonlocal counted
             if not counted:
                 counted = True
+                inflight.dec()
                 RPCS.labels(self.service, method, code.name, reason).inc()
                 seconds.observe(time.perf_counter() - start)
 
@@ -205,5 +207,4 @@ class ServiceInterceptor(WrappingInterceptor):
             count(grpc.StatusCode.INTERNAL)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
         finally:
-            inflight.dec()
             count(grpc.StatusCode.OK)  # ended well, or closed by gRPC (GeneratorExit): counted OK as before

@@ -1,7 +1,8 @@
 """llmrouter_grpc_requests_total{reason}: a refusal is counted under its ErrorInfo reason, so the on-call tells a
 KEY_MOVING (keys moved between tenants, again and again) from a STORE_UNAVAILABLE (the money store out of reach),
-both UNAVAILABLE; a call that succeeded, or failed without a reason of ours, has none. A real gRPC server on loopback
-behind the shared interceptor."""
+both UNAVAILABLE; a call that succeeded, or failed without a reason of ours, has none. Counted, and out of
+llmrouter_inflight_requests, before its caller has its status: read right after it, the metrics have the call. A real
+gRPC server on loopback behind the shared interceptor."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 from llmrouter.auth import Authenticator
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import ServiceInterceptor
+from tests.waiting import inflight
 
 SERVICE = "reasons-test"
 
@@ -57,6 +59,7 @@ async def test_a_refusal_is_counted_under_its_reason(addr: str) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await refuse(reason.encode())
             assert ServiceError.from_rpc_error(refused.value).reason == reason
+            assert inflight(SERVICE) == 0, "the caller had its status while its call was still in flight"
     after = {r: counted("Refuse", "UNAVAILABLE", r) for r in before}
     assert {r: after[r] - before[r] for r in before} == {"KEY_MOVING": 2, "STORE_UNAVAILABLE": 1, "": 0}
 
@@ -69,4 +72,5 @@ async def test_a_call_without_a_reason_of_ours_has_none(addr: str) -> None:
         assert await answer(b"") == b"done"
         with pytest.raises(grpc.aio.AioRpcError):
             await fail(b"")
+        assert inflight(SERVICE) == 0
     assert (counted("Answer", "OK", ""), counted("Fail", "INTERNAL", "")) == (answered + 1, failed + 1)
