@@ -10,6 +10,7 @@ import time
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,6 +42,10 @@ RPC_SECONDS = Histogram(
 INFLIGHT = Gauge("llmrouter_inflight_requests", "Requests being served (to the last message for streams)", ["service"])
 
 _UNMEASURED = ("/grpc.health.", "/grpc.reflection.")
+
+# What an interceptor outside ServiceInterceptor gives back as a call ends (llmrouter.overload: the call's place), set
+# per call: run as the call is counted, before an abort sends its status, so that a caller's next call finds it free.
+CALL_ENDING: ContextVar[Callable[[], None] | None] = ContextVar("call_ending", default=None)
 
 
 @dataclass
@@ -183,6 +188,9 @@ class ServiceInterceptor(WrappingInterceptor):
                 inflight.dec()
                 RPCS.labels(self.service, method, code.name, reason).inc()
                 seconds.observe(time.perf_counter() - start)
+                ending = CALL_ENDING.get()
+                if ending is not None:
+                    ending()
 
         inflight = self._inflight
         inflight.inc()

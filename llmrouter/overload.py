@@ -18,7 +18,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from llmrouter.errors import OVERLOADED, overloaded
-from llmrouter.interceptors import RPCS, WrappingInterceptor
+from llmrouter.interceptors import CALL_ENDING, RPCS, WrappingInterceptor
 from llmrouter.v1 import operator_pb2
 
 # gRPC's queue of calls received but given to no handler yet (its default, set explicitly in llmrouter.server).
@@ -68,10 +68,11 @@ class OverloadInterceptor(WrappingInterceptor):
     def _unary(self, method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._enter(method, context)
+            leave = self._place()
             try:
                 return await behaviour(request, context)
             finally:
-                self.inflight -= 1
+                leave()
 
         return admitted
 
@@ -80,14 +81,30 @@ class OverloadInterceptor(WrappingInterceptor):
 
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._enter(method, context)
+            leave = self._place()
             try:
                 async with aclosing(cast(AsyncGenerator[Any], behaviour(request, context))) as items:
                     async for item in items:
                         yield item
             finally:
-                self.inflight -= 1
+                leave()
 
         return admitted
+
+    def _place(self) -> Callable[[], None]:
+        """Gives back the place the call took, once: as ServiceInterceptor counts the call (CALL_ENDING), before an
+        abort sends its status (given back after it, the caller's next call could be refused at the limit), or at the
+        latest as the call's handler returns."""
+        held = True
+
+        def leave() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.inflight -= 1
+
+        CALL_ENDING.set(leave)
+        return leave
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
         """Take a place, or refuse the call (the check and the count with no await between them)."""
