@@ -6,7 +6,6 @@ never sent stays unsent. An edge process SIGKILLed on the chain's router and Red
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from decimal import Decimal
 
@@ -25,9 +24,11 @@ from tests.integration.test_batch_edge_crash import (
     edge_env,
     next_edge,
     recorded_cost,
+    refused_as_duplicates,
 )
 from tests.integration.test_batch_revoked_key import created_where_no_line_goes_out, edge_keyed
 from tests.integration.test_provider_batches import finished, lines_of
+from tests.waiting import eventually
 
 COST, COST_PENDING = "llmrouter_edge_batch_cost_usd_total", "llmrouter_edge_batch_cost_pending_lines_total"
 
@@ -79,8 +80,9 @@ async def test_a_line_whose_charge_is_pending_when_its_batch_is_cancelled_is_wri
         batch = await died_with_a_line_in_flight(chain, env, key, delay_s=10)
         line = f"{batch.id}:doomed-0"
         await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
+        refused = refused_as_duplicates()
         async with next_edge(env, key) as client:
-            await asyncio.sleep(1.5)  # sent again, refused as pending, asked again: parked
+            await eventually(lambda: refused_as_duplicates() >= refused + 2, "the line asked again while pending")
             assert await db.hget(results_key(batch.id), "0") is None, "written while its charge was open"
             await client.batches.cancel(batch.id)
             batch = await finished(client, batch.id, timeout_s=20)

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import redis.asyncio as redis
@@ -38,8 +39,10 @@ from tests.integration.conftest import Chain, free_port, served_edge, start_edge
 from tests.integration.test_batches import small_file
 from tests.integration.test_money_faults import RouterProcess
 from tests.integration.test_provider_batches import finished, lines_of
+from tests.waiting import eventually
 
 WINDOW_S = 3
+TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 BATCH_COST = "llmrouter_edge_batch_cost_usd_total"
 BATCH_COST_PENDING = "llmrouter_edge_batch_cost_pending_lines_total"
 
@@ -142,6 +145,13 @@ def batch_cost_counted() -> float:
     return REGISTRY.get_sample_value(BATCH_COST) or 0.0
 
 
+def refused_as_duplicates() -> float:
+    """The chain's router's refusals of a request id used before (a line sent again while its first attempt's charge
+    is open is refused so, then asked again): counted before the edge has the refusal."""
+    labels = {"service": "router", "method": "Complete", "code": "ALREADY_EXISTS", "reason": "DUPLICATE_REQUEST"}
+    return REGISTRY.get_sample_value("llmrouter_grpc_requests_total", labels) or 0.0
+
+
 @pytest.mark.parametrize("router_away_first", [False, True], ids=["resumed", "resumed-without-router-first"])
 async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_after_the_window(
     chain: Chain, router_away_first: bool
@@ -166,7 +176,8 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
             while not await db.exists(f"{PREFIX}lease:{batch.id}"):  # it runs the batch
                 assert time.monotonic() < deadline, "the batch was not resumed"
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)  # its line refused (the router unreachable), parked
+            # Its line sent, to a router out of reach (the runner is the channel's only user): refused, parked.
+            await eventually(lambda: channel.get_state() == TRANSIENT_FAILURE, "the line was sent to no router")
             edge.should_exit = True
             await task
             await channel.close()
@@ -218,8 +229,9 @@ async def test_a_line_resent_while_its_first_attempt_runs_has_what_that_attempt_
         batch = await died_with_a_line_in_flight(chain, env, key, delay_s=5)
         await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
         if restarted:
+            refused = refused_as_duplicates()
             async with next_edge(env, key):
-                await asyncio.sleep(1.5)  # the line sent again, refused as pending, asked again: parked
+                await eventually(lambda: refused_as_duplicates() >= refused + 2, "the line asked again while pending")
                 assert await db.hget(results_key(batch.id), "0") is None  # not written while its charge is open
         async with next_edge(env, key) as client:
             batch = await finished(client, batch.id, timeout_s=30)
