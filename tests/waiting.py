@@ -42,6 +42,20 @@ def rpcs_ended(service: str, method: str, code: str) -> float:
     )  # whatever the reason
 
 
+def http_requests_ended(route: str, status: str | None = None) -> float:
+    """How many requests of `route` this process's edges have ended (answered, or their caller gone), with `status` or
+    any: a test waits for it to grow to know the edge is done with a request, e.g. one whose caller left."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "llmrouter_edge_http_requests"
+        for sample in family.samples
+        if sample.name == "llmrouter_edge_http_requests_total"
+        and sample.labels["route"] == route
+        and status in (None, sample.labels["status"])
+    )
+
+
 def inflight(service: str) -> float:
     """The calls this process's `service` servers are serving now: a test waits for it to grow to know a call has
     reached a server (and waits there)."""

@@ -15,7 +15,6 @@ import openai
 import pytest
 import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.v1 import router_pb2, router_pb2_grpc
@@ -25,9 +24,11 @@ from services.router.end_users import END_USER_FIELDS, scoped_id
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
+from tests.waiting import eventually, http_requests_ended
 
 NO_KEY = "no API key: send it as 'Authorization: Bearer <key>'"
 
+CHAT = "/v1/chat/completions"
 SECRET = "org-Zq81SecretOrganisation"  # what a provider's error text may carry
 
 
@@ -232,10 +233,7 @@ async def test_router_down_is_a_503_with_retry_after_and_not_ready(chain: Chain)
 
 
 def edge_status_count(status: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "llmrouter_edge_http_requests_total", {"route": "/v1/chat/completions", "status": status}
-    )
-    return value or 0.0
+    return http_requests_ended(CHAT, status)
 
 
 async def raw_exchange(base_url: str, head: bytes, body: bytes, close_early: bool = False) -> bytes:
@@ -274,9 +272,9 @@ async def test_a_lying_content_length_is_a_4xx(chain: Chain, head: bytes, body: 
 
 
 async def test_a_body_cut_short_by_the_client_is_not_a_500(chain: Chain) -> None:
-    before = edge_status_count("500")
+    before, ended = edge_status_count("500"), http_requests_ended(CHAT)
     await raw_exchange(chain.base_url, b"content-length: 1000\r\n", GOOD_BODY, close_early=True)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: http_requests_ended(CHAT) > ended, "the edge ended the request")
     assert edge_status_count("500") == before
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from openai import AsyncOpenAI
-from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
@@ -31,7 +30,7 @@ from services.router.store import keys as router_keys
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.integration.test_provider_batches import finished
-from tests.waiting import eventually
+from tests.waiting import eventually, http_requests_ended
 
 DEEP = b"[" * 50_000 + b"]" * 50_000  # past the interpreter's recursion limit
 # The rate limit's window in the rate-limited tests (the router's is a minute): a batch refused for it is parked
@@ -334,10 +333,7 @@ async def test_a_batch_body_cut_short_by_the_client_is_not_a_500(
     edge: tuple[str, dict[str, str], dict[str, str]],
 ) -> None:
     base, tenant, _ = edge
-    before = (
-        REGISTRY.get_sample_value("llmrouter_edge_http_requests_total", {"route": "/v1/batches", "status": "500"})
-        or 0.0
-    )
+    before, ended = http_requests_ended("/v1/batches", "500"), http_requests_ended("/v1/batches")
     reader, writer = await asyncio.open_connection("127.0.0.1", int(base.split(":")[2].split("/")[0]))
     try:
         writer.write(
@@ -350,9 +346,8 @@ async def test_a_batch_body_cut_short_by_the_client_is_not_a_500(
         await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
-    await asyncio.sleep(0.2)
-    after = REGISTRY.get_sample_value("llmrouter_edge_http_requests_total", {"route": "/v1/batches", "status": "500"})
-    assert (after or 0.0) == before
+    await eventually(lambda: http_requests_ended("/v1/batches") > ended, "the edge ended the request")
+    assert http_requests_ended("/v1/batches", "500") == before
 
 
 class RateLimitedEdge:
