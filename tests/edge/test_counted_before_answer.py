@@ -8,20 +8,19 @@ test has read the metrics."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import uvicorn
 from prometheus_client import REGISTRY
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.edge.app import Observe
 from tests.integration.conftest import free_port
 from tests.waiting import eventually, inflight
 
 ROUTE = "/v1/models"  # one of the routes counted by name
-App = Callable[[dict[str, Any], Any, Any], Any]
 
 
 def counted(status: str = "200") -> float:
@@ -29,12 +28,12 @@ def counted(status: str = "200") -> float:
 
 
 @asynccontextmanager
-async def served(app: App, released: asyncio.Event) -> AsyncIterator[tuple[str, asyncio.Event]]:
+async def served(app: ASGIApp, released: asyncio.Event) -> AsyncIterator[tuple[str, asyncio.Event]]:
     """`app` behind Observe, served on loopback for the block: its URL, and an event set once Observe has returned.
     `released` is set as the block ends, whatever happened in it: the server then waits for the app to return."""
     returned = asyncio.Event()
 
-    async def observed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def observed(scope: Scope, receive: Receive, send: Send) -> None:
         await Observe(app)(scope, receive, send)
         returned.set()
 
@@ -53,7 +52,7 @@ async def served(app: App, released: asyncio.Event) -> AsyncIterator[tuple[str, 
 async def test_a_request_is_counted_before_its_answer_goes_out() -> None:
     released = asyncio.Event()
 
-    async def answers_then_holds_on(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def answers_then_holds_on(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"{}"})
         await released.wait()  # still at work after its answer (a clean-up, a replay kept)
@@ -74,7 +73,7 @@ async def test_a_request_is_counted_before_its_answer_goes_out() -> None:
 async def test_a_streamed_answer_is_counted_at_its_last_part() -> None:
     released = asyncio.Event()
 
-    async def streams(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def streams(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
         await released.wait()
@@ -96,7 +95,7 @@ async def test_a_streamed_answer_is_counted_at_its_last_part() -> None:
 
 
 async def test_a_request_whose_app_fails_before_answering_is_counted_once_as_a_500() -> None:
-    async def fails(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def fails(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("a bug")
 
     async with served(fails, asyncio.Event()) as (url, _):
