@@ -26,8 +26,8 @@ SERVICE = "counted-before-status-test"
 HOLD_S = 10  # the longest the server's loop is held for a caller that never reads
 
 
-def counted(code: str) -> float:
-    labels = {"service": SERVICE, "method": "Fail", "code": code}
+def counted(method: str, code: str) -> float:
+    labels = {"service": SERVICE, "method": method, "code": code}
     return sum(
         sample.value
         for family in REGISTRY.collect()
@@ -53,14 +53,25 @@ async def server() -> AsyncIterator[Server]:
         # sending: gRPC's own threads send it meanwhile.
         caller_has_read.wait(HOLD_S)
 
-    async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    def failure(request: bytes) -> Exception:
         caller_has_read.clear()
         asyncio.get_running_loop().call_soon(hold_the_loop)
         if request == b"bug":
-            raise RuntimeError("a bug")
-        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", "refused")
+            return RuntimeError("a bug")
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", "refused")
 
-    handlers = grpc.method_handlers_generic_handler("test.Counted", {"Fail": grpc.unary_unary_rpc_method_handler(fail)})
+    async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise failure(request)
+
+    async def fail_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        yield b"first"
+        raise failure(request)
+
+    methods: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "FailStream": grpc.unary_stream_rpc_method_handler(fail_stream),
+    }
+    handlers = grpc.method_handlers_generic_handler("test.Counted", methods)
     overload = OverloadInterceptor(SERVICE, limit=1)
     srv = grpc.aio.server(interceptors=[overload, ServiceInterceptor(SERVICE, Authenticator("none", {}, {}))])
     srv.add_generic_rpc_handlers([handlers])
@@ -78,32 +89,39 @@ class Seen:
     """What the caller found as soon as it had its status."""
 
     code: grpc.StatusCode
-    calls: float  # the failing method's calls counted with that code
+    calls: float  # the method's calls counted with the expected code
     in_flight: float  # llmrouter_inflight_requests
     places: int  # places taken under the limit of calls in flight
 
 
-def call_then_read(server: Server, request: bytes, code: str) -> Seen:
+def call_then_read(server: Server, method: str, request: bytes, code: str) -> Seen:
     """In a thread of its own (the server's loop held meanwhile): the call, and what the caller found then."""
     try:
         with grpc.insecure_channel(server.addr) as channel:
-            fail: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/test.Counted/Fail")
             try:
-                fail(request, timeout=HOLD_S)
+                if method == "Fail":
+                    fail: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/test.Counted/Fail")
+                    fail(request, timeout=HOLD_S)
+                else:
+                    stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                        "/test.Counted/FailStream"
+                    )
+                    assert list(stream(request, timeout=HOLD_S)) == [b"first"]
             except grpc.RpcError as error:
-                return Seen(error.code(), counted(code), inflight(SERVICE), server.overload.inflight)
+                return Seen(error.code(), counted(method, code), inflight(SERVICE), server.overload.inflight)
             raise AssertionError("the call was answered")
     finally:
         server.caller_has_read.set()
 
 
+@pytest.mark.parametrize("method", ["Fail", "FailStream"])
 @pytest.mark.parametrize("request_", [b"refusal", b"bug"], ids=["service-error", "bug"])
 async def test_a_failed_call_is_counted_and_out_of_flight_before_its_caller_has_its_status(
-    server: Server, request_: bytes
+    server: Server, method: str, request_: bytes
 ) -> None:
     code = "UNAVAILABLE" if request_ == b"refusal" else "INTERNAL"
-    before, serving = counted(code), inflight(SERVICE)
-    seen = await asyncio.to_thread(call_then_read, server, request_, code)
+    before, serving = counted(method, code), inflight(SERVICE)
+    seen = await asyncio.to_thread(call_then_read, server, method, request_, code)
     assert seen.code.name == code
     assert seen.calls == before + 1, "the caller had its status before its call was counted"
     assert seen.in_flight == serving, "the caller had its status while its call was still in flight"
