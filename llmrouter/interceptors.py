@@ -177,7 +177,9 @@ class ServiceInterceptor(WrappingInterceptor):
 
     @asynccontextmanager
     async def _guard(self, method: str, seconds: Histogram, context: grpc.aio.ServicerContext) -> AsyncIterator[Call]:
-        start, counted = time.perf_counter(), False
+        # The hook read as the call starts, in its own context: a stream closed later (by gRPC, in a task of its
+        # own) could otherwise run another call's.
+        start, counted, ending = time.perf_counter(), False, CALL_ENDING.get()
 
         def count(code: grpc.StatusCode, reason: str = "") -> None:
             # Counted (and out of flight) before an abort sends the status, so whoever reads the metrics after the
@@ -188,7 +190,6 @@ class ServiceInterceptor(WrappingInterceptor):
                 inflight.dec()
                 RPCS.labels(self.service, method, code.name, reason).inc()
                 seconds.observe(time.perf_counter() - start)
-                ending = CALL_ENDING.get()
                 if ending is not None:
                     ending()
 
