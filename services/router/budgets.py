@@ -32,15 +32,19 @@ class BudgetView:
     # The next period's spend (next_period): charges landing after the period's end by the store's clock, which a
     # reader a moment behind it still sees as this period's. Admission checks the greater of the two.
     next_spent_pico: int = 0
+    # A key's: what it carried into its tenant's shard when an operator moved it to the tenant (key_move.py), its spend
+    # and holds under its other tenants then, counted beside spent against its budget; and the same for the next period.
+    carried_pico: int = 0
+    next_carried_pico: int = 0
 
     @property
     def ident(self) -> str:
         """What names the budget: its scope and name, and for a key's budget '@' and its tenant in hex (none for one
         of no tenant: a key never used, the keyless limit set for every tenant). A key's spend is kept in its tenant's
-        shard, so each tenant it has paid as has a budget of its own: a keyless request's key budget is one per tenant
-        (store/keys.py, KEYLESS), and a key an operator moved (key_move.py) starts its budget again under the new
-        tenant, the old one's spend left behind. A key id may hold '@' and hex digits (a caller's), but none follows
-        the last '@': no two budgets share a name."""
+        shard, so each tenant it has paid as has a row of its own: a keyless request's key budget is one per tenant
+        (store/keys.py, KEYLESS), and a key an operator moved (key_move.py) has one under each tenant, the new one's
+        counting what the key carried there (carried_pico) beside its own spend. A key id may hold '@' and hex digits
+        (a caller's), but none follows the last '@': no two budgets share a name."""
         return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if self.scope == "key" else "")
 
     @property
@@ -59,7 +63,8 @@ class BudgetView:
     def remaining_pico(self) -> int | None:
         if self.limit_pico is None:
             return None
-        return max(self.limit_pico - max(self.spent_pico, self.next_spent_pico) - self.held_pico, 0)
+        used = max(self.spent_pico + self.carried_pico, self.next_spent_pico + self.next_carried_pico)
+        return max(self.limit_pico - used - self.held_pico, 0)
 
 
 def period_end(period: str, now: float | None = None) -> int:
@@ -89,6 +94,7 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
         spent = await store.spent(account, period)
         spent_next = await store.spent(account, next_period(period)) if next_period(period) != period else (0, 0)
         held = await store.held_pico(account)
+        carried = (await store.carried(account, period), await store.carried(account, next_period(period)))
         for index, (scope, name, default) in enumerate(
             (("tenant", account.tenant, allowance.tenant_pico), ("key", account.key, allowance.key_pico))
         ):
@@ -108,6 +114,7 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
                 end,
                 overridden,
                 spent_next[index],
+                *(carried if scope == "key" else (0, 0)),
             )
             if view.ident not in seen:
                 seen.add(view.ident)

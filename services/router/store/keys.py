@@ -258,6 +258,12 @@ class AccountKeys:
         """The tenant's and the key's spend in a period (an id from period_id), as charges add to them."""
         return f"{self._tenant}:spend:{period}", f"{self._key}:spend:{period}"
 
+    def carried(self, period: str) -> str:
+        """What the key had spent and held in the other shards, for a period, when an operator last moved it to this
+        shard's tenant (key_move.py; RedisStore.move_key): counted against its key budget here beside its own spend
+        (lua.py, _SPENT), never against the tenant's, which did not spend it. Kept as long as the period's spend."""
+        return f"{self._key}:carried:{period}"
+
     def held(self) -> tuple[str, str]:
         """Sorted sets of hold_member(...) members, scored by expiry, as admissions add to them. The key's set is
         the key id's in the shard, as its spend: a key a trusted caller names for two tenants holds each tenant's

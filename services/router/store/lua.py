@@ -41,10 +41,16 @@ end
 # lands in the period it settles in (model.py, landing_period), which may be the next by then: an admission whose
 # period was named before the end and that runs after it (the store's round trip, a resize sent again, a router's clock
 # a moment behind another's) meets charges landed in the next period already, where its own will land too.
+# A key budget's spend in a period also counts what the key carried into the shard for it (keys.py, AccountKeys.carried:
+# its spend elsewhere when an operator moved it here, key_move.py); a tenant budget carries nothing (nil).
 _SPENT = """
-local function spent(key, next_key)
+local function spent(key, next_key, carried, next_carried)
   local u_hi, u_lo = split(redis.call('GET', key) or '0')
   local n_hi, n_lo = split(redis.call('GET', next_key) or '0')
+  if carried then
+    u_hi, u_lo = add(u_hi, u_lo, split(redis.call('GET', carried) or '0'))
+    n_hi, n_lo = add(n_hi, n_lo, split(redis.call('GET', next_carried) or '0'))
+  end
   if less(u_hi, u_lo, n_hi, n_lo) then return n_hi, n_lo end
   return u_hi, u_lo
 end
@@ -321,7 +327,7 @@ ADMIT = (
 --       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices, the shard's
 --       hold-totals epoch, the count ids counted in the rate counter's window, the tokens counter of that window,
 --       the shard's key-moves token (keys.py, key_moves_key), the next period's tenant spend and spend the key budget
---       is checked against (_SPENT)
+--       is checked against (_SPENT), what the key carried into the shard for the period and the next (_SPENT)
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none), the
@@ -372,7 +378,7 @@ if tokens_per_minute > 0 and (tokens_counted(KEYS[18]) or 0) >= tokens_per_minut
   return {'tokens', '0', '0', ''}
 end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant', KEYS[20]},
-  {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key', KEYS[21]}}
+  {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key', KEYS[21], KEYS[22], KEYS[23]}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
 local function kept(key, value) return value ~= '' and {'HSET', key, ARGV[9], value} or {'HDEL', key, ARGV[9]} end
 local writes = {{'SET', KEYS[2], ARGV[16]}, {'PEXPIREAT', KEYS[2], '0', 'GT'}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
@@ -417,7 +423,7 @@ for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[7], b[4]) or b[3]
   if limit ~= '' then
     local l_hi, l_lo = split(limit)
-    local u_hi, u_lo = spent(b[1], b[6])
+    local u_hi, u_lo = spent(b[1], b[6], b[7], b[8])
     local spend_hi, spend_lo = left(l_hi, l_lo, u_hi, u_lo)
     if s_hi == nil or less(spend_hi, spend_lo, s_hi, s_lo) then
       s_name, s_hi, s_lo = b[5], spend_hi, spend_lo
@@ -694,7 +700,8 @@ EXTEND = (
     + """
 -- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges, the spend and holds the
 --       key budget is checked against (keys.py, key_budget), the shard's hold-totals epoch, the next period's tenant
---       spend and spend the key budget is checked against (_SPENT)
+--       spend and spend the key budget is checked against (_SPENT), what the key carried into the shard for the
+--       period and the next (_SPENT)
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
 --       pending field, pending record, tenant limit field, key limit field, '1' to count the holds by their totals
 EPOCH = redis.call('GET', KEYS[9]) or '0'
@@ -723,11 +730,11 @@ end
 local mistyped = totals_typed({KEYS[2], KEYS[4]})
 if mistyped then return mistyped end
 local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant', KEYS[10]},
-  {KEYS[7], KEYS[8], ARGV[2], ARGV[10], 'key', KEYS[11]}}
+  {KEYS[7], KEYS[8], ARGV[2], ARGV[10], 'key', KEYS[11], KEYS[12], KEYS[13]}}
 for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
   if limit ~= '' then
-    local u_hi, u_lo = spent(b[1], b[6])
+    local u_hi, u_lo = spent(b[1], b[6], b[7], b[8])
     local n_hi, n_lo = split(ARGV[5])
     u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
     -- Every other member counts, of either form: the set's sum less the old hold, when it holds it.

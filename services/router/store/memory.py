@@ -426,6 +426,9 @@ class MemoryStore:
         key = sum(self.counters.get(each.key_budget(period)[0], 0) for each in key_keys)
         return self.counters.get(keys.spend(period)[0], 0), key
 
+    async def carried(self, account: Account, period: str) -> int:
+        return 0  # no key moves (key_move.py names a Redis)
+
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         return None
 

@@ -662,6 +662,11 @@ class Store(Protocol):
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the
         key's spend wherever it is kept (an operator's view of one key)."""
 
+    async def carried(self, account: Account, period: str) -> int:
+        """What the account's key carried into its tenant's shard for a period when an operator last moved it to the
+        tenant (key_move.py): its spend and holds under its other tenants then, counted against its key budget beside
+        its spend (never against the tenant's). 0 for a keyless account."""
+
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         """Say that this router instance is alive for `ttl_s` more seconds."""
 

@@ -47,6 +47,7 @@ from services.router.store.keys import (
     limits_key,
     pending_key,
     repairs_key,
+    shard_of,
     shard_of_key,
     taken_claims_key,
     uncounted_reconciled_key,
@@ -80,6 +81,7 @@ from services.router.store.model import (
     marker_charged_pico,
     next_period,
     pending_field,
+    period_id,
     prices_value,
     reconciled_record,
     spend_ttl_s,
@@ -362,6 +364,16 @@ def _next_spends(keys: AccountKeys, period: str) -> list[str]:
     return [keys.spend(following)[0], keys.key_budget(following)[0]]
 
 
+def _this_and_next(period: str) -> list[str]:
+    return [period, next_period(period)]
+
+
+def _carried(keys: AccountKeys, period: str) -> list[str]:
+    """What the key carried into its shard for `period` and the period after, which ADMIT and EXTEND add to its spend
+    (lua.py, _SPENT)."""
+    return [keys.carried(each) for each in _this_and_next(period)]
+
+
 class RedisStore:
     def __init__(
         self,
@@ -478,7 +490,7 @@ class RedisStore:
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
         names += [keys.rate_counted(rate_at), keys.tokens(rate_at), keys.key_moves]
-        names += _next_spends(keys, hold.period)
+        names += [*_next_spends(keys, hold.period), *_carried(keys, hold.period)]
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
@@ -516,6 +528,9 @@ class RedisStore:
         waited for, as long again at most, and how many replicas had it said."""
         token = secrets.token_hex(8)
         told: list[Replicated] = []
+        # Carried before the rebinding too, so no admission under the new tenant meets the key with nothing carried; and
+        # again once every shard has the token, when no admission under another tenant can add to what it carries.
+        await self._carry(key, tenant)
         if replicas:
             writes = [(key_tenant_key(key), tenant), *((key_moves_key(shard), token) for shard in range(SHARDS))]
             async with self._call():
@@ -529,6 +544,7 @@ class RedisStore:
                 for shard in range(SHARDS):
                     pipe.set(key_moves_key(shard), token)
                 await pipe.execute()
+        await self._carry(key, tenant)
         record_told = None
         try:
             async with self._call():
@@ -540,6 +556,34 @@ class RedisStore:
         except (StoreUnavailable, ResponseError):  # out of reach, refusing, or its key hand-edited to another type
             raise KeyMoveUnrecorded(KeyMoved(before, told)) from None
         return KeyMoved(before, told, record_told)
+
+    async def _carry(self, key: str, tenant: str) -> None:
+        """Set what the key carries into `tenant`'s shard (keys.py, AccountKeys.carried) for the current period of every
+        kind and the next: its spend there in every other shard, and all it holds in them now (a request in flight
+        there may still be charged up to its hold). Set, not added to: a key moved back, or moved again, carries what
+        the other shards have, never what it carried before (the spend of the shard it is moved to is its own there)."""
+        now, here = money_now(), shard_of(tenant)
+        periods = {period for kind in ("day", "month", "total") for period in _this_and_next(period_id(kind, now))}
+        elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
+        async with self._call():
+            held = 0
+            for each in elsewhere:
+                (members,) = await self._held(keys=[each.pending, each.held()[1]], args=[now])
+                held += _held_sum(members)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for period in sorted(periods):
+                    for each in elsewhere:
+                        pipe.get(each.spend(period)[1])
+                read = iter(await pipe.execute())
+            spent = {period: sum(int(next(read) or 0) for _ in elsewhere) for period in sorted(periods)}
+            destination = AccountKeys(here, "", key.encode().hex())
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for period, pico in spent.items():
+                    if pico + held:
+                        pipe.set(destination.carried(period), pico + held, ex=spend_ttl_s(period) or None)
+                    else:
+                        pipe.delete(destination.carried(period))
+                await pipe.execute()
 
     async def key_moves(self, count: int) -> list[KeyMoveRecord]:
         async with self._call():
@@ -842,6 +886,7 @@ class RedisStore:
         ]
         names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
         names += [*keys.key_budget(landing), keys.hold_totals_epoch, *_next_spends(keys, landing)]
+        names += _carried(keys, landing)
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
 
@@ -946,6 +991,13 @@ class RedisStore:
                 pipe.get(each.key_budget(period)[0])
             tenant, *key = await pipe.execute()
         return int(tenant or 0), sum(int(v or 0) for v in key)
+
+    async def carried(self, account: Account, period: str) -> int:
+        keys = AccountKeys.of(account)
+        if keys.keyless or not account.tenant:  # no tenant: no shard the key was moved to
+            return 0
+        async with self._call():
+            return int(await self.redis.get(keys.carried(period)) or 0)
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
         """As admission counts them (lua.HELD): a hold past its expiry still counts while its charge is open."""

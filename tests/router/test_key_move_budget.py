@@ -1,0 +1,115 @@
+"""A key's budget holds across a move between tenants. A key's spend and holds are kept in its tenant's shard, and a
+move (python -m services.router.key_move) left them there: the key's budget started again under its new tenant, so
+it could spend about twice its limit in one period. The move now carries what the key spent and holds in every other
+shard into the new one (store/keys.py, AccountKeys.carried), counted against the key's budget alone. On one real Redis
+and a real Redis Cluster (the tenants in two shards, on the cluster two masters' slots maybe), the store's scripts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.router import key_move
+from services.router.budgets import budgets
+from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+from tests.router.servicer_kit import store_on
+from tests.router.test_key_of_two_tenants import KEY, tenants
+
+OLD, NEW = tenants(same_shard=False)
+DAY_ONE = 1_800_000_000.25  # 2027-01-15 08:00 UTC
+LIMIT = 1000  # the key's, pico-USD
+ALLOWANCE = Allowance("day", key_pico=LIMIT)
+
+
+@pytest.fixture
+async def store(any_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RedisStore]:
+    """A store on a clock the test moves (a period's end), whose key_move names the same Redis."""
+    now = [DAY_ONE]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    monkeypatch.setenv("ROUTER_REDIS_URL", any_redis_url)
+    async with store_on(any_redis_url) as made:
+        made.now = now  # type: ignore[attr-defined]
+        yield made
+
+
+async def admitted(store: RedisStore, tenant: str, request_id: str, pico: int, key: str = KEY) -> str:
+    """Admits the request (its refusal: '' none) under the key's binding read now."""
+    binding = await store.bind_key(key, tenant)
+    assert binding.tenant == tenant
+    hold = Hold(request_id, pico, period_id("day"), "router-1", f"n-{request_id}")
+    return (await store.admit(Account(tenant, key), ALLOWANCE, hold, moves=binding.moves)).refused
+
+
+async def spend(store: RedisStore, tenant: str, request_id: str, pico: int) -> None:
+    """Admits the request and charges its hold."""
+    assert await admitted(store, tenant, request_id, pico) == ""
+    hold = Hold(request_id, pico, period_id("day"), "router-1", f"n-{request_id}")
+    assert await store.charge(Account(tenant, KEY), hold, pico, {})
+
+
+async def test_a_key_moved_to_another_tenant_spends_no_more_than_its_limit_in_the_period(store: RedisStore) -> None:
+    """800 of 1,000 spent under the old tenant: under the new one 300 is refused for the key's budget, 200 admitted;
+    the new tenant's own budget is not charged what it did not spend (another key of it may use all of its limit
+    that the 200 in flight leave)."""
+    await spend(store, OLD, "r1", 800)
+    assert await key_move.main([KEY, NEW]) == 0
+    assert await admitted(store, NEW, "r2", 300) == "key"
+    assert await admitted(store, NEW, "r3", 200) == ""
+    day = period_id("day")
+    assert await store.spent(Account(OLD, KEY), day) == (800, 800)  # the old tenant's accounting keeps its spend
+    assert await store.spent(Account(NEW, KEY), day) == (0, 0)  # the new tenant spent nothing
+    other, tenant_wide = "fedcba9876543210", Allowance("day", tenant_pico=LIMIT)
+    binding = await store.bind_key(other, NEW)
+    rest = Hold("r4", LIMIT - 200, day, "router-1", "n-r4")
+    assert (await store.admit(Account(NEW, other), tenant_wide, rest, moves=binding.moves)).refused == ""
+
+
+async def test_what_the_key_holds_under_the_old_tenant_at_the_move_is_carried(store: RedisStore) -> None:
+    """A request in flight under the old tenant may still be charged up to its hold, after the move: counted."""
+    assert await admitted(store, OLD, "r1", 600) == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""
+
+
+async def test_a_key_moved_back_counts_each_spend_once(store: RedisStore) -> None:
+    """Old 500, new 300, back to the old: 800 spent, so 200 is admitted there (what it carried into the new tenant,
+    the old one's own spend, is not carried back on top of it) and 250 refused."""
+    await spend(store, OLD, "r1", 500)
+    assert await key_move.main([KEY, NEW]) == 0
+    await spend(store, NEW, "r2", 300)
+    assert await key_move.main([KEY, OLD]) == 0
+    assert await admitted(store, OLD, "r3", 250) == "key"
+    assert await admitted(store, OLD, "r4", 200) == ""
+
+
+async def test_a_key_moved_within_its_shard_carries_nothing(store: RedisStore) -> None:
+    """Two tenants of one shard share the key's spend there already: nothing more is carried."""
+    first, second = tenants(same_shard=True)
+    await spend(store, first, "r1", 800)
+    assert await key_move.main([KEY, second]) == 0
+    assert await admitted(store, second, "r2", 300) == "key"
+    assert await admitted(store, second, "r3", 200) == ""
+
+
+async def test_the_carried_spend_counts_in_its_own_period_alone(store: RedisStore) -> None:
+    """Moved near the day's end: the next day the key's budget under its new tenant is whole again."""
+    store.now[0] = DAY_ONE + 15 * 3600  # 23:00 UTC  # type: ignore[attr-defined]
+    await spend(store, OLD, "r1", 900)
+    assert await key_move.main([KEY, NEW]) == 0
+    assert await admitted(store, NEW, "r2", 200) == "key"
+    store.now[0] = DAY_ONE + 17 * 3600  # the next day  # type: ignore[attr-defined]
+    assert await admitted(store, NEW, "r3", LIMIT) == ""
+
+
+async def test_the_budgets_view_shows_what_the_key_carried(store: RedisStore) -> None:
+    """The key's row under its new tenant: its own spend, what it carried beside it, and what admission leaves."""
+    await spend(store, OLD, "r1", 800)
+    assert await key_move.main([KEY, NEW]) == 0
+    await spend(store, NEW, "r2", 100)
+    views = await budgets(store, ALLOWANCE, [Account(OLD, KEY), Account(NEW, KEY)])
+    rows = {view.tenant: view for view in views if view.scope == "key"}
+    assert (rows[OLD].spent_pico, rows[OLD].carried_pico, rows[OLD].remaining_pico) == (800, 0, 200)
+    assert (rows[NEW].spent_pico, rows[NEW].carried_pico, rows[NEW].remaining_pico) == (100, 800, 100)
