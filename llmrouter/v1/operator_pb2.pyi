@@ -82,7 +82,7 @@ class BudgetsRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., admin: _Optional[bool] = ..., api_key: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("scope", "name", "tenant", "limit_usd", "spent_usd", "held_usd", "remaining_usd", "period", "period_end", "overridden", "tenant_wide")
+    __slots__ = ("scope", "name", "tenant", "limit_usd", "spent_usd", "held_usd", "remaining_usd", "period", "period_end", "overridden", "tenant_wide", "carried_usd")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class Budget(_message.Message):
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
     TENANT_WIDE_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_USD_FIELD_NUMBER: _ClassVar[int]
     scope: str
     name: str
     tenant: str
@@ -105,7 +106,8 @@ class Budget(_message.Message):
     period_end: int
     overridden: bool
     tenant_wide: bool
-    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limit_usd: _Optional[str] = ..., spent_usd: _Optional[str] = ..., held_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., period: _Optional[str] = ..., period_end: _Optional[int] = ..., overridden: _Optional[bool] = ..., tenant_wide: _Optional[bool] = ...) -> None: ...
+    carried_usd: str
+    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., limit_usd: _Optional[str] = ..., spent_usd: _Optional[str] = ..., held_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., period: _Optional[str] = ..., period_end: _Optional[int] = ..., overridden: _Optional[bool] = ..., tenant_wide: _Optional[bool] = ..., carried_usd: _Optional[str] = ...) -> None: ...
 
 class BudgetsResponse(_message.Message):
     __slots__ = ("budgets",)

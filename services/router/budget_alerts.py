@@ -40,11 +40,12 @@ LEASE_MARGIN_S = 5.0
 
 
 def use(view: BudgetView) -> float | None:
-    """Spent / limit; None for an unlimited budget, and for the keyless limit shown for every tenant (no one budget:
-    each tenant's is its own view). A zero limit is used up."""
+    """Spent (with what a moved key carried: budgets.BudgetView.carried_pico) / limit; None for an unlimited budget,
+    and for the keyless limit shown for every tenant (no one budget: each tenant's is its own view). A zero limit is
+    used up."""
     if view.limit_pico is None or view.every_tenant:
         return None
-    return view.spent_pico / view.limit_pico if view.limit_pico else 1.0
+    return (view.spent_pico + view.carried_pico) / view.limit_pico if view.limit_pico else 1.0
 
 
 class Once(Protocol):
@@ -174,6 +175,7 @@ class BudgetWatch:
             "tenant": view.tenant,
             "limit_usd": usd(view.limit_pico),
             "spent_usd": usd(view.spent_pico),
+            "carried_usd": usd(view.carried_pico or None),
             "period": view.period,
             "period_id": period,
             "period_end": view.period_end,

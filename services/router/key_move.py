@@ -2,8 +2,9 @@
 digits, as budgets and the ledger show it) to the tenant, in the money Redis of ROUTER_REDIS_URL, whatever it was bound
 to (services/router/key_tenants.py). For a key file line whose tenant changed. Once it returns, every router admits the
 key for the new tenant alone (the move's key-moves token: store/keys.py, key_moves_key); a request admitted before may
-still finish, charged to the old one. The key's spend so far stays in its old tenant's shard: its key budget starts
-again with the new tenant for the rest of the period (README, *A key serves one tenant*).
+still finish, charged to the old one. The key's spend so far stays in its old tenant's shard, and what it spent and
+holds in every other shard is carried into the new tenant's for the rest of the period, counted against its key budget
+alone (RedisStore.move_key; README, *A key serves one tenant*).
 
 With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
 master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would

@@ -51,6 +51,7 @@ def budget_message(view: BudgetView) -> operator_pb2.Budget:
         spent_usd=usd(view.spent_pico),
         held_usd=usd(view.held_pico),
         remaining_usd=usd(view.remaining_pico),
+        carried_usd=usd(view.carried_pico or None),
         period=view.period,
         period_end=view.period_end,
         overridden=view.overridden,

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.router import key_move
+from services.router.budget_alerts import use
 from services.router.budgets import budgets
+from services.router.operator_servicer import budget_message
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
 from tests.router.servicer_kit import store_on
 from tests.router.test_key_of_two_tenants import KEY, tenants
@@ -66,6 +68,16 @@ async def test_a_key_moved_to_another_tenant_spends_no_more_than_its_limit_in_th
     assert (await store.admit(Account(NEW, other), tenant_wide, rest, moves=binding.moves)).refused == ""
 
 
+async def test_a_hold_under_the_new_tenant_grows_only_within_what_the_key_has_left(store: RedisStore) -> None:
+    """A stream's hold grown past its first estimate (Store.extend) meets the same key budget as its admission."""
+    await spend(store, OLD, "r1", 700)
+    assert await key_move.main([KEY, NEW]) == 0
+    assert await admitted(store, NEW, "r2", 100) == ""
+    hold = Hold("r2", 100, period_id("day"), "router-1", "n-r2")
+    assert await store.extend(Account(NEW, KEY), ALLOWANCE, hold, 400) == "key"
+    assert await store.extend(Account(NEW, KEY), ALLOWANCE, hold, 300) == ""
+
+
 async def test_what_the_key_holds_under_the_old_tenant_at_the_move_is_carried(store: RedisStore) -> None:
     """A request in flight under the old tenant may still be charged up to its hold, after the move: counted."""
     assert await admitted(store, OLD, "r1", 600) == ""
@@ -113,3 +125,10 @@ async def test_the_budgets_view_shows_what_the_key_carried(store: RedisStore) ->
     rows = {view.tenant: view for view in views if view.scope == "key"}
     assert (rows[OLD].spent_pico, rows[OLD].carried_pico, rows[OLD].remaining_pico) == (800, 0, 200)
     assert (rows[NEW].spent_pico, rows[NEW].carried_pico, rows[NEW].remaining_pico) == (100, 800, 100)
+    shown = {tenant: budget_message(view) for tenant, view in rows.items()}  # as Budgets and the edge show it
+    assert (shown[OLD].carried_usd, shown[NEW].carried_usd, shown[NEW].remaining_usd) == (
+        "",
+        "0.0000000008",
+        "0.0000000001",
+    )
+    assert use(rows[NEW]) == 0.9  # the budget alerts' use

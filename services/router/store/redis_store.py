@@ -518,14 +518,16 @@ class RedisStore:
         return None if bound is None else _text(bound)
 
     async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0, by: str = "") -> KeyMoved:
-        """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), then
-        give every shard a new key-moves token (keys.py, key_moves_key), after: an admission from then on, on any
-        router, is refused 'moved' unless its key's binding was read after the move. Failing between the two, the move
-        is made but routers may not meet it for key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for
-        that many replicas of each master written to to have the writes (replicated.py, WAIT), and says how many did.
-        Then records the move (key_moves.py), last, so that its record failing (its own master away) delays no
-        router's meeting it: KeyMoveUnrecorded then, saying what the move was. With `replicas`, the record too is
-        waited for, as long again at most, and how many replicas had it said."""
+        """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), its
+        spend and holds elsewhere carried into the tenant's shard (_carry), then give every shard a new key-moves token
+        (keys.py, key_moves_key), after: an admission from then on, on any router, is refused 'moved' unless its key's
+        binding was read after the move. Failing between the two, the move is made but routers may not meet it for
+        key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many replicas of each master written
+        to to have the rebinding and the tokens (replicated.py, WAIT; not what was carried), and says how many did.
+        Then what the key carries is read and set again (_carry), and the move recorded (key_moves.py), last, so that
+        its record failing (its own master away) delays no router's meeting it: KeyMoveUnrecorded then, saying what the
+        move was. With `replicas`, the record too is waited for, as long again at most, and how many replicas had it
+        said."""
         token = secrets.token_hex(8)
         told: list[Replicated] = []
         # Carried before the rebinding too, so no admission under the new tenant meets the key with nothing carried; and
