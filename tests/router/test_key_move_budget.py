@@ -7,7 +7,7 @@ and a real Redis Cluster (the tenants in two shards, on the cluster two masters'
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -84,6 +84,58 @@ async def test_what_the_key_holds_under_the_old_tenant_at_the_move_is_carried(st
     assert await key_move.main([KEY, NEW]) == 0
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class AdmittingDuringTheMove(RedisStore):
+    """A store on which requests are admitted while a move runs: under the key's old tenant once the move has carried
+    what the key had (before the move's token reached the old tenant's shard); under the new one once the key is
+    rebound and every shard has the token, before the move reads what the key has again."""
+
+    after_first: Hook | None = None
+    before_second: Hook | None = None
+    carries = 0
+
+    async def _carry(self, key: str, tenant: str) -> None:
+        self.carries += 1
+        if self.carries == 2 and self.before_second is not None:
+            await self.before_second()
+        await super()._carry(key, tenant)
+        if self.carries == 1 and self.after_first is not None:
+            await self.after_first()
+
+
+@pytest.mark.parametrize("during", ["old tenant, after the first read", "new tenant, before the second read"])
+async def test_what_is_admitted_while_the_move_runs_counts(any_redis_url: str, during: str) -> None:
+    """Under the old tenant once the move has first read what the key has: read again once every shard has the move's
+    token, nothing admitted there is missed. Under the new tenant once the key is rebound, before that second read: it
+    meets what the move carried before the rebinding."""
+    moving = AdmittingDuringTheMove(any_redis_url)
+    try:
+        await spend(moving, OLD, "r1", 500)
+        ran = []
+
+        async def admit_under_old() -> None:
+            ran.append(await admitted(moving, OLD, "r2", 300))
+
+        async def admit_under_new() -> None:
+            ran.append(await admitted(moving, NEW, "r2", 600))
+
+        if during.startswith("old"):
+            moving.after_first = admit_under_old
+        else:
+            moving.before_second = admit_under_new
+        await moving.move_key(KEY, NEW)
+        if during.startswith("old"):
+            assert ran == [""]
+            assert await admitted(moving, NEW, "r3", 300) == "key"
+            assert await admitted(moving, NEW, "r4", 200) == ""
+        else:
+            assert ran == ["key"]
+    finally:
+        await moving.close()
 
 
 async def test_a_key_moved_back_counts_each_spend_once(store: RedisStore) -> None:
