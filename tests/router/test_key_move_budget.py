@@ -90,24 +90,23 @@ Hook = Callable[[], Awaitable[None]]
 
 
 class AdmittingDuringTheMove(RedisStore):
-    """A store on which requests are admitted while a move runs: under the key's old tenant once the move has carried
-    what the key had (before the move's token reached the old tenant's shard); under the new one once the key is
-    rebound and every shard has the token, before the move reads what the key has again."""
+    """A store on which a request is admitted while a move runs: under the key's old tenant once the move has carried
+    what the key had (before the key is rebound and the move's token reached the old tenant's shard); or under the new
+    one once the key is rebound and every shard has the token, before the move reads what the key has again."""
 
-    after_first: Hook | None = None
-    before_second: Hook | None = None
-    carries = 0
+    before_rebinding: Hook | None = None  # run after what the key has is read while it is still bound to the old
+    after_rebinding: Hook | None = None  # run before what the key has is read once it is bound to the new one
 
     async def _carry(self, key: str, tenant: str) -> None:
-        self.carries += 1
-        if self.carries == 2 and self.before_second is not None:
-            await self.before_second()
+        rebound = await self.key_tenant(key) == tenant
+        if rebound and self.after_rebinding is not None:
+            await self.after_rebinding()
         await super()._carry(key, tenant)
-        if self.carries == 1 and self.after_first is not None:
-            await self.after_first()
+        if not rebound and self.before_rebinding is not None:
+            await self.before_rebinding()
 
 
-@pytest.mark.parametrize("during", ["old tenant, after the first read", "new tenant, before the second read"])
+@pytest.mark.parametrize("during", ["old tenant, after the first read", "new tenant, before the last read"])
 async def test_what_is_admitted_while_the_move_runs_counts(any_redis_url: str, during: str) -> None:
     """Under the old tenant once the move has first read what the key has: read again once every shard has the move's
     token, nothing admitted there is missed. Under the new tenant once the key is rebound, before that second read: it
@@ -124,9 +123,9 @@ async def test_what_is_admitted_while_the_move_runs_counts(any_redis_url: str, d
             ran.append(await admitted(moving, NEW, "r2", 600))
 
         if during.startswith("old"):
-            moving.after_first = admit_under_old
+            moving.before_rebinding = admit_under_old
         else:
-            moving.before_second = admit_under_new
+            moving.after_rebinding = admit_under_new
         await moving.move_key(KEY, NEW)
         if during.startswith("old"):
             assert ran == [""]
