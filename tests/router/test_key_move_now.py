@@ -163,11 +163,14 @@ async def test_keys_bound_to_no_tenant_are_admitted_unchecked(frozen_store: Redi
 
 @pytest.fixture
 async def moves_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[redis.Redis]:
-    """A money Redis whose operator's user may write a key's binding, but no shard's key: the move rebinds the key and
-    fails writing its tokens. The operator's key_move names it (ROUTER_REDIS_URL); yielded, an admin's client."""
+    """A money Redis whose operator's user may write a key's binding and the keys the move reads and writes to carry
+    the key's spend (RedisStore.move_key: a script's keys count as written), but no shard's key-moves token: the move
+    rebinds the key and fails writing its tokens. The operator's key_move names it (ROUTER_REDIS_URL); yielded, an
+    admin's client."""
     server: RedisServer = money_redis(tmp_path / "money").start()
     admin = redis.Redis(port=server.port)
-    await admin.execute_command("ACL", "SETUSER", "operator", "on", ">pw", "resetkeys", "~{k.*", "+@all")
+    keys = ("resetkeys", "~{k.*", "~*:carried:*", "~*:pending", "~*:held", "~*:spend:*")
+    await admin.execute_command("ACL", "SETUSER", "operator", "on", ">pw", *keys, "+@all")
     monkeypatch.setenv("ROUTER_REDIS_URL", f"redis://operator:pw@127.0.0.1:{server.port}/0")
     try:
         yield admin
