@@ -9,7 +9,7 @@ TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup artefacts run test lint fmt protos check-protos train-classifier train-verifier local-model \
+.PHONY: setup artefacts run test test-heavy lint fmt protos check-protos train-classifier train-verifier local-model \
         calibrate calibrate-verifier score evaluate evaluate-mmlu-cv evaluate-multitier evaluate-cascade bench loadtest lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
@@ -63,8 +63,15 @@ run: setup
 	$(PY) -m services
 
 # --- tests and checks -------------------------------------------------------------------------------------
-test: setup check-protos lint   # tests/deploy runs in lint-deploy (CI runs both), not twice
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/deploy
+# The suite is split by the `heavy` marker (pyproject.toml), a whole file at a time: make test runs the rest, kept well
+# under 15 minutes; make test-heavy the genuinely slow files. CI runs both. tests/deploy runs in lint-deploy, not here.
+TEST_PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/deploy
+
+test: setup check-protos lint
+	$(TEST_PYTEST) -m "not heavy"
+
+test-heavy: setup   # pytest exits 5 when it selects no test: a failure here, as a check that did not run is one
+	$(TEST_PYTEST) -m heavy
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

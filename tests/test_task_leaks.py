@@ -86,7 +86,12 @@ def test_a_test_leaving_a_task_running_errors_naming_it(
 ) -> None:
     # The run is in a directory of its own: the repository's `tests` package is found on the path, as make test runs.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    pytester.makeconftest("from tests.conftest import _no_task_left_running  # noqa: F401  the guard under test\n")
+    pytester.makeconftest(
+        "import tests.task_leaks\n"
+        "from tests.conftest import _no_task_left_running  # noqa: F401  the guard under test\n"
+        # Each test leaving a task waits this long for it to end: at the suite's 10 s, 20 of this test's 22 s.
+        "tests.task_leaks.ENDING_S = 2.0\n"
+    )
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\n"
         "asyncio_default_fixture_loop_scope = session\nasyncio_default_test_loop_scope = session\n"

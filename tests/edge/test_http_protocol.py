@@ -24,6 +24,8 @@ from services.edge.protocol import MAX_HEAD_BYTES, MAX_PIPELINED
 from tests.conftest import ROOT
 from tests.integration.test_batch_transfers import batch_file
 
+pytestmark = pytest.mark.heavy  # make test-heavy: an edge process, its read and write timeouts waited out in real time
+
 READ_TIMEOUT_S = 2
 BODY_GRACE_S = 5  # past the trickle the test of the read timeout sends
 MIN_BODY_RATE = 16

@@ -30,6 +30,8 @@ from tests.integration.test_batch_revoked_key import created_where_no_line_goes_
 from tests.integration.test_provider_batches import finished, lines_of
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: an edge process SIGKILLed
+
 COST, COST_PENDING = "llmrouter_edge_batch_cost_usd_total", "llmrouter_edge_batch_cost_pending_lines_total"
 
 

@@ -41,6 +41,8 @@ from tests.integration.test_money_faults import RouterProcess
 from tests.integration.test_provider_batches import finished, lines_of
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: edge processes SIGKILLed and started again
+
 WINDOW_S = 3
 TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 BATCH_COST = "llmrouter_edge_batch_cost_usd_total"

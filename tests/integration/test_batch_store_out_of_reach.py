@@ -22,6 +22,8 @@ from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge
 from tests.redis_servers import RedisCluster, RedisServer
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster out of reach
+
 UNAVAILABLE = {
     "message": "batch storage is temporarily unavailable: retry shortly",
     "type": "server_error",

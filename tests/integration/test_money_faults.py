@@ -33,6 +33,8 @@ from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import RedisServer, cache_redis, money_redis
 
+pytestmark = pytest.mark.heavy  # make test-heavy: router processes killed under faults
+
 
 @pytest.fixture
 def money(tmp_path: Path) -> Iterator[RedisServer]:

@@ -25,6 +25,8 @@ from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_money_faults import Spawn, money, pending_of, spawn, wait_for
 from tests.integration.test_policy_in_chain import extra_router
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a router process SIGKILLed mid-call
+
 __all__ = ["money", "spawn"]  # fixtures
 
 

@@ -21,6 +21,8 @@ from services.demo import PROMPTS
 from tests.conftest import ROOT
 from tests.integration.conftest import free_ports
 
+pytestmark = pytest.mark.heavy  # make test-heavy: the four services started as processes
+
 
 @pytest.mark.usefixtures("local_model")
 def test_stack_shows_routing_with_no_keys_and_no_redis(tmp_path: Path) -> None:

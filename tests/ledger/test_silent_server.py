@@ -14,6 +14,8 @@ import pytest
 
 from services.ledger.db import CONNECT_TIMEOUT_S, LedgerDB, LedgerUnavailable
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a PostgreSQL that stops answering, waited out
+
 # The connect timeout and the scheduling of a loaded machine; far below never.
 BOUND_S = CONNECT_TIMEOUT_S + 15
 

@@ -21,6 +21,8 @@ from services.router.store import SHARDS, ledger_key
 from tests.ledger.test_trim_beside_the_sink import add
 from tests.ledger.test_trim_monthly import NOVEMBER, OCTOBER_END
 
+pytestmark = pytest.mark.heavy  # make test-heavy: trim processes killed
+
 # Old entries (beyond a 90 days retention) in October and November 2025, over three shards; and a recent one, kept.
 OLD = {
     0: [f"{OCTOBER_END - 2}-0", f"{OCTOBER_END - 1}-0", f"{OCTOBER_END}-0", f"{NOVEMBER}-0", f"{NOVEMBER}-1"],

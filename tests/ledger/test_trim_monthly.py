@@ -29,6 +29,8 @@ from services.router.store import SHARDS, ledger_key
 from tests.conftest import ROOT
 from tests.ledger.test_trim_beside_the_sink import SinkActingMidTrim, add
 
+pytestmark = pytest.mark.heavy  # make test-heavy: trim processes, some killed
+
 
 def ms(day: datetime) -> int:
     return int(day.timestamp() * 1000)

@@ -21,6 +21,8 @@ from tests.conftest import ROOT
 from tests.integration.conftest import free_port
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: service processes started, killed and restarted
+
 
 def python(code: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code], text=True)

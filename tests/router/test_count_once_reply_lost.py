@@ -34,6 +34,8 @@ from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_uncounted_sweep_broken_shard import failures as reconcile_failures
 from tests.router.test_undone_admissions import Proxied, proxied_store
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster behind proxies losing replies
+
 DAY = period_id("day")
 KEYS = AccountKeys.of(ACCOUNT)
 LEASE_S = 0.001  # over at once: each round sweeps

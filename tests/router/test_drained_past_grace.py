@@ -43,6 +43,8 @@ from tests.router.test_admission import REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: routers drained past their grace period
+
 GRACE_S = 2.0
 
 

@@ -35,6 +35,8 @@ from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster, RedisServer
 from tests.router.old_version import checkout, run
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster, many concurrent admissions
+
 DAY = period_id("day")
 ACCOUNTS = [Account(tenant, key) for tenant in ("acme", "globex", "initech") for key in ("k1", "k2", "anonymous")]
 # Tight enough that admissions are refused now and then while a hundred are in flight.

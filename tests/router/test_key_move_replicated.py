@@ -22,6 +22,8 @@ from services.router.store.keys import SHARDS, key_moves_key, key_tenant_key, sh
 from tests.redis_servers import RedisCluster, RedisServer, money_redis
 from tests.router.test_key_of_two_tenants import KEY, tenants
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a replicated Redis Cluster
+
 OLD, NEW = tenants(same_shard=False)
 
 

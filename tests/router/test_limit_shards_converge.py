@@ -27,6 +27,8 @@ from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster
 from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster's shards
+
 KEY = "0123456789abcdef"
 FIELD = limit_field("key", KEY)
 USD = int(PICO)

@@ -42,6 +42,8 @@ from tests.router.test_admission import ACCOUNT
 from tests.router.test_charge_counted_once import served
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster and PostgreSQL
+
 DAY = period_id("day")
 
 

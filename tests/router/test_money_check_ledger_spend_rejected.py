@@ -35,6 +35,8 @@ from tests.router.test_money_check_ledger_spend_given_back import (
 )
 from tests.router.test_money_check_ledger_spend_trimmed import EVERY_ENTRY_DAYS
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster and the SQL sink
+
 
 class HookedLedgerDB(LedgerDB):
     """A SQL ledger whose first read by the check (period_ledger) runs `mid_snapshot` (in its worker thread) just after

@@ -29,6 +29,8 @@ from tests.router.test_money_check_ledger_spend_given_back import (
     reconciled,
 )
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster and the SQL sink
+
 # A cutoff past every entry: a trim so set deletes all that the group has acknowledged.
 EVERY_ENTRY_DAYS = -1
 # Another tenant whose charges go to ACME's ledger stream.

@@ -56,6 +56,8 @@ from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
 from tests.router.test_reconcile_one_master_down import LEASE_S, MODEL, left_by_a_dead_router, settled
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster with a master stopped
+
 DAY = period_id("day")
 HOLD_PICO = 2_000_000
 PICO = 1_000_000

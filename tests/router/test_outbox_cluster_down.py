@@ -24,6 +24,8 @@ from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT
 from tests.router.test_charge_counted_once import served
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster wholly out of reach
+
 DAY = period_id("day")
 
 

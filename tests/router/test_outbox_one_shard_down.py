@@ -37,6 +37,8 @@ from services.router.store.keys import (
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster, RedisServer
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster with a shard stopped
+
 DAY = period_id("day")
 PICO = 10**6
 DOWN = 2  # the master that goes away: neither the heartbeats' slot ({llmrouter}) nor the startup node is on it

@@ -35,6 +35,8 @@ from services.router.store import MemoryStore
 from tests.ci import missing
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.heavy  # make test-heavy: router processes started
+
 NOBODY = 65534
 OUTBOX = "router/charges-outbox.jsonl"  # in this user's own directory
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="making a file of another user's takes root")

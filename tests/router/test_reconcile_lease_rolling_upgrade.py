@@ -19,6 +19,8 @@ from tests.router.old_version import checkout, run
 from tests.router.test_collect_model import ACCOUNT
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: the version before's reconciler, from its own commit
+
 BEFORE = "231b2e7b"  # the version before the lease's last holder was kept
 DAY = period_id("day")
 LEASE_S = 0.1  # the heartbeat TTL, and this version's reconciler's lease

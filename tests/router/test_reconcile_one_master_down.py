@@ -37,6 +37,8 @@ from tests.router.test_charge_counted_once import counted
 from tests.router.test_outbox_one_shard_down import DOWN, master_of, tenant_on
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster with a master stopped
+
 DAY = period_id("day")
 HOLD_PICO = 2_000_000
 LEASE_S = 0.001  # over at once: each round sweeps

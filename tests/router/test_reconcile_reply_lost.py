@@ -25,6 +25,8 @@ from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_undone_admissions import proxied_store
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: lost replies sent again over the reconciler's rounds
+
 DAY = period_id("day")
 HOLD_PICO = 6_000_000_000  # $0.006
 LEASE_S = 0.05  # the reconciler sweeps at most once a lease

@@ -34,6 +34,8 @@ from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed, scratch_outbox
 
+pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster behind a proxy losing replies
+
 DAY = period_id("day")
 
 
