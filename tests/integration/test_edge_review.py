@@ -32,6 +32,8 @@ from tests.integration.test_policy_in_chain import extra_router
 from tests.integration.test_provider_batches import finished
 from tests.waiting import eventually, http_requests_ended
 
+pytestmark = pytest.mark.heavy  # make test-heavy: batch and rate-limit windows waited out in real time
+
 DEEP = b"[" * 50_000 + b"]" * 50_000  # past the interpreter's recursion limit
 # The rate limit's window in the rate-limited tests (the router's is a minute): a batch refused for it is parked
 # PARKED_S or more, well past PARK_LEAVE_S (5 s, so its run ends and gives up its place), and past each wait for

@@ -62,6 +62,8 @@ from tests.integration.conftest import free_port, start_edge
 from tests.integration.test_ledger_audit import audit_cost
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.heavy  # make test-heavy: batch windows waited out in real time, a router restarted
+
 BATCHED, REALTIME = "batch-model", "realtime-model"
 LONG = "long answer "  # a long answer's unit, repeated
 # Answers that outweigh one gRPC message do so by a tenth: what they test needs no more (each megabyte costs time).
