@@ -27,13 +27,8 @@ def target_pytest_args(target: str) -> list[str]:
     recipe = re.search(rf"^{re.escape(target)}:.*\n\t\$\(TEST_PYTEST\) (.*)$", MAKEFILE, re.MULTILINE)
     assert common and recipe, f"make {target} no longer runs $(TEST_PYTEST): update this test"
     args = shlex.split(common.group(1)) + shlex.split(recipe.group(1))
-    kept: list[str] = []
-    for arg in args:
-        if kept and kept[-1] in {"-n", "--dist"}:
-            kept.pop()
-        elif arg not in {"-n", "--dist"}:
-            kept.append(arg)
-    return kept
+    xdist_options = {index + 1 for index, arg in enumerate(args) if arg in {"-n", "--dist"}}  # their values
+    return [arg for index, arg in enumerate(args) if arg not in {"-n", "--dist"} and index not in xdist_options]
 
 
 def collected(target: str) -> set[str]:
