@@ -24,7 +24,7 @@ def target_pytest_args(target: str) -> list[str]:
     """The arguments the target's recipe gives pytest, $(TEST_PYTEST) expanded, its xdist options left out (a
     collection needs no workers)."""
     common = re.search(r"^TEST_PYTEST := \$\(PY\) -m pytest (.*)$", MAKEFILE, re.MULTILINE)
-    recipe = re.search(rf"^{re.escape(target)}:.*\n\t\$\(TEST_PYTEST\) (.*)$", MAKEFILE, re.MULTILINE)
+    recipe = re.search(rf"^{re.escape(target)}:.*\n\t\$\(TEST_PYTEST\)(.*)$", MAKEFILE, re.MULTILINE)
     assert common and recipe, f"make {target} no longer runs $(TEST_PYTEST): update this test"
     args = shlex.split(common.group(1)) + shlex.split(recipe.group(1))
     xdist_options = {index + 1 for index, arg in enumerate(args) if arg in {"-n", "--dist"}}  # their values
