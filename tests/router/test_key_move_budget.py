@@ -188,3 +188,32 @@ async def test_the_budgets_view_shows_what_the_key_carried(store: RedisStore) ->
         "0.0000000001",
     )
     assert use(rows[NEW]) == 0.9  # the budget alerts' use
+
+
+async def test_a_hold_carried_at_the_move_is_not_carried_into_the_next_period(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """A request in flight under the old tenant at a move early in the day holds 600 for minutes, and is charged 100
+    within the day: the next day, the key's budget under its new tenant is whole again (its hold, gone long before,
+    is no spend of that day)."""
+    assert await admitted(store, OLD, "r1", 600) == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    hold = Hold("r1", 600, period_id("day"), "router-1", "n-r1")
+    assert await store.charge(Account(OLD, KEY), hold, 100, {})
+    clock[0] = DAY_ONE + 17 * 3600  # the next day
+    assert await admitted(store, NEW, "r2", LIMIT) == ""
+
+
+async def test_a_hold_open_past_the_period_end_at_the_move_is_carried_into_the_next(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """Moved seconds before the day's end, a request in flight under the old tenant is charged its whole hold just
+    after it, in the next day: that day the key under its new tenant has its limit less that charge."""
+    clock[0] = DAY_ONE + 16 * 3600 - 10  # 23:59:50 UTC
+    assert await admitted(store, OLD, "r1", 600) == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    hold = Hold("r1", 600, period_id("day"), "router-1", "n-r1")
+    clock[0] = DAY_ONE + 16 * 3600 + 30  # the next day
+    assert await store.charge(Account(OLD, KEY), hold, 600, {})
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""

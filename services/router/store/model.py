@@ -288,6 +288,17 @@ def next_period(period: str) -> str:
     return period
 
 
+def period_start(period: str) -> float:
+    """Unix seconds (by the money's clock) when a period (a period_id) starts; 0 for 'all' and no period_id."""
+    for digits, form in ((8, "%Y%m%d"), (6, "%Y%m")):
+        if len(period) == digits:
+            try:
+                return datetime.strptime(period, form).replace(tzinfo=UTC).timestamp()
+            except ValueError:
+                break
+    return 0.0
+
+
 def spend_ttl_s(period: str) -> int:
     """Spend counters outlive their period (a day id has 8 digits, a month 6, 'all' never ends); every charge
     renews the TTL, so a counter is never dropped before its period is over."""

@@ -82,6 +82,7 @@ from services.router.store.model import (
     next_period,
     pending_field,
     period_id,
+    period_start,
     prices_value,
     reconciled_record,
     spend_ttl_s,
@@ -563,15 +564,22 @@ class RedisStore:
         """Set what the key carries into `tenant`'s shard (keys.py, AccountKeys.carried) for the current period of every
         kind and the next: its spend there in every other shard, and all it holds in them now (a request in flight
         there may still be charged up to its hold). Set, not added to: a key moved back, or moved again, carries what
-        the other shards have, never what it carried before (the spend of the shard it is moved to is its own there)."""
+        the other shards have, never what it carried before (the spend of the shard it is moved to is its own there).
+        A hold counts in the next period only if it may still be open as that starts: held past its start, or past its
+        expiry already (its charge open, settled whenever the reconciler comes); one that ends before it is no spend of
+        it, and a move early in a period would otherwise take it from the key's whole next period."""
         now, here = money_now(), shard_of(tenant)
         periods = {period for kind in ("day", "month", "total") for period in _this_and_next(period_id(kind, now))}
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
-            held = 0
+            holds: list[tuple[int, float]] = []  # each open hold's pico and expiry
             for each in elsewhere:
                 (members,) = await self._held(keys=[each.pending, each.held()[1]], args=[now])
-                held += _held_sum(members)
+                if members:
+                    expiries = await self.redis.zmscore(each.held()[1], members)
+                    # One gone meanwhile was settled: its charge is in the spend read below, counted twice, never less.
+                    held_until = zip(members, expiries, strict=True)
+                    holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period in sorted(periods):
                     for each in elsewhere:
@@ -581,6 +589,8 @@ class RedisStore:
             destination = AccountKeys(here, "", key.encode().hex())
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period, pico in spent.items():
+                    start = period_start(period)
+                    held = sum(each for each, expiry in holds if expiry <= now or expiry > start)
                     if pico + held:
                         pipe.set(destination.carried(period), pico + held, ex=spend_ttl_s(period) or None)
                     else:
