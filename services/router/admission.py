@@ -359,14 +359,23 @@ class Admission:
         # told at most that one (Routed.most_held_pico) until the store answers.
         unanswered = routed.unanswered_hold_pico
         routed.unanswered_hold_pico = max(unanswered, needed)
+        hold = routed.hold
+
+        async def extend_under(moves: str) -> str:
+            return await self.store.extend(routed.account, self.allowance, hold, needed, moves)
+
         try:
-            refused = await self.store.extend(routed.account, self.allowance, routed.hold, needed)
+            # Under the key's binding, as its admission: a key moved to another tenant since grows no hold here.
+            refused = await self.key_tenants.under_binding(routed.account, extend_under, lambda refused: refused)
             routed.unanswered_hold_pico = unanswered
         except StoreUnavailable:
             # Admitted already, so never answered STORE_UNAVAILABLE (which says: not admitted, send the same request
             # id again, and that retry would be refused as a duplicate). No fallback: the request ends with its
             # attempt's error, and what it owes is charged through the outbox.
             refused = "store_unavailable"
+        except ServiceError as moved:  # the key moved to another tenant, or keeps moving: no fallback, as above
+            routed.unanswered_hold_pico = unanswered
+            refused = moved.reason
         if refused:
             log.warning("no hold for another attempt", extra={"request_id": routed.request_id, "refused": refused})
             return False

@@ -273,6 +273,27 @@ async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_c
         await store.close()
 
 
+async def test_a_hold_grows_no_more_once_its_key_moved_to_another_tenant(redis_url: str) -> None:
+    """A fallback or escalation of a request admitted before its key's move (key_move.py) would grow the hold in the
+    old tenant's shard, checked against the key's spend there alone, while the key spends under its new tenant what
+    it had left, the hold at the move carried there: no growth then. A move of another key stops none."""
+    store = RedisStore(redis_url)
+    try:
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
+        await gate.admit(r)
+        assert r.hold is not None
+        await store.move_key("fedcba9876543210", "another")
+        assert await gate.cover(r, r.hold.pico + 1_000)
+        grown = r.hold.pico
+        await store.move_key(ACCOUNT.key, "another")
+        assert not await gate.cover(r, grown + 1_000)
+        assert r.hold.pico == grown
+        held = await store.redis.zrange(AccountKeys.of(ACCOUNT).held()[1], 0, -1)
+        assert [int(member.split(b":")[0]) for member in held] == [grown]
+    finally:
+        await store.close()
+
+
 async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis_url: str, proxy: LossyProxy) -> None:
     """Before a fallback the hold grows (the store replaces it with a larger one). A caller that leaves while
     that runs must not make the request settle the old, smaller hold: the larger one would block the budget

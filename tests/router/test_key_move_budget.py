@@ -217,3 +217,14 @@ async def test_a_hold_open_past_the_period_end_at_the_move_is_carried_into_the_n
     assert await store.charge(Account(OLD, KEY), hold, 600, {})
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+async def test_a_hold_under_the_old_tenant_grows_no_more_once_the_key_moved(store: RedisStore) -> None:
+    """600 held under the old tenant at the move, carried; 400 then admitted under the new one: the hold's growth to
+    900 under the old tenant, which its shard alone would allow, is refused 'moved' (the key would pass its limit)."""
+    binding = await store.bind_key(KEY, OLD)
+    hold = Hold("r1", 600, period_id("day"), "router-1", "n-r1")
+    assert (await store.admit(Account(OLD, KEY), ALLOWANCE, hold, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    assert await admitted(store, NEW, "r2", 400) == ""
+    assert await store.extend(Account(OLD, KEY), ALLOWANCE, hold, 900, moves=binding.moves) == "moved"

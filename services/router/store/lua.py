@@ -701,9 +701,10 @@ EXTEND = (
 -- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges, the spend and holds the
 --       key budget is checked against (keys.py, key_budget), the shard's hold-totals epoch, the next period's tenant
 --       spend and spend the key budget is checked against (_SPENT), what the key carried into the shard for the
---       period and the next (_SPENT)
+--       period and the next (_SPENT), the shard's key-moves token (keys.py, key_moves_key)
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
---       pending field, pending record, tenant limit field, key limit field, '1' to count the holds by their totals
+--       pending field, pending record, tenant limit field, key limit field, '1' to count the holds by their totals,
+--       the key-moves token its key's binding was read under ('' = unchecked), as ADMIT's
 EPOCH = redis.call('GET', KEYS[9]) or '0'
 -- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again. Nor has
 -- one whose pending charge is another admission's of its request id (one a store that lost this admission let in).
@@ -711,6 +712,9 @@ local stored = redis.call('HGET', KEYS[6], ARGV[7])
 if not stored then return 'settled' end
 local nonce = string.match(ARGV[8], '"nonce":%s*"([^"]*)"')
 if nonce and nonce ~= '' and string.match(stored, '"nonce":%s*"([^"]*)"') ~= nonce then return 'settled' end
+-- A key moved since its binding was read (ADMIT's 'moved'): its move carried this hold into the new tenant's shard as
+-- it stood once every shard had the move's token, so it grows no more here, checked against this shard's spend alone.
+if ARGV[12] ~= '' and (redis.call('GET', KEYS[14]) or '0') ~= ARGV[12] then return 'moved' end
 local old = held_member(KEYS[6], ARGV[7], ARGV[3])
 -- Checked before any write (a total rebuilt below is one).
 local writes = {{'ZREM', KEYS[2], old}, {'ZREM', KEYS[4], old}, {'ZADD', KEYS[2], ARGV[6], ARGV[4]},

@@ -306,7 +306,8 @@ class MemoryStore:
     async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
         return [await self.count_once(each.account, each.request_id, each.charge_id) for each in charges]
 
-    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int, moves: str = "") -> str:
+        del moves  # as admit's
         pending = self.pending.get(pending_field(account, hold.request_id))
         if pending is None or (hold.nonce and pending.nonce != hold.nonce):  # settled, or another admission's
             return "settled"

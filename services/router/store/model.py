@@ -617,10 +617,11 @@ class Store(Protocol):
         charges each) rather than one a charge. A charge named twice is answered once. StoreUnavailable as
         count_once; PartlyTaken when calls were answered before it."""
 
-    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int, moves: str = "") -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''
         when both budgets cover spend + every other hold + the new amount, else the budget that does not, or
-        'settled' when the request's pending charge is gone (nothing is held for it any more)."""
+        'settled' when the request's pending charge is gone (nothing is held for it any more), or 'moved' as admit's
+        `moves`: a key moved since is no longer checked here alone (its move carried the hold as it stood)."""
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         """Undo the admission of `hold` (its nonce), whose reply was lost: when the request's pending charge is

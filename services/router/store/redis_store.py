@@ -877,7 +877,7 @@ class RedisStore:
                 "counts whose taker never heard them back adopted", extra={"charges": int(moved), "claim": claim}
             )
 
-    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int, moves: str = "") -> str:
         keys = AccountKeys.of(account)
         landing = landing_period(hold.period)  # the period the grown hold's charge lands in, as things stand
         tenant_spend, key_spend = keys.spend(landing)
@@ -895,10 +895,11 @@ class RedisStore:
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
             self._trust_totals,
+            moves,
         ]
         names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
         names += [*keys.key_budget(landing), keys.hold_totals_epoch, *_next_spends(keys, landing)]
-        names += _carried(keys, landing)
+        names += [*_carried(keys, landing), keys.key_moves]
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
 
