@@ -228,3 +228,14 @@ async def test_a_hold_under_the_old_tenant_grows_no_more_once_the_key_moved(stor
     assert await key_move.main([KEY, NEW]) == 0
     assert await admitted(store, NEW, "r2", 400) == ""
     assert await store.extend(Account(OLD, KEY), ALLOWANCE, hold, 900, moves=binding.moves) == "moved"
+
+
+async def test_what_the_key_carried_counts_against_no_tenant_budget(store: RedisStore) -> None:
+    """800 spent under the old tenant, carried: under the new tenant, whose own limit is 1,000 and which spent
+    nothing, the moved key itself (no key limit) is admitted the tenant's whole limit."""
+    await spend(store, OLD, "r1", 800)
+    assert await key_move.main([KEY, NEW]) == 0
+    binding = await store.bind_key(KEY, NEW)
+    whole = Hold("r2", LIMIT, period_id("day"), "router-1", "n-r2")
+    tenant_only = Allowance("day", tenant_pico=LIMIT)
+    assert (await store.admit(Account(NEW, KEY), tenant_only, whole, moves=binding.moves)).refused == ""
