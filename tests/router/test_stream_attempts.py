@@ -25,10 +25,10 @@ class SlowExtend(MemoryStore):
         super().__init__()
         self.growing, self.grown = asyncio.Event(), asyncio.Event()
 
-    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int, moves: str = "") -> str:
         self.growing.set()
         await self.grown.wait()
-        return await super().extend(account, allowance, hold, pico)
+        return await super().extend(account, allowance, hold, pico, moves)
 
 
 class TimedOutCall:
