@@ -212,6 +212,8 @@ async def test_a_hold_open_past_the_period_end_at_the_move_is_carried_into_the_n
     clock[0] = DAY_ONE + 16 * 3600 - 10  # 23:59:50 UTC
     assert await admitted(store, OLD, "r1", 600) == ""
     assert await key_move.main([KEY, NEW]) == 0
+    (row,) = [view for view in await budgets(store, ALLOWANCE, [Account(NEW, KEY)]) if view.scope == "key"]
+    assert (row.carried_pico, row.next_carried_pico, row.remaining_pico) == (600, 600, 400)
     hold = Hold("r1", 600, period_id("day"), "router-1", "n-r1")
     clock[0] = DAY_ONE + 16 * 3600 + 30  # the next day
     assert await store.charge(Account(OLD, KEY), hold, 600, {})
