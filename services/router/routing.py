@@ -64,18 +64,26 @@ class Routing:
             fallback = ideal_fallback = policy.STRONGEST
             if scores is not None:
                 target: Target | None = await self.targets.choose(request, tenant, models, registry, version)
+                # A strong share or a quality kept is a target for a model set: with every provider, every model's.
+                ideal_target: Target | None = await self.targets.choose(
+                    request, tenant, registry.models, registry, version
+                )
             else:
                 unscored = await self.unclassified.fallback(request, tenant, prompt, models, registry)
                 fallback, ideal_fallback, target = unscored
+                ideal_target = target
             if target is not None:
                 limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
+            ideal_limits = limits
+            if ideal_target is not None:
+                ideal_limits = dataclasses.replace(limits, quality_target=ideal_target.quality)
             # Every registry model is a candidate; those the providers cannot serve here are shown excluded,
             # beside what routing would choose with every provider configured.
             every = policy.evaluate(registry.models, scores, limits)
             options = policy.without_unavailable(every, {m.name for m in models}, registry.providers)
             plan = policy.plan(registry, options, limits, scores is not None, fallback)
             if options != every:
-                ideal = ideal_plan(registry, every, limits, scores is not None, ideal_fallback)
+                ideal = ideal_plan(registry, every, ideal_limits, scores is not None, ideal_fallback)
                 return plan, decision(plan, limits, version, note, ideal), registry
         return plan, decision(plan, limits, version, note), registry
 
