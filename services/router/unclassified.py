@@ -69,14 +69,16 @@ class Unclassified:
             return policy.Fallback(self.rule), policy.Fallback(self.rule), None
         if self.length is None or not self._predicts(registry.models):
             return _below_strongest(models, registry), _below_strongest(registry.models, registry), None
-        target = await self.targets.reference(request, tenant, models, registry)
         tokens = await self._tokens(prompt)
-        fallbacks = []
+        fallbacks, targets = [], []
         for among in (models, registry.models):
+            # A strong share or a quality kept is a target for a model set: with every provider, every model's.
+            target = await self.targets.reference(request, tenant, among, registry)
             tiers = await self.length.tiers(target.quality, among, registry, self.output_tokens)
             tier, why = tiers.tier_for(tokens)
             fallbacks.append(policy.Fallback("length", tier, f"{why} as the classifier at target {target.quality:.2f}"))
-        return fallbacks[0], fallbacks[1], target
+            targets.append(target)
+        return fallbacks[0], fallbacks[1], targets[0]
 
     def _predicts(self, models: list[ModelSpec]) -> bool:
         """Whether the calibration holds predictions for any of these models: one of other models' (another

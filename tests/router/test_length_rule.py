@@ -159,3 +159,20 @@ async def test_a_requests_strong_share_sets_the_length_rules_target(reference: C
     assert target is not None and target.note == "strong share 0.20 on the reference mix"
     assert target == await Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
     assert target.quality != settings.default_quality_target
+
+
+async def test_the_tier_with_every_provider_is_at_the_target_a_strong_share_gives_every_model(
+    reference: Calibration,
+) -> None:
+    # A strong share is a target for a model set: the local model alone gives one, every registry model another.
+    settings = RouterSettings()
+    targets = Targets(settings, reference)
+    rule = Unclassified("length", reference, targets, OUTPUT_TOKENS)
+    local = [m for m in REGISTRY.models if m.provider == "local"]
+    aimed = router_pb2.CompleteRequest(strong_share=0.2)
+    served_target = await targets.reference(aimed, "acme", local, REGISTRY)
+    every_target = await targets.reference(aimed, "acme", REGISTRY.models, REGISTRY)
+    assert f"{served_target.quality:.2f}" != f"{every_target.quality:.2f}"
+    _, ideal, target = await rule.fallback(aimed, "acme", "word " * 60, local, REGISTRY)
+    assert target == served_target  # what the request is routed at, among the models served
+    assert ideal.why.endswith(f"as the classifier at target {every_target.quality:.2f}"), ideal.why
