@@ -28,9 +28,10 @@ def counted(status: str = "200") -> float:
 
 
 @asynccontextmanager
-async def served(app: ASGIApp, released: asyncio.Event) -> AsyncIterator[tuple[str, asyncio.Event]]:
+async def served(app: ASGIApp, *released: asyncio.Event) -> AsyncIterator[tuple[str, asyncio.Event]]:
     """`app` behind Observe, served on loopback for the block: its URL, and an event set once Observe has returned.
-    `released` is set as the block ends, whatever happened in it: the server then waits for the app to return."""
+    Each of `released` is set as the block ends, whatever happened in it: the server then waits for the app to
+    return."""
     returned = asyncio.Event()
 
     async def observed(scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,7 +45,8 @@ async def served(app: ASGIApp, released: asyncio.Event) -> AsyncIterator[tuple[s
         await eventually(lambda: server.started, "the server listens")
         yield f"http://127.0.0.1:{port}{ROUTE}", returned
     finally:
-        released.set()
+        for event in released:
+            event.set()
         server.should_exit = True
         await task
 
@@ -71,15 +73,17 @@ async def test_a_request_is_counted_before_its_answer_goes_out() -> None:
 
 
 async def test_a_streamed_answer_is_counted_at_its_last_part() -> None:
-    released = asyncio.Event()
+    released, finished = asyncio.Event(), asyncio.Event()
 
     async def streams(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
         await released.wait()
         await send({"type": "http.response.body", "body": b"last\n"})
+        # Still at work after its last part, so that a count as the app returns is not taken for one at that part.
+        await finished.wait()
 
-    async with served(streams, released) as (url, returned):
+    async with served(streams, released, finished) as (url, returned):
         before, serving = counted(), inflight("edge")
         async with httpx.AsyncClient(timeout=10) as http, http.stream("GET", url) as answer:
             lines = answer.aiter_lines()
@@ -90,6 +94,7 @@ async def test_a_streamed_answer_is_counted_at_its_last_part() -> None:
             assert [line async for line in lines] == ["last"]
             assert counted() == before + 1
             assert inflight("edge") == serving
+        finished.set()
         await eventually(returned.is_set, "the app returned")
         assert counted() == before + 1
 
