@@ -28,11 +28,25 @@ Closer = Callable[[], Awaitable[None]]
 
 # Messages up to 16 MiB: long prompts must be refused with a clear error by the policy, not by the transport.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# The fastest pings a server takes while it sends nothing (gRPC's default is 5 min): faster ones, past gRPC's 2 strikes,
+# get a GOAWAY too_many_pings that fails every call on the connection. A quarter of the clients' interval: timers slip.
+MIN_PING_INTERVAL_MS = 5_000
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # Spread calls over every address a (headless) Service resolves to, not one pod per client.
     ("grpc.lb_policy_name", "round_robin"),
+    # A peer frozen or gone without a reset (SIGSTOP, a vanished node) holds a call until its deadline (minutes): a ping
+    # every 20 s while calls are in flight, unanswered for 10 s, fails them UNAVAILABLE instead.
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # What times the ping out in gRPC 1.85, whose default is a minute (keepalive_timeout_ms alone is not heeded).
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 0),
+    # Keep pinging through a long call with nothing sent (a unary generation): gRPC stops after 2 such pings otherwise.
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 # Servers close connections after a minute so clients re-resolve and find pods added by the autoscaler; calls
 # in flight on a closing connection get a grace longer than the longest request to finish: the edge's deadline,
@@ -44,6 +58,7 @@ SERVER_OPTIONS = [
     ("grpc.max_connection_age_grace_ms", 320_000),
     # gRPC's default, named: each service's max_inflight_calls refuses calls with a reason before this queue fills.
     ("grpc.server.max_pending_requests", GRPC_PENDING_CALLS),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
 ]
 # How long before a drain's grace ends a service's own cut (RunningServer.cut) ends the calls still running, before
 # gRPC cancels them with no details: the time their charges take to land and their statuses to go (half a short grace).
