@@ -47,12 +47,18 @@ def test_every_internal_channel_pings_while_calls_are_in_flight(monkeypatch: pyt
     assert dict(SERVER_OPTIONS)["grpc.http2.min_ping_interval_without_data_ms"] < KEEPALIVE_TIME_MS
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+# Frozen at once, or after the call has been silent for three pings (past which gRPC's default, 2 pings without data,
+# would leave the call unwatched: a ping a minute at most).
+@pytest.mark.parametrize(("streamed", "silent_s"), [(False, 0.0), (True, 0.0), (False, 3.5)])
 async def test_a_frozen_peer_fails_the_call_unavailable_within_keepalive(
-    monkeypatch: pytest.MonkeyPatch, streamed: bool
+    monkeypatch: pytest.MonkeyPatch, streamed: bool, silent_s: float
 ) -> None:
     monkeypatch.setattr(channels, "CHANNEL_OPTIONS", [(k, SHORT.get(k, v)) for k, v in channels.CHANNEL_OPTIONS])
-    async with holding_providers() as (process, port), open_channel(f"127.0.0.1:{port}", SETTINGS) as channel:
+    floor_ms = str(SHORT["grpc.keepalive_time_ms"] // 2)  # the test's pings taken, as the product's are (below)
+    async with (
+        holding_providers(floor_ms) as (process, port),
+        open_channel(f"127.0.0.1:{port}", SETTINGS) as channel,
+    ):
         stub = provider_pb2_grpc.ProviderStub(channel)
         request = provider_pb2.GenerateRequest(model="m")
 
@@ -66,6 +72,8 @@ async def test_a_frozen_peer_fails_the_call_unavailable_within_keepalive(
         calling = asyncio.create_task(call())
         assert process.stdout is not None
         assert await asyncio.wait_for(process.stdout.readline(), 30) == b"REACHED\n"
+        await asyncio.sleep(silent_s)  # the behaviour under test: a call silent that long
+        assert not calling.done(), calling
         process.send_signal(signal.SIGSTOP)
         try:
             frozen_at = time.monotonic()

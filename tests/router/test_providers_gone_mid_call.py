@@ -27,10 +27,11 @@ from tests.router.test_admission import REGISTRY, request, routed
 
 
 @asynccontextmanager
-async def holding_providers() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """The providers process, draining for no time on SIGTERM, and its port."""
+async def holding_providers(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """The providers process, draining for no time on SIGTERM, and its port (`options`: after its grace, in
+    tests/router/holding_providers.py)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.router.holding_providers", "0", stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "tests.router.holding_providers", "0", *options, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert process.stdout is not None
