@@ -14,27 +14,15 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from llmrouter.auth import Authenticator
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import ServiceInterceptor
 from llmrouter.overload import OverloadInterceptor
-from tests.waiting import inflight
+from tests.waiting import inflight, rpcs_ended
 
 SERVICE = "counted-before-status-test"
 HOLD_S = 10  # the longest the server's loop is held for a caller that never reads
-
-
-def counted(method: str, code: str) -> float:
-    labels = {"service": SERVICE, "method": method, "code": code}
-    return sum(
-        sample.value
-        for family in REGISTRY.collect()
-        if family.name == "llmrouter_grpc_requests"
-        for sample in family.samples
-        if sample.name == "llmrouter_grpc_requests_total" and labels.items() <= sample.labels.items()
-    )
 
 
 @dataclass
@@ -108,7 +96,9 @@ def call_then_read(server: Server, method: str, request: bytes, code: str) -> Se
                     )
                     assert list(stream(request, timeout=HOLD_S)) == [b"first"]
             except grpc.RpcError as error:
-                return Seen(error.code(), counted(method, code), inflight(SERVICE), server.overload.inflight)
+                return Seen(
+                    error.code(), rpcs_ended(SERVICE, method, code), inflight(SERVICE), server.overload.inflight
+                )
             raise AssertionError("the call was answered")
     finally:
         server.caller_has_read.set()
@@ -120,7 +110,7 @@ async def test_a_failed_call_is_counted_and_out_of_flight_before_its_caller_has_
     server: Server, method: str, request_: bytes
 ) -> None:
     code = "UNAVAILABLE" if request_ == b"refusal" else "INTERNAL"
-    before, serving = counted(method, code), inflight(SERVICE)
+    before, serving = rpcs_ended(SERVICE, method, code), inflight(SERVICE)
     seen = await asyncio.to_thread(call_then_read, server, method, request_, code)
     assert seen.code.name == code
     assert seen.calls == before + 1, "the caller had its status before its call was counted"

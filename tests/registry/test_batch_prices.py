@@ -41,19 +41,24 @@ def test_a_batch_price_is_shown_and_is_the_price_through_the_batch_api() -> None
     assert unpriced is not None and "batch_input_usd_per_mtok" not in models_body([registry.info(unpriced)])["data"][1]
 
 
+# A model with realtime prices alone, for the batch prices' checks.
+REALTIME_PRICED = {
+    "name": "m",
+    "provider": "p",
+    "tier": "t",
+    "input_usd_per_mtok": "1",
+    "output_usd_per_mtok": "2",
+    "context_window": 1000,
+    "quality_prior": 0.5,
+}
+
+
 def test_a_batch_price_comes_whole() -> None:
-    fields = {
-        "name": "m",
-        "provider": "p",
-        "tier": "t",
-        "input_usd_per_mtok": "1",
-        "output_usd_per_mtok": "2",
-        "context_window": 1000,
-        "quality_prior": 0.5,
-    }
-    assert ModelSpec.model_validate({**fields, "batch_input_usd_per_mtok": "0.5", "batch_output_usd_per_mtok": "1"})
+    assert ModelSpec.model_validate(
+        {**REALTIME_PRICED, "batch_input_usd_per_mtok": "0.5", "batch_output_usd_per_mtok": "1"}
+    )
     with pytest.raises(ValidationError, match="both batch prices or neither"):
-        ModelSpec.model_validate({**fields, "batch_input_usd_per_mtok": "0.5"})
+        ModelSpec.model_validate({**REALTIME_PRICED, "batch_input_usd_per_mtok": "0.5"})
 
 
 @pytest.mark.parametrize("dearer", ["batch_input_usd_per_mtok", "batch_output_usd_per_mtok"])
@@ -61,17 +66,8 @@ def test_a_batch_price_above_the_realtime_one_is_refused(dearer: str) -> None:
     """A batch line is routed within max_cost_usd at the realtime price and admitted, its max_tokens capped, at its
     batch price: a dearer batch price could leave it eligible with a cap paying for no token (sent max_tokens 0,
     which the gateways read as none). Batch APIs are discounts; a registry saying otherwise is a config error."""
-    fields = {
-        "name": "m",
-        "provider": "p",
-        "tier": "t",
-        "input_usd_per_mtok": "1",
-        "output_usd_per_mtok": "2",
-        "context_window": 1000,
-        "quality_prior": 0.5,
-    }
     at_realtime = {"batch_input_usd_per_mtok": "1", "batch_output_usd_per_mtok": "2"}
-    assert ModelSpec.model_validate({**fields, **at_realtime})  # the same price is no dearer
+    assert ModelSpec.model_validate({**REALTIME_PRICED, **at_realtime})  # the same price is no dearer
     realtime = dearer.removeprefix("batch_")
     with pytest.raises(ValidationError, match=f"model 'm': {dearer} .* is above its {realtime}"):
-        ModelSpec.model_validate({**fields, **at_realtime, dearer: "2.0000001"})
+        ModelSpec.model_validate({**REALTIME_PRICED, **at_realtime, dearer: "2.0000001"})
