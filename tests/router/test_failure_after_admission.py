@@ -500,19 +500,25 @@ async def test_a_bug_in_admission_whose_undo_fails_too_says_it_pending(
 
     monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
     monkeypatch.setattr(Undoing, "withdraw", an_undo_failing)
+    await told_pending_hold_left(tmp_path, redis_store, "bug-undo", streamed)
+
+
+async def an_undo_failing(*args: Any) -> Any:
+    raise RuntimeError("a bug undoing the admission")
+
+
+async def told_pending_hold_left(tmp_path: Path, redis_store: RedisStore, request_id: str, streamed: bool) -> None:
+    """The request asked through a real router: told pending, not to retry, counted a pending fault, its hold left
+    for the reconciler."""
     before = router_faults()
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
-        told = await failure(router_pb2_grpc.RouterStub(channel), ask("bug-undo"), streamed)
-    assert moved(before) == {"pending": 1}
+        told = await failure(router_pb2_grpc.RouterStub(channel), ask(request_id), streamed)
     assert (told.code, told.reason, told.metadata) == TOLD_PENDING
-    assert await redis_store.pending_charge(CALLER, "bug-undo") is not None  # left for the reconciler
-
-
-async def an_undo_failing(*args: Any) -> Any:
-    raise RuntimeError("a bug undoing the admission")
+    assert moved(before) == {"pending": 1}
+    assert await redis_store.pending_charge(CALLER, request_id) is not None  # left for the reconciler
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -531,15 +537,7 @@ async def test_an_admission_whose_reply_was_lost_and_whose_undo_fails_by_a_bug_s
 
     monkeypatch.setattr(RedisStore, "admit", held_then_reply_lost)
     monkeypatch.setattr(undoing, "undo_or_give_back", an_undo_failing)
-    before = router_faults()
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        told = await failure(router_pb2_grpc.RouterStub(channel), ask("lost-undo"), streamed)
-    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
-    assert moved(before) == {"pending": 1}
-    assert await redis_store.pending_charge(CALLER, "lost-undo") is not None  # left for the reconciler
+    await told_pending_hold_left(tmp_path, redis_store, "lost-undo", streamed)
 
 
 async def test_a_bug_after_the_providers_answered_meeting_a_charge_made_before_is_counted_earlier(
