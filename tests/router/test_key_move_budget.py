@@ -15,7 +15,7 @@ from services.router import key_move
 from services.router.budget_alerts import use
 from services.router.budgets import budgets
 from services.router.operator_servicer import budget_message
-from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+from services.router.store import DEFERRED_HOLD_S, Account, Allowance, Hold, RedisStore, period_id
 from tests.router.servicer_kit import store_on
 from tests.router.test_key_of_two_tenants import KEY, tenants
 
@@ -241,3 +241,22 @@ async def test_what_the_key_carried_counts_against_no_tenant_budget(store: Redis
     whole = Hold("r2", LIMIT, period_id("day"), "router-1", "n-r2")
     tenant_only = Allowance("day", tenant_pico=LIMIT)
     assert (await store.admit(Account(NEW, KEY), tenant_only, whole, moves=binding.moves)).refused == ""
+
+
+async def test_a_batch_line_held_past_the_next_period_at_the_move_is_carried_into_it(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """A provider batch line's hold lasts 26 h (DEFERRED_HOLD_S): one admitted under the old tenant late on day one and
+    moved then is still held, and may be collected, on day three. Collected there at its whole hold, in the old
+    tenant's shard, it is that day's spend of the key, so under its new tenant the key has its limit less it; the move
+    carried the key's spend and holds into day one and day two alone, and the key spent its limit again on day three."""
+    clock[0] = DAY_ONE + 15 * 3600  # 23:00 UTC, day one
+    binding = await store.bind_key(KEY, OLD)
+    line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
+    assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three: the line still held
+    assert await store.charge(Account(OLD, KEY), line, 600, {})
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""

@@ -54,6 +54,7 @@ from services.router.store.keys import (
 )
 from services.router.store.limits import Limits
 from services.router.store.model import (
+    DEFERRED_HOLD_S,
     GIVEN_BACK,
     HOLD_S,
     REQUEST_ID_TTL_S,
@@ -369,6 +370,15 @@ def _this_and_next(period: str) -> list[str]:
     return [period, next_period(period)]
 
 
+def _carried_periods(kind: str, now: float, last: float) -> list[str]:
+    """The periods of a kind a key move carries into (RedisStore._carry): the one `now` is in and the next (charges
+    landing after its end), and each later one that starts before `last`, when a hold it carries may still be held."""
+    periods = _this_and_next(period_id(kind, now))
+    while (following := next_period(periods[-1])) != periods[-1] and period_start(following) < last:
+        periods.append(following)
+    return periods
+
+
 def _carried(keys: AccountKeys, period: str) -> list[str]:
     """What the key carried into its shard for `period` and the period after, which ADMIT and EXTEND add to its spend
     (lua.py, _SPENT)."""
@@ -567,9 +577,10 @@ class RedisStore:
         the other shards have, never what it carried before (the spend of the shard it is moved to is its own there).
         A hold counts in the next period only if it may still be open as that starts: held past its start, or past its
         expiry already (its charge open, settled whenever the reconciler comes); one that ends before it is no spend of
-        it, and a move early in a period would otherwise take it from the key's whole next period."""
+        it, and a move early in a period would otherwise take it from the key's whole next period. A provider batch
+        line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each period it is held into
+        is carried as well."""
         now, here = money_now(), shard_of(tenant)
-        periods = {period for kind in ("day", "month", "total") for period in _this_and_next(period_id(kind, now))}
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
             holds: list[tuple[int, float]] = []  # each open hold's pico and expiry
@@ -580,6 +591,9 @@ class RedisStore:
                     # One gone meanwhile was settled: its charge is in the spend read below, counted twice, never less.
                     held_until = zip(members, expiries, strict=True)
                     holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
+            # When the last of them ends (one gone meanwhile, inf, was settled), within a batch line's, the longest.
+            last = min(max([now, *(expiry for _, expiry in holds if expiry != math.inf)]), now + DEFERRED_HOLD_S)
+            periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period in sorted(periods):
                     for each in elsewhere:
@@ -592,7 +606,9 @@ class RedisStore:
                     start = period_start(period)
                     held = sum(each for each, expiry in holds if expiry <= now or expiry > start)
                     if pico + held:
-                        pipe.set(destination.carried(period), pico + held, ex=spend_ttl_s(period) or None)
+                        # As long as the period's spend from its start (a later period's starts after the move).
+                        kept = spend_ttl_s(period) + max(math.ceil(start - now), 0)
+                        pipe.set(destination.carried(period), pico + held, ex=kept if spend_ttl_s(period) else None)
                     else:
                         pipe.delete(destination.carried(period))
                 await pipe.execute()
