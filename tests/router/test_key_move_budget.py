@@ -260,3 +260,23 @@ async def test_a_batch_line_held_past_the_next_period_at_the_move_is_carried_int
     assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+@pytest.mark.money_clock_follows  # the money's clock follows Redis' TIME here (tests/conftest.py)
+async def test_a_move_from_a_machine_whose_clock_is_a_day_ahead_carries_the_routers_day(
+    any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """key_move dates what it carries by the money Redis' clock, as the routers date their budget periods: run on a
+    machine whose clock says tomorrow (an operator's laptop, a job's node), it carries the key's spend into the day the
+    routers count, not into tomorrow and the day after, which let the key spend its limit again today."""
+    monkeypatch.setenv("ROUTER_REDIS_URL", any_redis_url)
+    machines = time.time
+    async with store_on(any_redis_url) as router:
+        assert await router.ping()  # the router's money clock: Redis'
+        await spend(router, OLD, "r1", 800)
+        monkeypatch.setattr(time, "time", lambda: machines() + 86400)  # the machine key_move runs on
+        assert await key_move.main([KEY, NEW]) == 0
+        monkeypatch.setattr(time, "time", machines)
+        assert await router.ping()
+        assert await admitted(router, NEW, "r2", 300) == "key"
+        assert await admitted(router, NEW, "r3", 200) == ""

@@ -539,6 +539,9 @@ class RedisStore:
         its record failing (its own master away) delays no router's meeting it: KeyMoveUnrecorded then, saying what the
         move was. With `replicas`, the record too is waited for, as long again at most, and how many replicas had it
         said."""
+        # What is carried is dated by the money's clock, as the routers date their budget periods: a move runs on an
+        # operator's machine, whose own clock may be in another period than theirs.
+        await self._follow_clock()
         token = secrets.token_hex(8)
         told: list[Replicated] = []
         # Carried before the rebinding too, so no admission under the new tenant meets the key with nothing carried; and
