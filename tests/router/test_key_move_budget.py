@@ -280,3 +280,21 @@ async def test_a_move_from_a_machine_whose_clock_is_a_day_ahead_carries_the_rout
         assert await router.ping()
         assert await admitted(router, NEW, "r2", 300) == "key"
         assert await admitted(router, NEW, "r3", 200) == ""
+
+
+async def test_a_hold_past_its_expiry_at_the_move_is_carried_into_each_day_the_reconciler_may_charge_it_in(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """A hold past its expiry at the move, its charge still open (its router alive, the charge lost, or waiting in an
+    outbox), is charged at the latest by the reconciler, ROUTER_PENDING_STALE_S after its admission: up to
+    HOLDS_LINGER_S (a week), the old tenant's shard counting it meanwhile. Set to 36 h, it lands on day three, in the
+    old tenant's shard: that day's spend of the key. The move carried it into day one and day two alone, and under its
+    new tenant the key spent its limit again on day three."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one; held HOLD_S
+    clock[0] = DAY_ONE + 3600  # its hold past its expiry, its charge open
+    assert await key_move.main([KEY, NEW]) == 0
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
+    assert await store.reconcile("router-2", 5.0, 36 * 3600) == 1  # charged at its hold, as stale
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""

@@ -57,6 +57,7 @@ from services.router.store.model import (
     DEFERRED_HOLD_S,
     GIVEN_BACK,
     HOLD_S,
+    HOLDS_LINGER_S,
     REQUEST_ID_TTL_S,
     Account,
     Allowance,
@@ -582,7 +583,9 @@ class RedisStore:
         expiry already (its charge open, settled whenever the reconciler comes); one that ends before it is no spend of
         it, and a move early in a period would otherwise take it from the key's whole next period. A provider batch
         line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each period it is held into
-        is carried as well."""
+        is carried as well. One past its expiry may be charged by the reconciler as late as ROUTER_PENDING_STALE_S
+        after its admission (its router alive, its charge lost or waiting in an outbox), at most HOLDS_LINGER_S: it is
+        carried into each period that starts within HOLDS_LINGER_S of the move."""
         now, here = money_now(), shard_of(tenant)
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
@@ -594,8 +597,13 @@ class RedisStore:
                     # One gone meanwhile was settled: its charge is in the spend read below, counted twice, never less.
                     held_until = zip(members, expiries, strict=True)
                     holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
-            # When the last of them ends (one gone meanwhile, inf, was settled), within a batch line's, the longest.
-            last = min(max([now, *(expiry for _, expiry in holds if expiry != math.inf)]), now + DEFERRED_HOLD_S)
+            # When the last of them may be charged (one gone meanwhile, inf, was settled): one held, by its expiry,
+            # within a batch line's, the longest; one past its expiry (its charge open), by when the reconciler charges
+            # it at the latest, ROUTER_PENDING_STALE_S after its admission, which is at most HOLDS_LINGER_S.
+            ends = [min(expiry, now + DEFERRED_HOLD_S) for _, expiry in holds if now < expiry != math.inf]
+            if any(expiry <= now for _, expiry in holds):
+                ends.append(now + HOLDS_LINGER_S)
+            last = max([now, *ends])
             periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period in sorted(periods):
