@@ -92,10 +92,26 @@ class Upkeep:
     async def _run(self) -> None:
         while True:
             try:
-                await self.tick()
+                await self._beating_through(self.tick())
             except Exception:  # never let one bad round end the loop that keeps money settled
                 log.exception("router upkeep failed; retrying")
             await asyncio.sleep(self.interval_s)
+
+    async def _beating_through(self, work: Awaitable[None]) -> None:
+        """A round, the heartbeat kept every interval while it runs. Beaten once a round, it lapsed whenever a round
+        outlasted its TTL (an outbox replay of the charges an outage left, a master gone away mid-round: seconds a
+        shard), and another router's reconciler took this live router for dead: its requests in flight, and those
+        whose charges wait in its outbox, were charged at their holds."""
+        round_ = asyncio.ensure_future(work)
+        try:
+            while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
+                try:
+                    await self._heartbeat()  # out of reach: the round says it, and the next round's heartbeat
+                except Exception:  # the round goes on all the same, as the next beat does
+                    log.exception("router heartbeat failed while a round ran")
+        finally:
+            await stop_task(round_)  # cancelled with the loop (close): the round with it
+        round_.result()
 
     async def tick(self) -> None:
         await self._settle_money()

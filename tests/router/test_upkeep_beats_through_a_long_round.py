@@ -1,0 +1,86 @@
+"""A router's heartbeat is kept while one of its upkeep rounds runs long (an outbox replay of the charges an outage
+left, a master gone away mid-round: seconds a shard). Beaten once a round, it lapsed whenever a round outlasted the
+heartbeat's TTL, and another router's reconciler took this live router for dead: its requests in flight, and those
+whose charges wait in its outbox, were charged at their holds. A real Redis; the replay held by a charge that is
+answered only once the test ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from services.router.outbox import Outbox, OutboxCharge
+from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+from services.router.store.keys import alive_key
+from services.router.upkeep import Upkeep
+from tests.router.test_admission import ACCOUNT
+from tests.waiting import eventually
+
+DAY = period_id("day")
+INTERVAL_S = 0.05
+TTL_S = 0.3  # at least 3 x the interval, as the settings require
+
+
+class HeldStore(RedisStore):
+    """A real store whose charges wait until `answer` is set (a slow replay)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.charging = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def charge(
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
+    ) -> bool:
+        self.charging.set()
+        await self.answer.wait()
+        return await super().charge(account, hold, pico, record, late, charge_id, release)
+
+
+async def beat_at(store: RedisStore, router: str) -> float:
+    """When the router last beat (its heartbeat's time), 0 for no heartbeat."""
+    beat = await store.redis.get(alive_key(router))
+    return float(beat.split()[0]) if beat else 0.0
+
+
+async def test_a_round_longer_than_the_heartbeats_ttl_lets_the_router_look_dead_no_moment(
+    redis_url: str, tmp_path: Path
+) -> None:
+    store = HeldStore(redis_url)
+    outbox = Outbox(tmp_path / "data")
+    waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
+    in_flight = Hold("r-running", 9_000, DAY, "router-1", "n-running")
+    upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    try:
+        for hold in (waiting, in_flight):
+            assert (await store.admit(ACCOUNT, Allowance("day"), hold)).refused == ""
+        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, {"request_id": waiting.request_id}, "charge-1"))
+        upkeep.start()
+        await eventually(store.charging.is_set, "the round's replay began")
+        blocked_at = time.time()
+
+        async def beaten_through_two_ttls() -> bool:
+            return await beat_at(store, "router-1") > blocked_at + 2 * TTL_S
+
+        # The round is still held: the router beat on without it, so its beat never lapsed for a whole TTL.
+        await eventually(beaten_through_two_ttls, "the router beat while its round ran", timeout_s=10)
+        assert not store.answer.is_set()
+        assert await store.redis.exists(alive_key("router-1"))
+        reconciler = RedisStore(redis_url)
+        try:
+            assert await reconciler.reconcile("router-2", TTL_S, 3600) == 0
+        finally:
+            await reconciler.close()
+        assert await store.spent(ACCOUNT, DAY) == (0, 0)  # neither request charged its hold
+    finally:
+        store.answer.set()
+        await upkeep.close()
+        await store.close()
