@@ -62,7 +62,11 @@ async def test_a_round_longer_than_the_heartbeats_ttl_lets_the_router_look_dead_
     try:
         for hold in (waiting, in_flight):
             assert (await store.admit(ACCOUNT, Allowance("day"), hold)).refused == ""
-        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, {"request_id": waiting.request_id}, "charge-1"))
+        await outbox.add(
+            OutboxCharge(
+                ACCOUNT, waiting, 1_234, {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}, "charge-1"
+            )
+        )
         upkeep.start()
         await eventually(store.charging.is_set, "the round's replay began")
         blocked_at = time.time()
