@@ -298,3 +298,21 @@ async def test_a_hold_past_its_expiry_at_the_move_is_carried_into_each_day_the_r
     assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+async def test_a_move_run_again_after_a_batch_line_is_charged_carries_its_hold_no_more_on_the_day_after_next(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """A batch line held into day three at the move is charged 100 on day one; the move run again, to the same tenant,
+    counts it as charged (README): on day three the key under its new tenant has its whole limit. The second move, with
+    no hold left into day three, set what the key carries for day one and day two alone, and left the first one's 600
+    for day three."""
+    clock[0] = DAY_ONE + 15 * 3600  # 23:00 UTC, day one
+    binding = await store.bind_key(KEY, OLD)
+    line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
+    assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    assert await store.charge(Account(OLD, KEY), line, 100, {})
+    assert await key_move.main([KEY, NEW]) == 0
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
+    assert await admitted(store, NEW, "r2", LIMIT) == ""

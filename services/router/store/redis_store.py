@@ -585,7 +585,8 @@ class RedisStore:
         line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each period it is held into
         is carried as well. One past its expiry may be charged by the reconciler as late as ROUTER_PENDING_STALE_S
         after its admission (its router alive, its charge lost or waiting in an outbox), at most HOLDS_LINGER_S: it is
-        carried into each period that starts within HOLDS_LINGER_S of the move."""
+        carried into each period that starts within HOLDS_LINGER_S of the move. What a move before carried into a
+        later period that no hold reaches now is dropped."""
         now, here = money_now(), shard_of(tenant)
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
@@ -605,6 +606,13 @@ class RedisStore:
                 ends.append(now + HOLDS_LINGER_S)
             last = max([now, *ends])
             periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
+            # A move before this one may have carried a hold into a later period than any hold now reaches (one charged
+            # since): what it carried there is dropped, not counted against the key all that period.
+            reached = (
+                _carried_periods(kind, now, now + max(DEFERRED_HOLD_S, HOLDS_LINGER_S))
+                for kind in ("day", "month", "total")
+            )
+            no_longer = {period for each in reached for period in each} - periods
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period in sorted(periods):
                     for each in elsewhere:
@@ -622,6 +630,8 @@ class RedisStore:
                         pipe.set(destination.carried(period), pico + held, ex=kept if spend_ttl_s(period) else None)
                     else:
                         pipe.delete(destination.carried(period))
+                for period in sorted(no_longer):
+                    pipe.delete(destination.carried(period))
                 await pipe.execute()
 
     async def key_moves(self, count: int) -> list[KeyMoveRecord]:
