@@ -316,3 +316,23 @@ async def test_a_move_run_again_after_a_batch_line_is_charged_carries_its_hold_n
     assert await key_move.main([KEY, NEW]) == 0
     clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
     assert await admitted(store, NEW, "r2", LIMIT) == ""
+
+
+@pytest.mark.parametrize("ends_before_s", [0, 5])
+async def test_a_batch_line_whose_hold_ends_as_a_day_starts_and_is_charged_by_the_reconciler_then_is_carried_into_it(
+    store: RedisStore, clock: list[float], ends_before_s: int
+) -> None:
+    """A provider batch line never collected is charged its hold by the reconciler's first sweep after its hold ends:
+    one ending at 00:00 on day three (or seconds before) is charged on day three, in the old tenant's shard, so under
+    its new tenant the key has its limit less it that day. The move counted a hold in a later period only when held
+    past its start, and the key spent its limit again on day three beside the line's charge."""
+    clock[0] = DAY_ONE + 14 * 3600 - ends_before_s  # about 22:00 UTC, day one: the line's hold ends at 00:00, day three
+    binding = await store.bind_key(KEY, OLD)
+    line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
+    assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    clock[0] = DAY_ONE + 40 * 3600 + 1  # 00:00:01 UTC, day three: its collect never came
+    assert await store.reconcile("router-2", 10.0, 3600.0) == 1
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""

@@ -371,9 +371,15 @@ def _this_and_next(period: str) -> list[str]:
     return [period, next_period(period)]
 
 
+# How long after its hold's expiry a request's charge may still land: a provider batch line never collected is charged
+# at its hold by the reconciler's first sweep after it (one a lease, ROUTER_HEARTBEAT_TTL_S: 15 s by default), in the
+# period of that sweep. A key move counts a hold in each period that starts before its expiry and this.
+CHARGED_LATE_S = HOLD_S
+
+
 def _carried_periods(kind: str, now: float, last: float) -> list[str]:
     """The periods of a kind a key move carries into (RedisStore._carry): the one `now` is in and the next (charges
-    landing after its end), and each later one that starts before `last`, when a hold it carries may still be held."""
+    landing after its end), and each later one that starts before `last`, when a hold it carries may be charged."""
     periods = _this_and_next(period_id(kind, now))
     while (following := next_period(periods[-1])) != periods[-1] and period_start(following) < last:
         periods.append(following)
@@ -579,14 +585,15 @@ class RedisStore:
         kind and the next: its spend there in every other shard, and all it holds in them now (a request in flight
         there may still be charged up to its hold). Set, not added to: a key moved back, or moved again, carries what
         the other shards have, never what it carried before (the spend of the shard it is moved to is its own there).
-        A hold counts in the next period only if it may still be open as that starts: held past its start, or past its
-        expiry already (its charge open, settled whenever the reconciler comes); one that ends before it is no spend of
-        it, and a move early in a period would otherwise take it from the key's whole next period. A provider batch
-        line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each period it is held into
-        is carried as well. One past its expiry may be charged by the reconciler as late as ROUTER_PENDING_STALE_S
-        after its admission (its router alive, its charge lost or waiting in an outbox), at most HOLDS_LINGER_S: it is
-        carried into each period that starts within HOLDS_LINGER_S of the move. What a move before carried into a
-        later period that no hold reaches now is dropped."""
+        A hold counts in the next period only if it may still be charged as that starts: held past its start or ending
+        less than CHARGED_LATE_S before it (a batch line never collected is charged by the reconciler after its hold
+        ends), or past its expiry already (its charge open, settled whenever the reconciler comes); one that ends
+        earlier is no spend of it, and a move early in a period would otherwise take it from the key's whole next
+        period. A provider batch line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each
+        period it may be charged in is carried as well. One past its expiry may be charged by the reconciler as late as
+        ROUTER_PENDING_STALE_S after its admission (its router alive, its charge lost or waiting in an outbox), at most
+        HOLDS_LINGER_S: it is carried into each period that starts within HOLDS_LINGER_S of the move. What a move before
+        carried into a later period that no hold reaches now is dropped."""
         now, here = money_now(), shard_of(tenant)
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
@@ -598,20 +605,20 @@ class RedisStore:
                     # One gone meanwhile was settled: its charge is in the spend read below, counted twice, never less.
                     held_until = zip(members, expiries, strict=True)
                     holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
-            # When the last of them may be charged (one gone meanwhile, inf, was settled): one held, by its expiry,
-            # within a batch line's, the longest; one past its expiry (its charge open), by when the reconciler charges
-            # it at the latest, ROUTER_PENDING_STALE_S after its admission, which is at most HOLDS_LINGER_S.
-            ends = [min(expiry, now + DEFERRED_HOLD_S) for _, expiry in holds if now < expiry != math.inf]
+            # When the last of them may be charged (one gone meanwhile, inf, was settled): one held, by its expiry and
+            # the reconciler's time to charge it after (CHARGED_LATE_S), within a batch line's hold, the longest; one
+            # past its expiry (its charge open), by when the reconciler charges it at the latest,
+            # ROUTER_PENDING_STALE_S after its admission, which is at most HOLDS_LINGER_S.
+            reach = now + max(DEFERRED_HOLD_S + CHARGED_LATE_S, HOLDS_LINGER_S)
+            held_to = now + DEFERRED_HOLD_S + CHARGED_LATE_S
+            ends = [min(expiry + CHARGED_LATE_S, held_to) for _, expiry in holds if now < expiry != math.inf]
             if any(expiry <= now for _, expiry in holds):
                 ends.append(now + HOLDS_LINGER_S)
             last = max([now, *ends])
             periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
             # A move before this one may have carried a hold into a later period than any hold now reaches (one charged
             # since): what it carried there is dropped, not counted against the key all that period.
-            reached = (
-                _carried_periods(kind, now, now + max(DEFERRED_HOLD_S, HOLDS_LINGER_S))
-                for kind in ("day", "month", "total")
-            )
+            reached = (_carried_periods(kind, now, reach) for kind in ("day", "month", "total"))
             no_longer = {period for each in reached for period in each} - periods
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period in sorted(periods):
@@ -623,7 +630,7 @@ class RedisStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period, pico in spent.items():
                     start = period_start(period)
-                    held = sum(each for each, expiry in holds if expiry <= now or expiry > start)
+                    held = sum(each for each, expiry in holds if expiry <= now or expiry + CHARGED_LATE_S > start)
                     if pico + held:
                         # As long as the period's spend from its start (a later period's starts after the move).
                         kept = spend_ttl_s(period) + max(math.ceil(start - now), 0)
