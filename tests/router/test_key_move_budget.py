@@ -16,6 +16,8 @@ from services.router.budget_alerts import use
 from services.router.budgets import budgets
 from services.router.operator_servicer import budget_message
 from services.router.store import DEFERRED_HOLD_S, Account, Allowance, Hold, RedisStore, period_id
+from services.router.store.keys import AccountKeys, shard_of
+from services.router.store.model import next_period, period_start, spend_ttl_s
 from tests.router.servicer_kit import store_on
 from tests.router.test_key_of_two_tenants import KEY, tenants
 
@@ -336,3 +338,51 @@ async def test_a_batch_line_whose_hold_ends_as_a_day_starts_and_is_charged_by_th
     assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+LAST_SECOND_OF_JANUARY = DAY_ONE + 16 * 86400 + 16 * 3600 - 1  # 2027-01-31 23:59:59.25 UTC
+
+
+@pytest.mark.parametrize("kind", ["day", "month", "total"])
+async def test_a_batch_line_held_across_a_month_end_at_the_move_counts_in_each_kind_of_period(
+    store: RedisStore, clock: list[float], kind: str
+) -> None:
+    """Moved in the last second of a month, 300 spent and a 600 batch line held under the old tenant, the line charged
+    its whole hold on the first of the next month: under its new tenant the key has its limit less what landed in each
+    period of each kind (day and month: the line's 600 in the new one; total: both)."""
+    clock[0] = LAST_SECOND_OF_JANUARY
+    allowance = Allowance(kind, key_pico=LIMIT)
+    binding = await store.bind_key(KEY, OLD)
+    spent = Hold("r1", 300, period_id(kind), "router-1", "n-r1")
+    assert (await store.admit(Account(OLD, KEY), allowance, spent, moves=binding.moves)).refused == ""
+    assert await store.charge(Account(OLD, KEY), spent, 300, {})
+    line = Hold("b1", 600, period_id(kind), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
+    assert (await store.admit(Account(OLD, KEY), allowance, line, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    clock[0] += 3600  # 2027-02-01 00:59:59 UTC
+    assert await store.charge(Account(OLD, KEY), line, 600, {})
+    left = LIMIT - 600 - (300 if kind == "total" else 0)
+    binding = await store.bind_key(KEY, NEW)
+    for request_id, pico, refused in (("r2", left + 1, "key"), ("r3", left, "")):
+        hold = Hold(request_id, pico, period_id(kind), "router-1", f"n-{request_id}")
+        assert (await store.admit(Account(NEW, KEY), allowance, hold, moves=binding.moves)).refused == refused
+
+
+async def test_what_a_move_carries_is_kept_to_its_periods_end_and_for_total_for_good(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """Each key of what is carried lives at least as long as the spend of its period from that period's start (a
+    later period's starts after the move): past the period's end, never before; 'total' never expires."""
+    clock[0] = LAST_SECOND_OF_JANUARY
+    await spend(store, OLD, "r1", 300)
+    binding = await store.bind_key(KEY, OLD)
+    line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
+    assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW]) == 0
+    destination = AccountKeys(shard_of(NEW), "", KEY.encode().hex())
+    for period in ["20270131", "20270201", "20270202", "202701", "202702"]:  # the line is held into 2 February
+        kept_s = await store.redis.ttl(destination.carried(period))
+        assert kept_s >= spend_ttl_s(period) + max(period_start(period) - clock[0], 0) - 2, period  # whole seconds
+        assert kept_s > period_start(next_period(period)) - clock[0], period
+    assert await store.redis.ttl(destination.carried("all")) == -1
+    assert await store.redis.exists(destination.carried("20270203")) == 0  # the line ends before that day
