@@ -28,7 +28,7 @@ import sys
 from services.ledger.settings import MAX_KEY_MOVE_REPLICAS
 from services.router.admission import MAX_ID_CHARS
 from services.router.money_check import money_store
-from services.router.store import KeyMoveUnrecorded, StoreRefusing, StoreUnavailable
+from services.router.store import KeyMoveUnrecorded, MoneyClockUnread, StoreRefusing, StoreUnavailable
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 WAIT_S = 10.0  # how long a move waits for its replicas by default (--wait-s)
@@ -67,6 +67,14 @@ async def main(argv: list[str]) -> int:
         moved = await store.move_key(args.key_id, args.tenant, replicas, args.wait_s, args.by or _user())
     except KeyMoveUnrecorded as unrecorded:
         moved, recorded = unrecorded.moved, False
+    except MoneyClockUnread:
+        print(
+            f"key {args.key_id}: not moved: the money Redis' clock (TIME), which dates what the move carries, could not"
+            " be read (the server, or on a Redis Cluster the master of its {llmrouter} slot, out of reach; or TIME"
+            " refused to this user): run it again once it answers",
+            file=sys.stderr,
+        )
+        return 1
     except (StoreUnavailable, StoreRefusing):
         # The key may be rebound with no token written: routers would meet the move only within key_tenants.BOUND_S.
         print(

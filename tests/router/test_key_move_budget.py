@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from services.router import key_move
 from services.router.budget_alerts import use
 from services.router.budgets import budgets
 from services.router.operator_servicer import budget_message
 from services.router.store import DEFERRED_HOLD_S, Account, Allowance, Hold, RedisStore, period_id
-from services.router.store.keys import AccountKeys, shard_of
+from services.router.store.keys import GLOBAL_SLOT, AccountKeys, key_tenant_key, shard_of
 from services.router.store.model import next_period, period_start, spend_ttl_s
+from tests.redis_servers import RedisCluster, RedisServer, free_port
 from tests.router.servicer_kit import store_on
 from tests.router.test_key_of_two_tenants import KEY, tenants
 
@@ -386,3 +390,44 @@ async def test_what_a_move_carries_is_kept_to_its_periods_end_and_for_total_for_
         assert kept_s > period_start(next_period(period)) - clock[0], period
     assert await store.redis.ttl(destination.carried("all")) == -1
     assert await store.redis.exists(destination.carried("20270203")) == 0  # the line ends before that day
+
+
+@pytest.mark.parametrize("unread", ["TIME refused to the user", "the store away"])
+async def test_a_move_that_cannot_read_the_money_clock_writes_nothing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], unread: str
+) -> None:
+    """The move dates what it carries by the money Redis' clock: unread, it went on by its machine's, which may be in
+    another day than the routers' (the key then spends its limit again there), and said nothing. It now writes nothing
+    and exits 1 saying why, to be run again."""
+    server = RedisServer(tmp_path / "redis").start()
+    admin = redis.Redis(port=server.port)
+    try:
+        if unread.startswith("TIME"):
+            admin.execute_command("ACL", "SETUSER", "default", "-time")
+            monkeypatch.setenv("ROUTER_REDIS_URL", server.url)
+        else:
+            monkeypatch.setenv("ROUTER_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+        assert await key_move.main([KEY, NEW]) == 1
+        assert "not moved: the money Redis' clock (TIME)" in capsys.readouterr().err
+        assert admin.keys("*") == []
+    finally:
+        admin.close()
+        server.stop()
+
+
+async def test_a_move_on_a_cluster_whose_clock_master_is_down_writes_nothing_and_says_so(
+    cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The master of the {llmrouter} slot, whose TIME every router follows, down: the move writes nothing, not even the
+    key's binding (in a slot of another master), and says why."""
+    down, bound_on = cluster.owner(GLOBAL_SLOT), cluster.owner(key_slot(key_tenant_key(KEY).encode()))
+    assert bound_on != down
+    monkeypatch.setenv("ROUTER_REDIS_URL", f"redis+cluster://127.0.0.1:{cluster.nodes[bound_on].port}")
+    cluster.nodes[down].shut_down()
+    assert await key_move.main([KEY, NEW]) == 1
+    assert "not moved: the money Redis' clock (TIME)" in capsys.readouterr().err
+    binding = redis.Redis(port=cluster.nodes[bound_on].port)
+    try:
+        assert binding.get(key_tenant_key(KEY)) is None
+    finally:
+        binding.close()

@@ -224,6 +224,11 @@ class KeyMoved(NamedTuple):
     record_replicated: Replicated | None = None
 
 
+class MoneyClockUnread(Exception):
+    """A key move refused before it wrote anything: the money Redis' clock (TIME), which dates what it carries, was not
+    read (the store out of reach, on a Redis Cluster its GLOBAL slot's master; or TIME refused to this user)."""
+
+
 class KeyMoveUnrecorded(Exception):
     """A key move made (on the masters) whose record (key_moves.py) the money Redis failed to write."""
 
@@ -545,10 +550,12 @@ class RedisStore:
         Then what the key carries is read and set again (_carry), and the move recorded (key_moves.py), last, so that
         its record failing (its own master away) delays no router's meeting it: KeyMoveUnrecorded then, saying what the
         move was. With `replicas`, the record too is waited for, as long again at most, and how many replicas had it
-        said."""
+        said. The money Redis' clock unread first, nothing is written: MoneyClockUnread."""
         # What is carried is dated by the money's clock, as the routers date their budget periods: a move runs on an
-        # operator's machine, whose own clock may be in another period than theirs.
-        await self._follow_clock()
+        # operator's machine, whose own clock may be in another period than theirs, and that clock unread it is made
+        # by no other (the key could spend its limit again in the routers' period).
+        if not await self._follow_clock():
+            raise MoneyClockUnread
         token = secrets.token_hex(8)
         told: list[Replicated] = []
         # Carried before the rebinding too, so no admission under the new tenant meets the key with nothing carried; and
@@ -1480,10 +1487,10 @@ class RedisStore:
         if self._sight_lost_at is None:
             self._sight_lost_at = self._in_sight_at
 
-    async def _follow_clock(self) -> None:
+    async def _follow_clock(self) -> bool:
         """The money's clock set by the store's TIME: on a Redis Cluster its GLOBAL slot's master's, the one every
         router reads. Unread (that master out of reach while others answer, TIME denied to the router's user or renamed
-        away: an error reply), the clock stays as it was: whether the store answers is PING's to say."""
+        away: an error reply), the clock stays as it was, and False: whether the store answers is PING's to say."""
         sent = time.time()
         try:
             if is_cluster_client(self.redis):
@@ -1495,11 +1502,12 @@ class RedisStore:
         except Exception as exc:
             if store_failure(exc) is None and not isinstance(exc, ResponseError):
                 raise
-            return
+            return False
         finally:
             raise_if_cancelled()
         MONEY_CLOCK.follow(int(seconds) + int(micros) / 1e6, sent, time.time())
         metrics.MONEY_CLOCK_OFFSET.set(MONEY_CLOCK.offset_s)
+        return True
 
     async def close(self) -> None:
         await self.redis.aclose()
