@@ -229,7 +229,12 @@ async def first_chunks(call: Any, request: Request, request_id: str) -> tuple[ro
     yet admitted)."""
 
     async def both() -> tuple[router_pb2.Decision, Any]:
-        return (await call.read()).decision, await call.read()
+        decision, chunk = (await call.read()).decision, await call.read()
+        # Another model taking over before the first delta (a fallback, an escalated buffered stream) is told by a
+        # decision naming it: the stream is that model's answer, and named so.
+        while chunk is not grpc.aio.EOF and chunk.WhichOneof("kind") == "decision":
+            decision, chunk = chunk.decision, await call.read()
+        return decision, chunk
 
     return await unless_left(both(), call, request, request_id)
 

@@ -24,7 +24,7 @@ from services.router.outbox import Outbox
 from services.router.routed import Routed, Served
 from services.router.routing import Routing
 from services.router.score_cache import ScoreCache
-from services.router.serving import Serving, StreamState, could_escalate
+from services.router.serving import Serving, StreamState, answered_by, could_escalate
 from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
 from services.router.shutdown_cut import AdmittedCalls, cut_error
@@ -323,8 +323,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         yield router_pb2.CompleteChunk(decision=routed.decision)
         response = await self._awaited_unless_cut(routed, work)
+        taken_over = response.model and response.model != routed.decision.model  # escalated, or a fallback answered
+        told = [router_pb2.CompleteChunk(decision=answered_by(routed.decision, response.model))] if taken_over else []
         try:
-            for chunk in answer_chunks(response):
+            for chunk in [*told, *answer_chunks(response)]:
                 with self.admitted.sending(cut_after=False):  # its answer generated and charged: nothing left to cut
                     yield chunk
         except Exception as bug:  # its work ended, settled: the error tells what it was charged (faults.py)

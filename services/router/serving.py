@@ -285,6 +285,7 @@ class Serving:
                     raise error from None
                 stream.owe_failed_attempt(routed, error)
                 await self._fall_back_or_raise(routed, error, index, routed.time_left(context))
+                yield router_pb2.CompleteChunk(decision=answered_by(routed.decision, order[index + 1].model.name))
                 continue
             finally:
                 await chunks.aclose()  # cancels the providers call now
@@ -336,6 +337,15 @@ def could_escalate(routed: Routed, model: ModelSpec) -> bool:
         return False
     option = next((o for o in routed.plan.order if o.model.name == model.name), None)
     return option is not None and policy.escalation_target(routed.plan.order, option, routed.registry) is not None
+
+
+def answered_by(decision: router_pb2.Decision, model: str) -> router_pb2.Decision:
+    """The decision as a stream tells it once `model` answers in place of the model routed to (a fallback, an escalated
+    buffered stream): its caller names the stream's model from it, as an unstreamed answer's is named by its model."""
+    told = router_pb2.Decision()
+    told.CopyFrom(decision)
+    told.model = model
+    return told
 
 
 def _cap_alone_refuses(routed: Routed, served: Served, target: ModelSpec, shortest: int) -> bool:

@@ -1,0 +1,81 @@
+"""A stream names the model that answered it, as an unstreamed answer does. The edge sends a stream's headers once the
+router's decision and first chunk are in, and took the model for the header (x-router-model) and for every chunk's
+`model` from the decision: the model routed to. A stream whose routed model failed before its first token and fell back
+to another, or a buffered stream escalated to a stronger model, was the other model's answer, charged at its prices,
+named as the routed one's (the Responses route's response.created too); only its last chunk said otherwise. The router
+now tells the model taking over before its first chunk (a decision naming it), and the edge names that one.
+
+The real chain: the cheap upstream fails twice (its attempt and its retry) before its first token, or answers nothing,
+which a buffered stream escalates; requests ask quality_target 0, so that routing picks the cheap model first."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.server import Fault
+from tests.integration.conftest import SILENCE, Chain
+
+STRONG = "strong-model"
+
+
+def chat(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], "stream": True, "quality_target": 0}
+
+
+def responses(text: str) -> dict[str, Any]:
+    return {"input": text, "stream": True, "quality_target": 0}
+
+
+def events(reply: httpx.Response) -> list[dict[str, Any]]:
+    lines = reply.text.splitlines()
+    return [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+
+
+def models_named(route: str, reply: httpx.Response) -> set[str]:
+    """Every model a stream names: its header's and each chunk's (a Responses stream's, each response object's)."""
+    named = {reply.headers["x-router-model"]}
+    for event in events(reply):
+        model = event["response"]["model"] if route == "/responses" and "response" in event else event.get("model")
+        if model is not None:  # a Responses stream's item events name none
+            named.add(model)
+    return named
+
+
+def answer(route: str, reply: httpx.Response) -> str:
+    if route == "/responses":
+        return "".join(e["delta"] for e in events(reply) if e["type"] == "response.output_text.delta")
+    return "".join(c["delta"].get("content") or "" for e in events(reply) for c in e["choices"])
+
+
+@pytest.fixture
+def failing_cheap(chain: Chain) -> Iterator[None]:
+    chain.budget.enqueue(Fault.error(500), Fault.error(500))  # the attempt and its one retry
+    yield
+    chain.budget.clear()
+
+
+@pytest.mark.parametrize(("route", "body"), [("/chat/completions", chat), ("/responses", responses)])
+async def test_a_stream_that_fell_back_names_the_model_that_answered(
+    chain: Chain, failing_cheap: None, route: str, body: Any
+) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(chain.base_url + route, json=body(f"hello {uuid.uuid4().hex}"))
+    assert reply.status_code == 200, reply.text
+    assert answer(route, reply).startswith(f"[{STRONG}]")  # the fallback's answer (the fakes echo their model)
+    assert models_named(route, reply) == {STRONG}
+
+
+@pytest.mark.parametrize(("route", "body"), [("/chat/completions", chat), ("/responses", responses)])
+async def test_an_escalated_buffered_stream_names_the_model_that_answered(chain: Chain, route: str, body: Any) -> None:
+    headers = {"x-router-buffer-stream": "true"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(chain.base_url + route, json=body(f"{SILENCE} {uuid.uuid4().hex}"), headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert answer(route, reply).startswith(f"[{STRONG}]")  # the cheap model's answer was empty: escalated
+    assert models_named(route, reply) == {STRONG}
