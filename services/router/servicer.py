@@ -323,10 +323,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         yield router_pb2.CompleteChunk(decision=routed.decision)
         response = await self._awaited_unless_cut(routed, work)
-        taken_over = response.model and response.model != routed.decision.model  # escalated, or a fallback answered
-        told = [router_pb2.CompleteChunk(decision=answered_by(routed.decision, response.model))] if taken_over else []
         try:
-            for chunk in [*told, *answer_chunks(response)]:
+            for chunk in [*taken_over(routed, response), *answer_chunks(response)]:
                 with self.admitted.sending(cut_after=False):  # its answer generated and charged: nothing left to cut
                     yield chunk
         except Exception as bug:  # its work ended, settled: the error tells what it was charged (faults.py)
@@ -344,7 +342,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         cached = await self.cache.lookup(routed, streamed=True)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
-            for chunk in answer_chunks(cached):
+            for chunk in [*taken_over(routed, cached), *answer_chunks(cached)]:
                 yield chunk
             return
         stream = StreamState(routed.plan.order[0].model)
@@ -400,6 +398,14 @@ async def _awaited_by_caller(
     except asyncio.CancelledError:
         routed.caller_left = True
         raise
+
+
+def taken_over(routed: Routed, response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:
+    """Before a whole answer's chunks (buffered, or from the cache), a decision naming its model when that is not the
+    one routed to (an escalation's, a fallback's): the stream is named by the model that answered."""
+    if response.model and response.model != routed.decision.model:
+        return [router_pb2.CompleteChunk(decision=answered_by(routed.decision, response.model))]
+    return []
 
 
 def answer_chunks(response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:

@@ -79,3 +79,19 @@ async def test_an_escalated_buffered_stream_names_the_model_that_answered(chain:
     assert reply.status_code == 200, reply.text
     assert answer(route, reply).startswith(f"[{STRONG}]")  # the cheap model's answer was empty: escalated
     assert models_named(route, reply) == {STRONG}
+
+
+async def test_a_stream_served_from_the_cache_names_the_model_that_answered(chain: Chain) -> None:
+    """The cached answer is a fallback's (the unstreamed request before it, the same, fell back): its model's."""
+    body = chat(f"hello {uuid.uuid4().hex}")
+    async with httpx.AsyncClient(timeout=30) as http:
+        chain.budget.enqueue(Fault.error(500), Fault.error(500))
+        try:
+            first = await http.post(chain.base_url + "/chat/completions", json={**body, "stream": False})
+        finally:
+            chain.budget.clear()
+        assert first.headers["x-router-model"] == STRONG, first.text
+        reply = await http.post(chain.base_url + "/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert events(reply)[-1]["model"] == STRONG and answer("/chat/completions", reply).startswith(f"[{STRONG}]")
+    assert models_named("/chat/completions", reply) == {STRONG}
