@@ -38,14 +38,21 @@ async def settle(
     """Usage (flagged estimated when any count was made locally) and the exact cost as a decimal string. The cache
     counts are parts of input_tokens: an input counted here has none (all of it at the input price). A count the
     answer belies (implausible_input, implausible_output) is taken for none: counted here, so an answer never goes
-    out free from an upstream that under-reports (a buggy self-hosted server, a proxy zeroing usage)."""
+    out free from an upstream that under-reports (a buggy self-hosted server, a proxy zeroing usage). An output count
+    past the call's max_tokens, which no upstream writes past, is charged max_tokens: taken as reported, the tenant paid
+    for tokens never generated, as far as the hold's room (its input bound) let it."""
     if input_tokens is not None and implausible_input(request, input_tokens):
         count_implausible(model, "input")
         input_tokens = None
-    if output_tokens is not None and await implausible_output(model, request.max_tokens, content, output_tokens):
+    most = request.max_tokens
+    past_max_tokens = output_tokens is not None and most is not None and output_tokens > most
+    if past_max_tokens:
+        count_implausible(model, "output", "high; charged max_tokens")
+        output_tokens = most
+    elif output_tokens is not None and await implausible_output(model, request.max_tokens, content, output_tokens):
         count_implausible(model, "output")
         output_tokens = None
-    estimated = input_tokens is None or output_tokens is None
+    estimated = input_tokens is None or output_tokens is None or past_max_tokens
     if input_tokens is None:
         input_tokens = await estimated_input(model, request)
         cached_input_tokens = cache_write_input_tokens = 0
@@ -83,10 +90,10 @@ async def implausible_output(model: ModelSpec, max_tokens: int | None, answer: s
     return await count_text_tokens(answer, model.estimating_encoding, stop_above=believed) > believed
 
 
-def count_implausible(model: ModelSpec, direction: str) -> None:
+def count_implausible(model: ModelSpec, direction: str, how: str = "low; counted here") -> None:
     metrics.USAGE_IMPLAUSIBLE.labels(model.provider, model.name, direction).inc()
     log.warning(
-        "usage reported implausibly low; counted here",
+        f"usage reported implausibly {how}",
         extra={"provider": model.provider, "model": model.name, "direction": direction},
     )
 

@@ -298,14 +298,15 @@ async def test_the_edge_keeps_a_callers_cost_cap(chain: Chain, long_writers: Non
 async def test_a_provider_reporting_more_usage_than_the_hold_is_charged_no_more_than_the_hold(
     money: Money, chain: Chain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An upstream whose usage says it wrote a billion tokens where max_tokens let it write a few hundred (a
-    buggy or hostile provider: a whole number under 2^53, so a valid count): the tenant's budget and the caller's
-    max_cost_usd still hold, plain and streamed; the charge is the request's worst case, its hold."""
+    """An upstream whose usage says it read a billion tokens of a prompt of a few dozen (a buggy or hostile provider: a
+    whole number under 2^53, so a valid count): the tenant's budget and the caller's max_cost_usd still hold, plain
+    and streamed; the charge is the request's worst case, its hold. (An output count past max_tokens never gets this
+    far: the providers charge max_tokens, test_an_output_count_past_max_tokens_is_charged_max_tokens.)"""
     answer = chain.budget.answer
 
     def inflated(body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
         content, finish, usage = answer(body)
-        return content, finish, {**usage, "completion_tokens": 10**9}
+        return content, finish, {**usage, "prompt_tokens": 10**9}
 
     monkeypatch.setattr(chain.budget, "answer", inflated)
     tenant, cap = f"inflated-{uuid.uuid4().hex[:8]}", Decimal("0.0002")
@@ -326,4 +327,32 @@ async def test_a_provider_reporting_more_usage_than_the_hold_is_charged_no_more_
         assert (record["input_tokens"], record["output_tokens"]) == (0, 0), record
         assert Decimal(record["baseline_cost_usd"]) == Decimal(record["cost_usd"]), record  # no savings claimed
         assert "usage reported past the hold" in record["reason_detail"] and "1000000" in record["reason_detail"]
+        audit_cost(record, PRICES)
+
+
+async def test_an_output_count_past_max_tokens_is_charged_max_tokens(
+    money: Money, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream whose usage says it wrote more than the max_tokens it was sent, by less than the room the hold's
+    input bound leaves (a buggy or hostile provider): charged max_tokens, the most it can have written, its tokens
+    flagged estimated, plain and streamed; as reported, the tenant paid for tokens never generated."""
+    answer = chain.budget.answer
+
+    def inflated(body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+        content, finish, usage = answer(body)
+        return content, finish, {**usage, "completion_tokens": body["max_tokens"] + 40}
+
+    monkeypatch.setattr(chain.budget, "answer", inflated)
+    tenant = f"over-max-{uuid.uuid4().hex[:8]}"
+    await money.set_tenant_limit(tenant, int(Decimal("0.01") * PICO))
+    await money.stub.Complete(ask("Tell me everything.", tenant=tenant, model="cheap-model"), timeout=60)
+    sent = [chain.budget.requests[-1].json["max_tokens"]]
+    request = ask("Tell me everything.", tenant=tenant, model="cheap-model")
+    chunks = [c async for c in money.stub.CompleteStream(request, timeout=60)]
+    assert chunks[-1].HasField("final")
+    sent.append(chain.budget.requests[-1].json["max_tokens"])
+    records = await money.ledger(tenant)
+    assert sorted(r["output_tokens"] for r in records) == sorted(sent), records
+    for record in records:
+        assert record["tokens_estimated"] is True and "past the hold" not in record["reason_detail"], record
         audit_cost(record, PRICES)
