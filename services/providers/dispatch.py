@@ -203,7 +203,7 @@ class Dispatcher:
                                 _merge(end, event)
                                 # An input the prompt belies is told as none: the router counts it, should its
                                 # caller leave before the end.
-                                if input_progress and _told_input(request, event):
+                                if input_progress and await _told_input(model, request, event):
                                     yield provider_pb2.GenerateChunk(input=_input_usage(end))
                                 if tool_call_progress and event.tool_text:
                                     tool_tokens += await count_text_tokens(event.tool_text, model.estimating_encoding)
@@ -534,8 +534,8 @@ def _merge(into: Completion, update: Completion) -> None:
     into.logprobs = update.logprobs or into.logprobs
 
 
-def _told_input(request: UpstreamRequest, event: Completion) -> bool:
-    return event.input_tokens is not None and not implausible_input(request, event.input_tokens)
+async def _told_input(model: ModelSpec, request: UpstreamRequest, event: Completion) -> bool:
+    return event.input_tokens is not None and not await implausible_input(model, request, event.input_tokens)
 
 
 def _input_usage(end: Completion) -> common_pb2.Usage:
@@ -617,12 +617,13 @@ class Wasted:
 async def _settled(model: ModelSpec, request: UpstreamRequest, end: Completion) -> tuple[common_pb2.Usage, str]:
     """What a failed attempt consumed, its tool calls so far the output when no count is reported."""
     calls = json.dumps(end.tool_calls) if end.tool_calls else ""
-    # Unreported (OpenAI-style streams say it only at their end), or reported as none (implausible_input), the
+    # Unreported (OpenAI-style streams say it only at their end), or reported as too little (implausible_input), the
     # prompt is billed whole all the same: counted as high as the router holds for it, so the retry budget is
     # never passed by what went uncounted.
-    told = _told_input(request, end)
+    told = await _told_input(model, request, end)
     billed_input = end.input_tokens if told else await input_bound(model, request)
-    usage, cost = await settle(model, request, calls, billed_input, end.output_tokens, *_cache_counts(end))
+    cache = _cache_counts(end) if told else (0, 0)  # a belied report's parts of the input are no more believed
+    usage, cost = await settle(model, request, calls, billed_input, end.output_tokens, *cache)
     usage.estimated |= not told
     return usage, cost
 

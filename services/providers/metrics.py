@@ -26,7 +26,7 @@ CIRCUIT = Gauge(
 TOKENS = Counter("llmrouter_provider_tokens_total", "Tokens billed", ["provider", "model", "direction"])
 USAGE_IMPLAUSIBLE = Counter(
     "llmrouter_provider_usage_implausible_total",
-    "Answers whose reported usage the answer belies (no input for a prompt, no output or far too little for the text "
-    "delivered): counted here instead, flagged estimated",
+    "Answers whose reported usage the answer belies (no input or far too little for the prompt, no output or far too "
+    "little for the text delivered, output past max_tokens): counted here instead, flagged estimated",
     ["provider", "model", "direction"],
 )

@@ -1,0 +1,69 @@
+"""An upstream reporting far too little input for the prompt it was sent (a buggy self-hosted server, a proxy that
+rewrites usage): under 1/UNDER_COUNT_FACTOR of the prompt's tokens counted here, which no tokenizer reads at over 32
+bytes a token, as for an output count the answer belies. Only no input at all was judged so: a report of one token for
+a prompt of hundreds was charged one token, the rest of the prompt never charged, and a caller leaving such a stream was
+charged that one token too (told as the input reported). Such a count is taken for none: the prompt counted here,
+flagged estimated, counted in llmrouter_provider_usage_implausible_total; the least honest count is believed."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmrouter.tokens import count_tokens
+from llmrouter.v1 import provider_pb2_grpc
+from services.providers.accounting import UNDER_COUNT_FACTOR
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.providers.helpers import request
+from tests.providers.test_implausible_usage import INPUT_KEY, LONG, generate, honest, implausible
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "streamed"])
+@pytest.mark.parametrize("model", ["cheap", "claude"])
+async def test_input_the_prompt_belies_is_charged_the_prompt_counted_here(
+    stub: provider_pb2_grpc.ProviderStub,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    model: str,
+    streamed: bool,
+) -> None:
+    fake = openai_fake if model == "cheap" else anthropic_fake
+    fake.usage_as = {INPUT_KEY[model]: 1}
+    before = implausible(model, "input")
+    _, answer = await generate(stub, model, streamed)
+    _, exact_output = honest(fake)
+    assert answer.usage.input_tokens >= count_tokens("Be brief.") + count_tokens(LONG)
+    assert answer.usage.estimated and answer.usage.output_tokens == exact_output
+    assert implausible(model, "input") == before + 1
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "streamed"])
+@pytest.mark.parametrize("model", ["cheap", "claude"])
+async def test_the_least_honest_input_count_is_charged_as_reported(
+    stub: provider_pb2_grpc.ProviderStub,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    model: str,
+    streamed: bool,
+) -> None:
+    """A count 1/UNDER_COUNT_FACTOR of the prompt's UTF-8 bytes: a tokenizer packing 32 bytes in each token."""
+    fake = openai_fake if model == "cheap" else anthropic_fake
+    least = -(-len(("Be brief." + LONG).encode()) // UNDER_COUNT_FACTOR)
+    fake.usage_as = {INPUT_KEY[model]: least}
+    before = implausible(model, "input")
+    _, answer = await generate(stub, model, streamed)
+    assert answer.usage.input_tokens == least and not answer.usage.estimated
+    assert implausible(model, "input") == before
+
+
+async def test_a_stream_tells_no_input_the_prompt_belies(
+    stub: provider_pb2_grpc.ProviderStub, anthropic_fake: FakeAnthropic
+) -> None:
+    """Anthropic reports its input at the stream's start: told to the router (input_progress) for a caller that leaves
+    mid-way, one it belies would be charged as the prompt's."""
+    anthropic_fake.usage_as = {"input_tokens": 1}
+    told = [
+        chunk.input.input_tokens
+        async for chunk in stub.GenerateStream(request("claude", LONG, max_tokens=1000, input_progress=True))
+        if chunk.HasField("input")
+    ]
+    assert told == []
