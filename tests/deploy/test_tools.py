@@ -144,6 +144,30 @@ def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, 
     assert alert in result.stdout + result.stderr
 
 
+GIVEN_BACK = f"llmrouter_router_cost_given_back_usd_total{{{PROD}}}"
+
+
+@pytest.mark.parametrize(
+    ("record", "before", "after"),
+    [
+        # reconciled holds counted as spent: an outbox landing after a money store outage fires the burn alert
+        ("llmrouter:cost_usd_per_hour:rate1h", "\n  - (", "\n  + 0 * ("),
+        # a router's first give-back, on a series born holding it, unseen by increase(): the same
+        ("llmrouter:cost_usd_per_hour:rate1h", f"({GIVEN_BACK} unless {GIVEN_BACK} offset 1h) or ", ""),
+        ("llmrouter:cost_usd_per_hour:rate5m", f"({GIVEN_BACK} unless {GIVEN_BACK} offset 5m) or ", ""),
+    ],
+)
+def test_a_broken_cost_record_fails_its_tests(tmp_path: Path, record: str, before: str, after: str) -> None:
+    """The spend the burn alerts compare with the hourly budget is the cost counter less what was given back."""
+    rules = scoped_rules()
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("record") == record]
+    assert before in rule["expr"]
+    rule["expr"] = rule["expr"].replace(before, after, 1)
+    result = run_tests(write_rules(rules, tmp_path), tmp_path)
+    assert result.returncode != 0
+    assert record in result.stdout + result.stderr
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses every dashboard query (Grafana's variables replaced), as the rules of a scratch file."""
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
