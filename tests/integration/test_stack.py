@@ -5,6 +5,7 @@ services authenticating each other with throwaway certificates."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -51,10 +52,11 @@ def test_stack_shows_routing_with_no_keys_and_no_redis(tmp_path: Path) -> None:
     assert f"{always - with_keys:.6f} saved" in out
 
 
-@pytest.mark.usefixtures("local_model")
-def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Zero configuration and yet secure: the edge reaches the router over mTLS, while a direct call to the
-    router in plaintext, or with a certificate from any other CA (even one named "edge"), is refused."""
+def embedded_defaults_on_free_ports(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The environment `make run` starts with (no key, no Redis, its own certificates), on free ports: the services'
+    ports and metrics ports, by env prefix."""
     for key in list(os.environ):
         if key.endswith(("_API_KEY", "_AUTH", "_TLS_DIR")) or key.startswith("ROUTER_"):
             monkeypatch.delenv(key)
@@ -64,6 +66,14 @@ def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.Mon
         monkeypatch.setenv(f"{service}_PORT", str(port))
         monkeypatch.setenv(f"{service}_METRICS_PORT", str(metrics_ports[service]))
     monkeypatch.setenv("ROUTER_LEDGER_SQL_PATH", str(tmp_path / "ledger.sqlite3"))
+    return ports, metrics_ports
+
+
+@pytest.mark.usefixtures("local_model")
+def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Zero configuration and yet secure: the edge reaches the router over mTLS, while a direct call to the
+    router in plaintext, or with a certificate from any other CA (even one named "edge"), is refused."""
+    ports, metrics_ports = embedded_defaults_on_free_ports(monkeypatch, tmp_path)
     impostor = Authority.create().write(tmp_path / "edge", "edge")
     request = router_pb2.CompleteRequest(
         messages=[common_pb2.ChatMessage(role="user", content="Hi")], tenant="victim", model="smollm2-135m"
@@ -82,3 +92,38 @@ def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.Mon
             with channel, pytest.raises(grpc.RpcError) as refused:
                 router_pb2_grpc.RouterStub(channel).Complete(request, timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def readme_example(text: str, *written: tuple[str, str]) -> str:
+    """A README example, each address or path it writes for the default stack replaced by this stack's."""
+    for default, here in written:
+        assert text.count(default) == 1, f"the README's example no longer writes {default}"
+        text = text.replace(default, here)
+    return text
+
+
+@pytest.mark.usefixtures("local_model")
+def test_the_readmes_python_examples_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's two Python examples, the openai SDK's through the edge and the gRPC stubs' to the router with the
+    edge's certificate, run as written against the stack `make run` starts (its ports and certificate directory
+    put in): each prints the routed model, its cost and the answer."""
+    sdk, stubs = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    ports, _ = embedded_defaults_on_free_ports(monkeypatch, tmp_path)
+    with running_stack() as (base_url, _):
+        found = re.search(r"mTLS certificates of this run \(CN = service\): (\S+)/<service>", capsys.readouterr().out)
+        assert found, "the launcher prints its certificates' directory, as the README's gRPC example needs"
+        examples = [
+            readme_example(sdk, ("http://127.0.0.1:8080/v1", f"{base_url}/v1")),
+            readme_example(
+                stubs, ("/tmp/llmrouter-tls-XXXX", found[1]), ("127.0.0.1:50053", f"127.0.0.1:{ports['ROUTER']}")
+            ),
+        ]
+        for example in examples:
+            done = subprocess.run(
+                [sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True, timeout=300
+            )
+            assert done.returncode == 0, done.stderr
+            model, cost, answer = done.stdout.split(" ", 2)
+            assert (model, cost) == ("smollm2-135m", "0") and answer.strip(), done.stdout
