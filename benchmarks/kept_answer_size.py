@@ -9,6 +9,7 @@ words drawn at random (seeded): a real answer compresses about as well. The Redi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -76,6 +77,9 @@ async def measure(url: str) -> None:
 
 
 def main() -> None:
+    # No option: --help says what it measures rather than running it.
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kept_answer_size", description=__doc__.split("\n\n")[0])
+    parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis", "--save", "").start()
         try:

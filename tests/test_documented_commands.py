@@ -114,6 +114,7 @@ HELPED = {
     "services.classifier.training": "python -m services.classifier.training",
     "services.classifier.training.add_model": "python -m services.classifier.training.add_model",
     "services.verifier.training": "python -m services.verifier.training",
+    "benchmarks.kept_answer_size": "python -m benchmarks.kept_answer_size",  # its --help ran the benchmark
 }
 
 
