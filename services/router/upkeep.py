@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from llmrouter.tasks import stop as stop_task
 from services.router import metrics
@@ -51,6 +52,7 @@ class Upkeep:
         self.report: HealthReport | None = None
         self.up: bool | None = None
         self._task: asyncio.Task[None] | None = None
+        self.round: asyncio.Task[None] | None = None  # the round under way (_beating_through), or the last one
         self.look: asyncio.Task[None] | None = None  # the look at the heartbeats under way, or the last one
         self.finishing: asyncio.Task[None] | None = None  # limit changes left unconfirmed being finished, or the last
 
@@ -68,7 +70,10 @@ class Upkeep:
         written): the outbox is on the pod's emptyDir unless the chart keeps it on a volume claim, and a charge left in
         one deleted with its pod is settled by the reconciler at its hold, not at what was generated. What does not
         land in FINAL_REPLAY_S stays in the file, for the next router started on it (its first tick replays it)."""
-        for task in (self._task, self.look, self.finishing):
+        # The round stopped here, not from within the loop's cancellation: one slow to end (a lost cancellation, a
+        # replay's rewrite run to its end) outlasted that, stop() cancelled the loop again, and it ran on past close,
+        # the outbox locked, so the replay below waited FINAL_REPLAY_S for it and landed nothing.
+        for task in (self._task, self.round, self.look, self.finishing):
             if task is not None:
                 await stop_task(task)
         try:
@@ -97,20 +102,18 @@ class Upkeep:
                 log.exception("router upkeep failed; retrying")
             await asyncio.sleep(self.interval_s)
 
-    async def _beating_through(self, work: Awaitable[None]) -> None:
+    async def _beating_through(self, work: Coroutine[Any, Any, None]) -> None:
         """A round, the heartbeat kept every interval while it runs. Beaten once a round, it lapsed whenever a round
         outlasted its TTL (an outbox replay of the charges an outage left, a master gone away mid-round: seconds a
         shard), and another router's reconciler took this live router for dead: its requests in flight, and those
-        whose charges wait in its outbox, were charged at their holds."""
-        round_ = asyncio.ensure_future(work)
-        try:
-            while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
-                try:
-                    await self._heartbeat()  # out of reach: the round says it, and the next round's heartbeat
-                except Exception:  # the round goes on all the same, as the next beat does
-                    log.exception("router heartbeat failed while a round ran")
-        finally:
-            await stop_task(round_)  # cancelled with the loop (close): the round with it
+        whose charges wait in its outbox, were charged at their holds. Cancelled (close), the round is close's to
+        stop."""
+        self.round = round_ = asyncio.create_task(work)
+        while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
+            try:
+                await self._heartbeat()  # out of reach: the round says it, and the next round's heartbeat
+            except Exception:  # the round goes on all the same, as the next beat does
+                log.exception("router heartbeat failed while a round ran")
         round_.result()
 
     async def tick(self) -> None:

@@ -7,6 +7,7 @@ answered only once the test ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -87,4 +88,57 @@ async def test_a_round_longer_than_the_heartbeats_ttl_lets_the_router_look_dead_
     finally:
         store.answer.set()
         await upkeep.close()
+        await store.close()
+
+
+class CancellationLosingStore(RedisStore):
+    """A real store whose first charge loses the first cancellation it is sent, as a redis-py call may on Python 3.11
+    (llmrouter.tasks.raise_if_cancelled), and ends at the next; the charges after it are the store's own."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.charging = asyncio.Event()
+        self.first_ended = asyncio.Event()
+
+    async def charge(
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
+    ) -> bool:
+        if not self.charging.is_set():
+            self.charging.set()
+            try:
+                with contextlib.suppress(asyncio.CancelledError):  # lost
+                    await asyncio.Event().wait()
+                await asyncio.Event().wait()
+            finally:
+                self.first_ended.set()
+        return await super().charge(account, hold, pico, record, late, charge_id, release)
+
+
+async def test_close_stops_a_round_that_lost_its_first_cancellation(redis_url: str, tmp_path: Path) -> None:
+    """close() cancels the upkeep's loop, whose round then had to be stopped from within that loop's own cancellation:
+    a round that took longer than one cancellation's wait to end (a lost cancellation, a replay's rewrite run to its
+    end) was left running when close() cancelled the loop again, holding the outbox's lock, so the shutdown's last
+    replay waited FINAL_REPLAY_S for it and landed nothing."""
+    store = CancellationLosingStore(redis_url)
+    outbox = Outbox(tmp_path / "data")
+    waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
+    upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    try:
+        assert (await store.admit(ACCOUNT, Allowance("day"), waiting)).refused == ""
+        record = {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}
+        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, record, "charge-1"))
+        upkeep.start()
+        await eventually(store.charging.is_set, "the round's replay began")
+        await upkeep.close()
+        assert store.first_ended.is_set()  # the round is not left running past close
+        assert len(outbox) == 0
+        assert await store.spent(ACCOUNT, DAY) == (1_234, 1_234)  # tenant and key: landed by the last replay
+    finally:
         await store.close()
