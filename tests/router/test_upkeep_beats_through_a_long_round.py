@@ -142,3 +142,43 @@ async def test_close_stops_a_round_that_lost_its_first_cancellation(redis_url: s
         assert await store.spent(ACCOUNT, DAY) == (1_234, 1_234)  # tenant and key: landed by the last replay
     finally:
         await store.close()
+
+
+async def test_a_round_hung_for_good_leaves_its_routers_pending_charges_to_pending_stale(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The heartbeat is beaten while a round runs however long it runs: a round that never ends (a bug), its event loop
+    alive, keeps its router looking alive for good. What bounds its requests' holds then is ROUTER_PENDING_STALE_S: the
+    reconciler charges any pending charge older than that at its hold, its router alive or not; the outbox's line,
+    landed later, gives back what it did not cost."""
+    store = HeldStore(redis_url)
+    outbox = Outbox(tmp_path / "data")
+    waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
+    in_flight = Hold("r-running", 9_000, DAY, "router-1", "n-running")
+    upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    reconciler = RedisStore(redis_url)
+    try:
+        for hold in (waiting, in_flight):
+            assert (await store.admit(ACCOUNT, Allowance("day"), hold)).refused == ""
+        record = {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}
+        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, record, "charge-1"))
+        upkeep.start()
+        await eventually(store.charging.is_set, "the round's replay began")  # and never ends until the test's end
+        settled = 0
+
+        async def both_charged_as_stale() -> bool:
+            nonlocal settled
+            settled += await reconciler.reconcile("router-2", TTL_S, 3 * TTL_S)
+            return settled == 2
+
+        await eventually(both_charged_as_stale, "the hung router's pending charges were charged as stale")
+        assert await store.redis.exists(alive_key("router-1"))  # beaten all along: charged as stale, not as dead
+        assert await store.spent(ACCOUNT, DAY) == (16_000, 16_000)  # at their holds
+        store.answer.set()
+        await upkeep.close()
+        assert await store.spent(ACCOUNT, DAY) == (10_234, 10_234)  # the outbox's line gave back the rest of its hold
+    finally:
+        store.answer.set()
+        await upkeep.close()
+        await reconciler.close()
+        await store.close()
