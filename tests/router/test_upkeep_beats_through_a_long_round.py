@@ -71,19 +71,24 @@ async def test_a_round_longer_than_the_heartbeats_ttl_lets_the_router_look_dead_
         upkeep.start()
         await eventually(store.charging.is_set, "the round's replay began")
         blocked_at = time.time()
+        reconciler = RedisStore(redis_url)
+        settled = 0
 
-        async def beaten_through_two_ttls() -> bool:
-            return await beat_at(store, "router-1") > blocked_at + 2 * TTL_S
+        async def beaten_through_four_ttls() -> bool:
+            # Another router's reconciler sweeps all the while (once a TTL, its lease's): a router it saw missing at
+            # one sweep it takes for dead at the next, so a lapse of a TTL anywhere in these four is charged.
+            nonlocal settled
+            settled += await reconciler.reconcile("router-2", TTL_S, 3600)
+            return await beat_at(store, "router-1") > blocked_at + 4 * TTL_S
 
         # The round is still held: the router beat on without it, so its beat never lapsed for a whole TTL.
-        await eventually(beaten_through_two_ttls, "the router beat while its round ran", timeout_s=10)
-        assert not store.answer.is_set()
-        assert await store.redis.exists(alive_key("router-1"))
-        reconciler = RedisStore(redis_url)
         try:
-            assert await reconciler.reconcile("router-2", TTL_S, 3600) == 0
+            await eventually(beaten_through_four_ttls, "the router beat while its round ran", timeout_s=10)
         finally:
             await reconciler.close()
+        assert not store.answer.is_set()
+        assert await store.redis.exists(alive_key("router-1"))
+        assert settled == 0
         assert await store.spent(ACCOUNT, DAY) == (0, 0)  # neither request charged its hold
     finally:
         store.answer.set()
