@@ -6,6 +6,7 @@ charged at once at its holds. Real Redis; three stores: the live router's and tw
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -131,6 +132,53 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_recon
             return await reconciler.reconcile("rec", ttl_s, 3600.0)
 
         await eventually(flapping_round, "the dead router taken for dead, a PING failing before every round")
+        assert (
+            await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
+            await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
+        ) == (0, 1)
+        assert rounds > 1
+    finally:
+        for store in (dead, reconciler):
+            await store.close()
+
+
+async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fails_in_each_long_round(
+    redis_url: str, proxy: LossyProxy
+) -> None:
+    """The upkeep beats while a round runs long (an outbox replay), so a beat may fail a moment far into the round, and
+    the reconcile come long after the store answers again. Such a loss was measured from the round's PING to the
+    reconcile, the round's length, not the loss's: each forgot what the reconciler saw missing, and a dead router's
+    requests waited for ROUTER_PENDING_STALE_S to be charged at their holds, not the heartbeat TTL."""
+    dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
+    ttl_s = 1.5  # its third, the loss of sight that forgets, shorter than a round here
+    try:
+        hold = Hold("r-dead", 6_000_000_000, DAY, "router-dead", "n1")
+        assert (await dead.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        assert await reconciler.ping()
+        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
+        rounds = 0
+
+        async def beat_for_a_third_of_the_ttl() -> None:
+            began = time.monotonic()
+
+            async def beaten() -> bool:
+                await reconciler.heartbeat("rec", ttl_s)
+                return time.monotonic() - began > ttl_s / 3
+
+            await eventually(beaten, "the round ran a third of the TTL, beating")
+
+        async def long_round() -> int:
+            nonlocal rounds
+            rounds += 1
+            assert await reconciler.ping()
+            await beat_for_a_third_of_the_ttl()
+            proxy.go_down()
+            await lost_by_heartbeat(reconciler)
+            proxy.come_back()
+            await beat_for_a_third_of_the_ttl()
+            return await reconciler.reconcile("rec", ttl_s, 3600.0)
+
+        await eventually(long_round, "the dead router taken for dead, a beat failing in every round")
         assert (
             await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
             await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),

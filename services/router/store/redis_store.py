@@ -443,8 +443,9 @@ class RedisStore:
         self._ledger_position = Script(self.redis, lua.LEDGER_POSITION)
         self._raise_spend = Script(self.redis, lua.RAISE_SPEND)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
-        self._in_sight_at = float("-inf")  # when the store last answered this router's PING (monotonic)
+        self._in_sight_at = float("-inf")  # when the store last answered this router's PING or heartbeat (monotonic)
         self._sight_lost_at: float | None = None  # when it answered last before a loss of sight, until a round reads it
+        self._sight_back_at: float | None = None  # when it answered first after that loss, none while it lasts
         # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
         # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
         self.unanswered: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -1157,6 +1158,7 @@ class RedisStore:
         except StoreUnavailable:
             self._lost_sight()
             raise
+        self._in_sight()
 
     async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
         """A spend counter of `period` raised by `pico`, and kept as long as a charge keeps it (money_check.py,
@@ -1247,7 +1249,11 @@ class RedisStore:
         # their holds at once.
         missing, self._missing_since = self._missing_since, {}
         lost_at, self._sight_lost_at = self._sight_lost_at, None
-        if lost_at is not None and time.monotonic() - lost_at >= lease_s * SIGHT_LOST_FORGETS:
+        back_at, self._sight_back_at = self._sight_back_at, None
+        # The loss's own length, not its length up to this round: the upkeep beats while a round runs long (an outbox
+        # replay), and one beat failing far into it forgot all, as though the store had been away the whole round.
+        lost_until = time.monotonic() if back_at is None else back_at
+        if lost_at is not None and lost_until - lost_at >= lease_s * SIGHT_LOST_FORGETS:
             missing = {}
         async with _reachable():
             keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
@@ -1473,7 +1479,7 @@ class RedisStore:
         except StoreUnavailable:
             self._lost_sight()
             return False
-        self._in_sight_at = time.monotonic()
+        self._in_sight()
         await self._follow_clock()
         return True
 
@@ -1486,6 +1492,14 @@ class RedisStore:
         every TTL, for ROUTER_PENDING_STALE_S to be charged."""
         if self._sight_lost_at is None:
             self._sight_lost_at = self._in_sight_at
+        self._sight_back_at = None  # lasting still (a PING answered, the heartbeats' master away)
+
+    def _in_sight(self) -> None:
+        """The store answered this router (its PING, or its heartbeat: the heartbeats' master): a loss of sight, if
+        any, ended here, unless one is reported again before a round reads it (_lost_sight)."""
+        self._in_sight_at = time.monotonic()
+        if self._sight_lost_at is not None and self._sight_back_at is None:
+            self._sight_back_at = self._in_sight_at
 
     async def _follow_clock(self) -> bool:
         """The money's clock set by the store's TIME: on a Redis Cluster its GLOBAL slot's master's, the one every
