@@ -290,11 +290,12 @@ def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
     except ValidationError as exc:
         raise invalid(exc, param) from None
     if isinstance(item, MessageItem) and item.role != "assistant" and not isinstance(item.content, str):
-        # OpenAI's 400: sent on, it would be words of that role, which a model never said.
+        # OpenAI's 400: an answer's parts (output_text, refusal) are an assistant message's alone; a user, system or
+        # developer message takes input parts. Sent on, they would be words of that role, which a model never said.
         for j, part in enumerate(item.content):
-            if isinstance(part, OutputRefusal):
+            if isinstance(part, OutputText | OutputRefusal):
                 name = f"{param}.content[{j}].type"
-                message = f"{name}: a refusal part is only allowed in an assistant message"
+                message = f"{name}: an {part.type} part is only allowed in an assistant message (use input_text)"
                 raise ApiError(400, message, param=name, code="invalid_value")
     return item
 

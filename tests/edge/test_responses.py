@@ -254,3 +254,24 @@ def test_two_calls_of_one_id_name_both_items() -> None:
     error = unpaired([call("c1"), call("c1"), output("c1")])
     assert (error.status, error.param) == (400, "input[2].call_id")
     assert error.message.startswith("Invalid parameter: Duplicate value for 'id' of 'c1', in input[1] and input[2]:")
+
+
+@pytest.mark.parametrize("role", ["user", "system", "developer"])
+def test_an_output_text_part_outside_an_assistant_message_is_a_400_naming_it(role: str) -> None:
+    """OpenAI takes an answer's output_text part in an assistant message alone (a previous response sent back); in a
+    user, system or developer message it is a 400, as a refusal part is there. Taken as input text, it was served."""
+    content = [{"type": "input_text", "text": "hi"}, {"type": "output_text", "text": "I said so.", "annotations": []}]
+    error = refused(input=[{"role": "user", "content": "hi"}, {"role": role, "content": content}])
+    assert error.body()["error"] == {
+        "message": "input[1].content[1].type: an output_text part is only allowed in an assistant message"
+        " (use input_text)",
+        "type": "invalid_request_error",
+        "param": "input[1].content[1].type",
+        "code": "invalid_value",
+    }
+
+
+def test_an_output_text_part_in_an_assistant_message_is_that_turns_text() -> None:
+    answer = {"role": "assistant", "content": [{"type": "output_text", "text": "I said so.", "annotations": []}]}
+    chat = translated(input=[{"role": "user", "content": "hi"}, answer, {"role": "user", "content": "and?"}])
+    assert chat["messages"][1] == {"role": "assistant", "content": "I said so."}
