@@ -402,9 +402,12 @@ async def _awaited_by_caller(
 
 def taken_over(routed: Routed, response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:
     """Before a whole answer's chunks (buffered, or from the cache), a decision naming its model when that is not the
-    one routed to (an escalation's, a fallback's): the stream is named by the model that answered."""
-    if response.model and response.model != routed.decision.model:
-        return [router_pb2.CompleteChunk(decision=answered_by(routed.decision, response.model))]
+    one routed to (an escalation's, a fallback's), and saying it came from the response cache when it did (the
+    cached answer's decision, cache.py): the stream is named and explained as the unstreamed answer is."""
+    if response.cache_hit or (response.model and response.model != routed.decision.model):
+        return [
+            router_pb2.CompleteChunk(decision=answered_by(response.decision, response.model or routed.decision.model))
+        ]
     return []
 
 

@@ -95,3 +95,21 @@ async def test_a_stream_served_from_the_cache_names_the_model_that_answered(chai
     assert reply.status_code == 200, reply.text
     assert events(reply)[-1]["model"] == STRONG and answer("/chat/completions", reply).startswith(f"[{STRONG}]")
     assert models_named("/chat/completions", reply) == {STRONG}
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+async def test_a_stream_served_from_the_cache_says_so_in_its_reason(chain: Chain, buffered: bool) -> None:
+    """As the unstreamed repeat's x-router-reason does, a stream served the cached answer says it came from the
+    response cache, not why the request was routed to a model that never ran for it."""
+    body = chat(f"hello {uuid.uuid4().hex}")
+    headers = {"x-router-buffer-stream": "true"} if buffered else {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        first = await http.post(chain.base_url + "/chat/completions", json={**body, "stream": False})
+        repeat = await http.post(chain.base_url + "/chat/completions", json={**body, "stream": False})
+        streamed = {**body, "stream_options": {"include_usage": True}}
+        reply = await http.post(chain.base_url + "/chat/completions", json=streamed, headers=headers)
+    assert first.status_code == repeat.status_code == reply.status_code == 200, reply.text
+    assert repeat.json()["x_router"]["cache_hit"] and events(reply)[-1]["x_router"]["cache_hit"]
+    assert first.headers["x-router-reason"] != repeat.headers["x-router-reason"] == "served from the response cache"
+    assert reply.headers["x-router-reason"] == repeat.headers["x-router-reason"]
+    assert reply.headers["x-router-model"] == repeat.headers["x-router-model"]
