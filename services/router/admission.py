@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -165,7 +166,7 @@ class Admission:
         billed = dataclasses.replace(valid, passthrough=prompt_fields(valid.passthrough))
         input_tokens = await count_prompt_tokens(request.messages, billed_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
-            raise self._over_every_window()
+            raise self._over_every_window(await self._over_alone(billed.passthrough, tools))
         bound = await bound_input(
             self.registry.current, request.messages, billed_json, billed, tools, input_tokens, self.max_context
         )
@@ -190,12 +191,26 @@ class Admission:
             min_output_tokens=settings.min_output_tokens,
         )
 
-    def _over_every_window(self) -> ServiceError:
+    def _over_every_window(self, field: str = "messages") -> ServiceError:
+        """The refusal of a prompt over every context window, naming `field`: `messages` (OpenAI's param for it), or a
+        field rendered into the prompt that is over it alone (_over_alone)."""
+        what = "the prompt" if field == "messages" else f"{field} alone, rendered into the prompt,"
         return invalid(
-            f"the prompt is over {self.max_context} tokens, the largest context window of any model",
-            "messages",
+            f"{what} is over {self.max_context} tokens, the largest context window of any model",
+            field,
             "CONTEXT_LENGTH_EXCEEDED",
         )
+
+    async def _over_alone(self, fields: dict[str, Any], tools: bool) -> str:
+        """The field rendered into the prompt (tools, tool_choice, response_format) that is over every context window
+        by itself, with its framing, the messages aside: what the caller must shorten; else `messages`, as OpenAI names
+        a prompt too long. Counted only for a prompt refused, each at most past the window."""
+        for name, value in fields.items():
+            framed = tools and name == "tools"  # the tool-use instructions a provider adds for them
+            alone = await count_prompt_tokens([], json.dumps({name: value}), framed, self.max_context)
+            if alone > self.max_context:
+                return name
+        return "messages"
 
     async def admit(self, routed: Routed, until: float = 0.0) -> None:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest

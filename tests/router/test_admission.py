@@ -215,6 +215,28 @@ async def test_a_prompt_over_every_context_window_is_refused_before_routing() ->
     assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
 
 
+def with_tool(description: str) -> str:
+    parameters = {"type": "object", "properties": {"q": {"type": "string", "description": description}}}
+    return json.dumps({"tools": [{"type": "function", "function": {"name": "look_up", "parameters": parameters}}]})
+
+
+@pytest.mark.parametrize(
+    ("content", "tool", "field"),
+    [
+        ("Hello there", "lorem ipsum " * 100_000, "tools"),  # the tools alone are over it: they are what to shorten
+        ("lorem ipsum " * 100_000, "a query", "messages"),
+        ("lorem ipsum " * 40_000, "lorem ipsum " * 40_000, "messages"),  # neither alone: the prompt, as OpenAI's
+    ],
+)
+async def test_a_prompt_over_every_context_window_names_what_is_over_it(content: str, tool: str, field: str) -> None:
+    """Tool definitions over every window by themselves were refused as the prompt, naming `messages`, which the
+    caller could shorten to nothing and still be refused."""
+    with pytest.raises(ServiceError) as err:
+        await routed(request(content, passthrough_json=with_tool(tool)))
+    assert (err.value.reason, err.value.metadata) == ("CONTEXT_LENGTH_EXCEEDED", {"field": field})
+    assert err.value.message.startswith("the prompt is over" if field == "messages" else f"{field} alone")
+
+
 async def test_more_messages_than_the_bound_are_refused_unread() -> None:
     many = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 30_000)
     started = time.perf_counter()
