@@ -11,13 +11,17 @@ which a buffered stream escalates; requests ask quality_target 0, so that routin
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
+from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import SILENCE, Chain
 
@@ -26,6 +30,10 @@ STRONG = "strong-model"
 
 def chat(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], "stream": True, "quality_target": 0}
+
+
+def legacy(text: str) -> dict[str, Any]:
+    return {"model": "auto", "prompt": text, "stream": True, "quality_target": 0}
 
 
 def responses(text: str) -> dict[str, Any]:
@@ -50,6 +58,8 @@ def models_named(route: str, reply: httpx.Response) -> set[str]:
 def answer(route: str, reply: httpx.Response) -> str:
     if route == "/responses":
         return "".join(e["delta"] for e in events(reply) if e["type"] == "response.output_text.delta")
+    if route == "/completions":
+        return "".join(c["text"] for e in events(reply) for c in e["choices"])
     return "".join(c["delta"].get("content") or "" for e in events(reply) for c in e["choices"])
 
 
@@ -60,7 +70,9 @@ def failing_cheap(chain: Chain) -> Iterator[None]:
     chain.budget.clear()
 
 
-@pytest.mark.parametrize(("route", "body"), [("/chat/completions", chat), ("/responses", responses)])
+@pytest.mark.parametrize(
+    ("route", "body"), [("/chat/completions", chat), ("/completions", legacy), ("/responses", responses)]
+)
 async def test_a_stream_that_fell_back_names_the_model_that_answered(
     chain: Chain, failing_cheap: None, route: str, body: Any
 ) -> None:
@@ -113,3 +125,43 @@ async def test_a_stream_served_from_the_cache_says_so_in_its_reason(chain: Chain
     assert first.headers["x-router-reason"] != repeat.headers["x-router-reason"] == "served from the response cache"
     assert reply.headers["x-router-reason"] == repeat.headers["x-router-reason"]
     assert reply.headers["x-router-model"] == repeat.headers["x-router-model"]
+
+
+async def failed_twice(chain: Chain, text: str, stream: bool) -> tuple[httpx.Response, dict[str, Any]]:
+    """A request whose routed model and fallback each fail before any token (a reset: an unknown outcome, owed its
+    worst case), with its ledger record."""
+    chain.budget.enqueue(Fault.reset())
+    chain.premium.enqueue(Fault.reset())
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            body = {**chat(text), "stream": stream}
+            reply = await http.post(chain.base_url + "/chat/completions", json=body)
+    finally:
+        chain.budget.clear()
+        chain.premium.clear()
+    assert reply.status_code == 502, reply.text
+    found = re.search(r"request id ([0-9a-f]{32})", reply.json()["error"]["message"])
+    assert found
+    db = redis.from_url(chain.redis_url)
+    try:
+        (record,) = [r for r in await ledger_records(db) if r["request_id"] == found.group(1)]
+    finally:
+        await db.aclose()
+    return reply, record
+
+
+async def test_a_stream_whose_fallback_fails_before_its_first_token_too_fails_as_an_unstreamed_call(
+    chain: Chain,
+) -> None:
+    """The router tells the fallback's model (a second decision) before its first token; when the fallback fails too,
+    the stream's caller is told the failure as an HTTP error, as an unstreamed caller is (the edge reads past the
+    decision to the error, not into a 200 stream ending in an error event), charged the same: both attempts."""
+    text = f"hello {uuid.uuid4().hex}"  # the same prompt: the same worst cases owed
+    unstreamed, unstreamed_record = await failed_twice(chain, text, stream=False)
+    streamed, record = await failed_twice(chain, text, stream=True)
+    assert streamed.headers["content-type"] == "application/json" and "x-router-model" not in streamed.headers
+    assert streamed.json()["error"]["code"] == unstreamed.json()["error"]["code"]
+    charged = Decimal(streamed.headers["x-router-cost-usd"])
+    assert charged == Decimal(record["cost_usd"]) == Decimal(record["owed_usd"]) > 0
+    assert charged == Decimal(unstreamed.headers["x-router-cost-usd"]) == Decimal(unstreamed_record["cost_usd"])
+    assert record["model"] == unstreamed_record["model"]
