@@ -165,3 +165,24 @@ async def test_a_stream_whose_fallback_fails_before_its_first_token_too_fails_as
     assert charged == Decimal(record["cost_usd"]) == Decimal(record["owed_usd"]) > 0
     assert charged == Decimal(unstreamed.headers["x-router-cost-usd"]) == Decimal(unstreamed_record["cost_usd"])
     assert record["model"] == unstreamed_record["model"]
+
+
+async def test_a_stream_that_fell_back_is_accounted_to_the_model_that_answered(
+    chain: Chain, failing_cheap: None
+) -> None:
+    """Its usage chunk and the ledger name the fallback (charged at its prices), its header the usage chunk's reason."""
+    body = {**chat(f"hello {uuid.uuid4().hex}"), "stream_options": {"include_usage": True}}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(chain.base_url + "/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    usage = events(reply)[-1]
+    assert usage["model"] == STRONG and not usage["x_router"]["cache_hit"]
+    assert reply.headers["x-router-reason"] == usage["x_router"]["reason"]
+    request_id = reply.headers["x-request-id"]
+    db = redis.from_url(chain.redis_url)
+    try:
+        (record,) = [r for r in await ledger_records(db) if r["request_id"] == request_id]
+    finally:
+        await db.aclose()
+    assert (record["model"], record["fallback"]) == (STRONG, True)
+    assert Decimal(record["cost_usd"]) == Decimal(usage["x_router"]["cost_usd"])
