@@ -48,9 +48,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 0),
     # Keep pinging through a long call with nothing sent (a unary generation): gRPC stops after 2 such pings otherwise.
     ("grpc.http2.max_pings_without_data", 0),
-    # A peer back after an outage (restarted, redeployed on its address) is tried again within about 2 s: gRPC's own
-    # back-off grows 1.6 times per failed attempt up to 2 minutes, and every call meanwhile failed UNAVAILABLE at once
-    # with the peer serving (10 s and more after a 30 s outage).
+    # A peer back after an outage (restarted, redeployed on its address) is tried again within about 2 s (+-20 %: gRPC
+    # jitters the capped wait): gRPC's own back-off grows 1.6 times per failed attempt up to 2 minutes, and every call
+    # meanwhile failed UNAVAILABLE at once with the peer serving (10 s and more after a 30 s outage). The price: a
+    # connection attempt per address every 2 s or so from each client pod while a peer is down.
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 # Servers close connections after a minute so clients re-resolve and find pods added by the autoscaler; calls
