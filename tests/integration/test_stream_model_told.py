@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis.asyncio as redis
 
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import SILENCE, Chain
@@ -186,3 +188,24 @@ async def test_a_stream_that_fell_back_is_accounted_to_the_model_that_answered(
         await db.aclose()
     assert (record["model"], record["fallback"]) == (STRONG, True)
     assert Decimal(record["cost_usd"]) == Decimal(usage["x_router"]["cost_usd"])
+
+
+async def test_no_decision_follows_a_delta_a_stream_cut_after_it_is_not_fallen_back(chain: Chain) -> None:
+    """A decision comes before the first delta or not at all: once any of the answer reached the caller, a failure
+    ends the stream (no fallback, whose model would be named after words of another). The router's own stream: the
+    cheap upstream's cut after its first words, the call failing after them with no decision between."""
+    message = common_pb2.ChatMessage(role="user", content=f"hello {uuid.uuid4().hex}")
+    request = router_pb2.CompleteRequest(messages=[message], tenant="default", quality_target=0, max_tokens=50)
+    premium_calls = len(chain.premium.requests)
+    chain.budget.enqueue(Fault.cut(after_chunks=2))
+    kinds: list[str] = []
+    try:
+        async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for chunk in router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=20):
+                    kinds.append(chunk.WhichOneof("kind"))
+    finally:
+        chain.budget.clear()
+    assert kinds[0] == "decision" and "delta" in kinds, kinds
+    assert "decision" not in kinds[kinds.index("delta") :], kinds
+    assert len(chain.premium.requests) == premium_calls  # no fallback called
