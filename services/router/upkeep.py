@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -107,9 +108,17 @@ class Upkeep:
         outlasted its TTL (an outbox replay of the charges an outage left, a master gone away mid-round: seconds a
         shard), and another router's reconciler took this live router for dead: its requests in flight, and those
         whose charges wait in its outbox, were charged at their holds. Cancelled (close), the round is close's to
-        stop."""
+        stop. A round past the TTL is a warning at each beat, with its age: beating on, a hung round shows nowhere else
+        (its outbox unreplayed, no sweep), and its router's pending charges wait for ROUTER_PENDING_STALE_S."""
+        began = time.monotonic()
         self.round = round_ = asyncio.create_task(work)
         while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
+            age_s = time.monotonic() - began
+            if age_s > self.heartbeat_ttl_s:
+                log.warning(
+                    "upkeep round running longer than the heartbeat TTL: hung, or a long outbox replay",
+                    extra={"round_age_s": round(age_s, 3), "heartbeat_ttl_s": self.heartbeat_ttl_s},
+                )
             try:
                 await self._heartbeat()  # out of reach: the round says it, and the next round's heartbeat
             except Exception:  # the round goes on all the same, as the next beat does

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from pathlib import Path
+
+import pytest
 
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
@@ -186,4 +189,36 @@ async def test_a_round_hung_for_good_leaves_its_routers_pending_charges_to_pendi
         store.answer.set()
         await upkeep.close()
         await reconciler.close()
+        await store.close()
+
+
+async def test_a_round_running_past_the_heartbeats_ttl_is_logged_at_each_beat_with_its_age(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that never ends keeps its router beating (above), so nothing else shows it: its outbox waits unreplayed,
+    the reconciler's sweeps and the look at the heartbeats never come. Each beat past the heartbeat's TTL is a warning
+    that says how long the round has run, for an SRE to find the hung router."""
+    store = HeldStore(redis_url)
+    outbox = Outbox(tmp_path / "data")
+    waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
+    upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    caplog.set_level(logging.WARNING, logger="llmrouter.router")
+
+    def long_round_warnings() -> list[logging.LogRecord]:
+        return [record for record in caplog.records if record.getMessage().startswith("upkeep round running")]
+
+    try:
+        assert (await store.admit(ACCOUNT, Allowance("day"), waiting)).refused == ""
+        record = {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}
+        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, record, "charge-1"))
+        upkeep.start()
+        await eventually(store.charging.is_set, "the round's replay began")
+        await eventually(lambda: len(long_round_warnings()) >= 3, "the held round was logged at three beats")
+        ages = [warning.__dict__["round_age_s"] for warning in long_round_warnings()]
+        assert all(age >= TTL_S for age in ages)  # none before the round outlasted a TTL
+        assert ages == sorted(ages) and ages[-1] > ages[0]  # each beat says the round's age then
+        assert all(warning.__dict__["heartbeat_ttl_s"] == TTL_S for warning in long_round_warnings())
+    finally:
+        store.answer.set()
+        await upkeep.close()
         await store.close()
