@@ -6,8 +6,9 @@ charged at once at its holds. Real Redis; three stores: the live router's and tw
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -186,4 +187,50 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
         assert rounds > 1
     finally:
         for store in (dead, reconciler):
+            await store.close()
+
+
+class PausedStore(RedisStore):
+    """A real store whose reconciler is paused once, `pause_s`, as its sweep begins reading the pending charges: a
+    SIGSTOP, a host's freeze, or a read of very many pending charges, between its sweep's clock reading and its read
+    of the heartbeats."""
+
+    def __init__(self, url: str, pause_s: float) -> None:
+        super().__init__(url)
+        self.pause_s = pause_s
+
+    async def _pending(self, away: set[int]) -> AsyncIterator[str]:
+        if self.pause_s:
+            await asyncio.sleep(self.pause_s)  # the pause itself, not a wait for something
+            self.pause_s = 0.0
+        async for record in super()._pending(away):
+            yield record
+
+
+async def test_a_router_is_seen_missing_from_when_its_heartbeat_was_read_not_from_before_a_pause(
+    redis_url: str,
+) -> None:
+    """A router is taken for dead once seen missing at two sweeps a TTL apart. Its first sighting was dated by the
+    sweep's clock reading, taken before the sweep read the pending charges and then the heartbeats: a reconciler paused
+    in between (SIGSTOP, a host frozen) for a TTL took a router for dead at its very next sweep, a moment after it
+    first saw it missing, not a TTL after, though the router was back within its grace (its beat lapsed while it was
+    out of reach, its requests still running)."""
+    ttl_s = 0.5
+    live, reconciler = RedisStore(redis_url), PausedStore(redis_url, pause_s=2 * ttl_s)
+    try:
+        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
+        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        # Its beat lapsed (out of reach): seen missing once the paused sweep reads the heartbeats.
+        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
+        # The next round sweeps at once (its last sweep's clock reading is a TTL old): seen missing a moment since.
+        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
+        assert (
+            await live.redis.hlen(AccountKeys.of(ACCOUNT).pending),
+            await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
+        ) == (1, 0)
+        await live.heartbeat("router-live", ttl_s)  # back within its grace
+        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
+        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
+    finally:
+        for store in (live, reconciler):
             await store.close()

@@ -1288,7 +1288,11 @@ class RedisStore:
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
             alive = await self._alive(others)
-            self._missing_since = {r: missing.get(r, now) for r in others if not alive[r]}
+            # Dated from the heartbeats' read, not the sweep's clock reading before the pending charges were read: a
+            # reconciler paused in between (SIGSTOP, a host frozen, a long read) took a router for dead at its next
+            # sweep, a moment after it first saw it missing. Dead is judged by `now`, before this read: never early.
+            seen = time.monotonic()
+            self._missing_since = {r: missing.get(r, seen) for r in others if not alive[r]}
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
             stale_before = money_now() - stale_s
             settled = resent
