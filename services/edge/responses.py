@@ -78,6 +78,8 @@ REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 KNOWN_FIELDS = SAME_AS_CHAT | TRANSLATED | ROUTER_EXTENSIONS | REFUSED.keys()
 UNSUPPORTED_PARTS = {"input_image", "input_file", "input_audio"}
+INPUT_PARTS = {"input_text", *UNSUPPORTED_PARTS}  # a user, system or developer message's
+ANSWER_PARTS = {"output_text", "refusal"}  # an assistant message's: a previous answer sent back
 ROLES = ("user", "assistant", "system", "developer")
 
 
@@ -97,7 +99,7 @@ class OutputText(BaseModel):
 
 class OutputRefusal(Closed):
     """An answer's refusal part, as a previous response's output item sent back as input carries it: that assistant
-    turn's text, as the model saw it. Only an assistant message carries one (parse_item)."""
+    turn's text, as the model saw it. Only an assistant message carries one (refuse_misplaced_part)."""
 
     type: Literal["refusal"]
     refusal: StrictStr
@@ -126,6 +128,9 @@ class MessageItem(Closed):
     content: StrictStr | Annotated[list[MessagePart], FirstError()]
     id: StrictStr | None = None  # a previous response's output item, sent back
     status: StrictStr | None = None
+    # An assistant message's label for the models that read it (OpenAI's SDK sends it back, null when none): not
+    # part of the chat conversation.
+    phase: Literal["commentary", "final_answer"] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -281,6 +286,8 @@ def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
         raise unsupported(f"{param}.type", message)
     content = raw.get("content") if kind == "message" else raw.get("output")
     for j, part in enumerate(content if isinstance(content, list) else []):
+        if kind == "message":
+            refuse_misplaced_part(raw.get("role"), part, f"{param}.content[{j}].type")
         if isinstance(part, dict) and isinstance(part.get("type"), str) and part["type"] in UNSUPPORTED_PARTS:
             field = "content" if kind == "message" else "output"
             message = f"{part['type']} is not supported: the router serves text input only"
@@ -289,15 +296,25 @@ def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
         item = ITEMS[kind].model_validate(raw)
     except ValidationError as exc:
         raise invalid(exc, param) from None
-    if isinstance(item, MessageItem) and item.role != "assistant" and not isinstance(item.content, str):
-        # OpenAI's 400: an answer's parts (output_text, refusal) are an assistant message's alone; a user, system or
-        # developer message takes input parts. Sent on, they would be words of that role, which a model never said.
-        for j, part in enumerate(item.content):
-            if isinstance(part, OutputText | OutputRefusal):
-                name = f"{param}.content[{j}].type"
-                message = f"{name}: an {part.type} part is only allowed in an assistant message (use input_text)"
-                raise ApiError(400, message, param=name, code="invalid_value")
     return item
+
+
+def refuse_misplaced_part(role: Any, part: Any, param: str) -> None:
+    """OpenAI's 400 for a part in another role's message: an answer's parts (output_text, refusal) are an assistant
+    message's alone (a previous response sent back), input parts a user, system or developer message's. Sent on, they
+    would be words of that role, which it never said. Checked before the part is read, so an input part the router
+    does not serve (input_image) in an assistant message is refused for its role, as OpenAI refuses it."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if role not in ROLES or not isinstance(kind, str):
+        return  # the item's validation names what is wrong
+    article = "an" if kind[:1] in tuple("aeiou") else "a"
+    if role != "assistant" and kind in ANSWER_PARTS:
+        message = f"{param}: {article} {kind} part is only allowed in an assistant message (use input_text)"
+    elif role == "assistant" and kind in INPUT_PARTS:
+        message = f"{param}: {article} {kind} part is not allowed in an assistant message (use output_text or refusal)"
+    else:
+        return
+    raise ApiError(400, message, param=param, code="invalid_value")
 
 
 def to_chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

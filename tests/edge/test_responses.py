@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from openai.types.responses import ResponseOutputMessage, ResponseOutputText
 
 from services.edge.openai_api import ApiError, parse_request
 from services.edge.responses import to_chat
@@ -275,3 +276,35 @@ def test_an_output_text_part_in_an_assistant_message_is_that_turns_text() -> Non
     answer = {"role": "assistant", "content": [{"type": "output_text", "text": "I said so.", "annotations": []}]}
     chat = translated(input=[{"role": "user", "content": "hi"}, answer, {"role": "user", "content": "and?"}])
     assert chat["messages"][1] == {"role": "assistant", "content": "I said so."}
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        ({"type": "input_text", "text": "I said so."}, "an input_text part is not allowed in an assistant message"),
+        ({"type": "input_image", "image_url": "https://example.com/a.png"}, "an input_image part is not allowed in"),
+    ],
+)
+def test_an_input_part_in_an_assistant_message_is_a_400_naming_it(part: dict[str, Any], message: str) -> None:
+    """OpenAI takes an assistant message's parts as output_text or refusal alone ('Supported values are: output_text
+    and refusal'); the edge took an input_text part there as that turn's text, and refused an input_image as a part it
+    does not serve rather than for its role."""
+    error = refused(input=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": [part]}])
+    assert (error.param, error.code) == ("input[1].content[0].type", "invalid_value")
+    assert error.message.startswith(f"input[1].content[0].type: {message}")
+
+
+def test_a_refusal_part_outside_an_assistant_message_is_named_as_one() -> None:
+    content = [{"type": "refusal", "refusal": "I can't."}]
+    error = refused(input=[{"role": "user", "content": "hi"}, {"role": "developer", "content": content}])
+    assert error.message.startswith("input[1].content[0].type: a refusal part is only allowed in an assistant message")
+
+
+def test_a_previous_answer_sent_back_as_the_sdk_dumps_it_is_that_turns_text() -> None:
+    """OpenAI's SDK's output message has a `phase` (null unless the model set one); dumped and sent back, it was
+    refused as a field not permitted."""
+    text = ResponseOutputText(type="output_text", text="I said so.", annotations=[])
+    answer = ResponseOutputMessage(id="msg_1", type="message", role="assistant", status="completed", content=[text])
+    for sent in (answer.model_dump(mode="json"), {**answer.model_dump(mode="json"), "phase": "final_answer"}):
+        chat = translated(input=[{"role": "user", "content": "hi"}, sent, {"role": "user", "content": "and?"}])
+        assert chat["messages"][1] == {"role": "assistant", "content": "I said so."}
