@@ -165,8 +165,9 @@ class Admission:
         billed_json = prompt_json(valid.passthrough)
         billed = dataclasses.replace(valid, passthrough=prompt_fields(valid.passthrough))
         input_tokens = await count_prompt_tokens(request.messages, billed_json, tools, self.max_context)
+        fields_alone = await self._counted_alone(billed.passthrough, tools, input_tokens)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
-            raise self._over_every_window(await self._over_alone(billed.passthrough, tools))
+            raise self._over_every_window(policy.over_alone(fields_alone, self.max_context))
         bound = await bound_input(
             self.registry.current, request.messages, billed_json, billed, tools, input_tokens, self.max_context
         )
@@ -189,11 +190,12 @@ class Admission:
             temperature=request.temperature if request.HasField("temperature") else None,
             blank_stop=has_blank_stop(valid.passthrough),
             min_output_tokens=settings.min_output_tokens,
+            fields_alone=fields_alone,
         )
 
     def _over_every_window(self, field: str = "messages") -> ServiceError:
         """The refusal of a prompt over every context window, naming `field`: `messages` (OpenAI's param for it), or a
-        field rendered into the prompt that is over it alone (_over_alone)."""
+        field rendered into the prompt that is over it alone (policy.over_alone)."""
         what = "the prompt" if field == "messages" else f"{field} alone, rendered into the prompt,"
         return invalid(
             f"{what} is over {self.max_context} tokens, the largest context window of any model",
@@ -201,16 +203,18 @@ class Admission:
             "CONTEXT_LENGTH_EXCEEDED",
         )
 
-    async def _over_alone(self, fields: dict[str, Any], tools: bool) -> str:
-        """The field rendered into the prompt (tools, tool_choice, response_format) that is over every context window
-        by itself, with its framing, the messages aside: what the caller must shorten; else `messages`, as OpenAI names
-        a prompt too long. Counted only for a prompt refused, each at most past the window."""
+    async def _counted_alone(self, fields: dict[str, Any], tools: bool, input_tokens: int) -> dict[str, int]:
+        """Each field rendered into the prompt (tools, tool_choice, response_format) counted by itself, with its
+        framing, the messages aside, each at most past the largest window: what names the field a caller must shorten
+        when a prompt is refused for its length (policy.over_alone). Counted only for a prompt over some model's
+        window: under every one, no field alone is over any, and none is refused for its length."""
+        if input_tokens <= min(m.context_window for m in self.registry.current.models):
+            return {}
+        counted = {}
         for name, value in fields.items():
             framed = tools and name == "tools"  # the tool-use instructions a provider adds for them
-            alone = await count_prompt_tokens([], json.dumps({name: value}), framed, self.max_context)
-            if alone > self.max_context:
-                return name
-        return "messages"
+            counted[name] = await count_prompt_tokens([], json.dumps({name: value}), framed, self.max_context)
+        return counted
 
     async def admit(self, routed: Routed, until: float = 0.0) -> None:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest

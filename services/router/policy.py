@@ -53,6 +53,9 @@ class Limits:
     temperature: float | None = None  # the caller's, if any: some APIs take less than others (registry max_temperature)
     blank_stop: bool = False  # the caller's stop holds a sequence of only whitespace, which some APIs refuse
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
+    # Each field rendered into the prompt (tools...) counted by itself, for a prompt over some model's context window
+    # (Admission._counted_alone; else none): the field to name when the prompt fits no model (over_alone).
+    fields_alone: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def billed_input(self, model: ModelSpec) -> int:
         return self.input_bound.tokens(model)
@@ -253,15 +256,26 @@ def escalation_target(order: list[Option], current: Option, registry: Registry) 
     return min(stronger, key=lambda o: o.cost, default=None)
 
 
+def over_alone(fields_alone: Mapping[str, int], window: int) -> str:
+    """The field rendered into the prompt (tools, tool_choice, response_format) that is over `window` by itself
+    (Limits.fields_alone): what the caller must shorten; else `messages`, as OpenAI names a prompt too long."""
+    return next((name for name, tokens in fields_alone.items() if tokens > window), "messages")
+
+
 def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
     # What the caller can change is about the models available here; the others are listed only when none is.
     options = [o for o in every if o.excluded not in UNAVAILABLE_REASONS] or every
     if all(o.excluded.startswith("prompt of") for o in options):
+        window = max((o.model.context_window for o in options), default=None)
+        named = "messages" if window is None else over_alone(limits.fields_alone, window)
+        why = options[0].excluded if options else "no models"
+        if named != "messages":  # what the caller must shorten: the messages could be one word and still not fit
+            why = f"{named} alone, rendered into the prompt, is over {window} tokens, the largest window available"
         return ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
             "CONTEXT_LENGTH_EXCEEDED",
-            f"the prompt does not fit any available model: {options[0].excluded if options else 'no models'}",
-            {"field": "messages"},  # OpenAI's param for it, the completion's share included
+            f"the prompt does not fit any available model: {why}",
+            {"field": named},  # messages: OpenAI's param for it, the completion's share included
         )
     reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
     if options and all(o.excluded.startswith(OBJECT_ARGUMENTS_ONLY) for o in options):

@@ -237,6 +237,28 @@ async def test_a_prompt_over_every_context_window_names_what_is_over_it(content:
     assert err.value.message.startswith("the prompt is over" if field == "messages" else f"{field} alone")
 
 
+@pytest.mark.parametrize(
+    ("content", "tool", "field"),
+    [
+        ("Hello there", "lorem ipsum " * 5_000, "tools"),  # the tools alone are over the cheap model's window
+        ("lorem ipsum " * 5_000, "a query", "messages"),
+        ("lorem ipsum " * 2_000, "lorem ipsum " * 2_000, "messages"),  # neither alone: the prompt, as OpenAI's
+    ],
+)
+async def test_a_prompt_that_fits_no_available_model_names_what_is_over_it(content: str, tool: str, field: str) -> None:
+    """Under the largest window of the registry (strong's) but over the only available model's (cheap's), the prompt
+    is refused by the policy, not by admission: tools over that window by themselves were named `messages`, which the
+    caller could shorten to one word and still be refused."""
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    limits = await gate.limits(request(content, passthrough_json=with_tool(tool)))
+    cheap = [m for m in REGISTRY.models if m.name == "cheap"]
+    with pytest.raises(ServiceError) as err:
+        policy.plan(REGISTRY, policy.evaluate(cheap, {}, limits), limits, classified=True)
+    assert (err.value.reason, err.value.metadata) == ("CONTEXT_LENGTH_EXCEEDED", {"field": field})
+    told = "prompt of" if field == "messages" else f"{field} alone, rendered into the prompt, is over 8000 tokens"
+    assert err.value.message.startswith(f"the prompt does not fit any available model: {told}")
+
+
 async def test_more_messages_than_the_bound_are_refused_unread() -> None:
     many = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 30_000)
     started = time.perf_counter()
