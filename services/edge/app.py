@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmrouter import later_decisions
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
 from llmrouter.redis_errors import StoreFailure, store_failure
@@ -511,7 +512,8 @@ class Edge:
             except grpc.RpcError as err:
                 raise self.refusal(err, request, request_id, sent_key) from None
             return answered(response, request_id)
-        call = self.router.CompleteStream(message, timeout=timeout)
+        # Said to read a later decision: another model taking over before the first delta is told (first_chunks).
+        call = self.router.CompleteStream(message, timeout=timeout, metadata=later_decisions.ANNOUNCED)
         try:
             try:
                 decision, pending = await first_chunks(call, request, request_id)

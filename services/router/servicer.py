@@ -11,6 +11,7 @@ from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
 
+from llmrouter import later_decisions
 from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
@@ -110,10 +111,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> AsyncIterator[router_pb2.CompleteChunk]:
         routed = await self._route(request, context)
         await self._refuse_if_cut(routed)
+        told = DecisionsTold(later_decisions.announced(context))
         with self.admitted.tracked():
             if request.buffer_stream:  # settled by its own work alone, which nothing else may settle while it runs
                 async for chunk in self._buffered_stream(routed, context):
-                    yield chunk
+                    if not told.withheld(chunk):
+                        yield chunk
                 return
             # Nested, so a cut landing while a failure or a fault is being settled (in the handlers below) is caught
             # too: left to gRPC, it was a bare cancellation, its caller told nothing of its charge.
@@ -121,6 +124,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 try:
                     async with aclosing(self._complete_stream(routed, context)) as chunks:
                         async for chunk in chunks:
+                            if told.withheld(chunk):
+                                continue
                             with self.admitted.sending(cut_after=not chunk.HasField("final")):
                                 yield chunk
                 except ServiceError as failed:
@@ -398,6 +403,21 @@ async def _awaited_by_caller(
     except asyncio.CancelledError:
         routed.caller_left = True
         raise
+
+
+class DecisionsTold:
+    """A stream's decisions as its caller is told them: a decision after the first (another model taking over before
+    the first delta) only to a caller that said it reads one (llmrouter/later_decisions.py)."""
+
+    def __init__(self, later: bool) -> None:
+        self.later = later
+        self.decided = False
+
+    def withheld(self, chunk: router_pb2.CompleteChunk) -> bool:
+        if chunk.HasField("decision") and self.decided and not self.later:
+            return True  # the final chunk names the model that answered, as a unary answer does
+        self.decided = True
+        return False
 
 
 def taken_over(routed: Routed, response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from llmrouter import later_decisions
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
@@ -209,3 +210,48 @@ async def test_no_decision_follows_a_delta_a_stream_cut_after_it_is_not_fallen_b
     assert kinds[0] == "decision" and "delta" in kinds, kinds
     assert "decision" not in kinds[kinds.index("delta") :], kinds
     assert len(chain.premium.requests) == premium_calls  # no fallback called
+
+
+def routed_request(buffered: bool = False) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content=f"hello {uuid.uuid4().hex}")
+    return router_pb2.CompleteRequest(
+        messages=[message], tenant="default", quality_target=0, max_tokens=50, buffer_stream=buffered
+    )
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+@pytest.mark.parametrize("announced", [False, True])
+async def test_a_later_decision_goes_only_to_a_caller_that_said_it_reads_one(
+    chain: Chain, failing_cheap: None, announced: bool, buffered: bool
+) -> None:
+    """The edge says it reads a decision after the first (its call metadata); a caller that does not (an edge of the
+    version before, a plain gRPC client) is sent the first alone, as before: an edge of the version before took the
+    second for the stream's first chunk. Either way the final chunk names the model that answered."""
+    metadata = later_decisions.ANNOUNCED if announced else None
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stream = router_pb2_grpc.RouterStub(channel).CompleteStream(
+            routed_request(buffered), timeout=20, metadata=metadata
+        )
+        chunks = [chunk async for chunk in stream]
+    decisions = [chunk.decision.model for chunk in chunks if chunk.HasField("decision")]
+    assert decisions[0] != STRONG and decisions[1:] == ([STRONG] if announced else [])
+    assert chunks[-1].final.model == STRONG
+
+
+async def test_a_fallback_failing_before_its_first_token_fails_a_plain_callers_call_after_its_decision(
+    chain: Chain,
+) -> None:
+    """A caller of the version before reads the decision, then its first chunk: that read is the failure, which it
+    tells as an HTTP error, not a second decision it would start a 200 stream on."""
+    chain.budget.enqueue(Fault.reset())
+    chain.premium.enqueue(Fault.reset())
+    kinds: list[str] = []
+    try:
+        async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for chunk in router_pb2_grpc.RouterStub(channel).CompleteStream(routed_request(), timeout=20):
+                    kinds.append(chunk.WhichOneof("kind"))
+    finally:
+        chain.budget.clear()
+        chain.premium.clear()
+    assert kinds == ["decision"]

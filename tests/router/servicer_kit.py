@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import yaml
 
+from llmrouter import later_decisions
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.registry import LiveRegistry, Registry
 from llmrouter.server import RunningServer, start_server
@@ -44,6 +45,9 @@ class NoDeadline:
 
     def time_remaining(self) -> float | None:
         return None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return later_decisions.ANNOUNCED  # as the edge calls: a decision after the first is sent
 
 
 async def left_after_the_first_word(servicer: RouterServicer, request: router_pb2.CompleteRequest) -> None:
