@@ -143,6 +143,25 @@ async def test_instructions_come_first_and_list_input_is_the_conversation(chain:
     assert response.instructions == "You are terse."
 
 
+@pytest.mark.parametrize("dumped", [False, True])
+async def test_a_previous_answer_sent_back_as_the_sdk_gives_it_is_that_turns_text(chain: Chain, dumped: bool) -> None:
+    """A conversation kept by its caller: the SDK's own output items (an assistant message of output_text parts) sent
+    back as input, as they are or model_dump'ed (which writes the message's phase, null)."""
+    sdk_ = client(chain)
+    prompt, again = unique("Name the capital of France."), unique("And of Spain?")
+    first = await sdk_.responses.create(model="cheap-model", input=prompt)
+    previous: list[Any] = [item.model_dump() for item in first.output] if dumped else list(first.output)
+    follow_up = await sdk_.responses.create(
+        model="cheap-model", input=[{"role": "user", "content": prompt}, *previous, {"role": "user", "content": again}]
+    )
+    assert follow_up.status == "completed" and follow_up.output_text
+    assert chain.budget.requests[-1].json["messages"] == [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": again},
+    ]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_function_tool_round_trip(chain: Chain, stream: bool) -> None:
     sdk_ = client(chain)
