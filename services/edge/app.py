@@ -424,6 +424,12 @@ class Edge:
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not key:  # said apart, as OpenAI does: a client that never sent its key is told so, not that it is wrong
             raise ApiError(401, "no API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
+        # The key's bytes read as UTF-8, as the key tool digested it: read as Starlette reads headers (latin-1), a key
+        # past ASCII was another string, and refused for ever. Bytes that are no UTF-8 are no key.
+        try:
+            key = key.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(401, "invalid API key", code="invalid_api_key") from None
         tenant = self.keys.tenant_for(key)
         if tenant is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
