@@ -57,25 +57,30 @@ def acting_as(identity: Identity) -> Iterator[None]:
 
 
 def parse_callers(text: str) -> dict[str, Identity]:
-    """'name', 'name=tenant' or 'name=*' entries, comma- or newline-separated."""
+    """'name', 'name=tenant' or 'name=*' entries, comma- or newline-separated. A caller listed twice with two rights
+    is refused: which one it has would be the order the entries are read in."""
     callers: dict[str, Identity] = {}
     for entry in filter(None, (part.strip() for part in text.replace(",", "\n").splitlines())):
         name, sep, tenant = (part.strip() for part in entry.partition("="))
         if not _NAME.match(name) or (sep and tenant != "*" and not _NAME.match(tenant)):
             raise ValueError(f"caller entry {entry!r}: expected name, name=tenant or name=*")
         trusted = tenant == "*"
-        callers[name] = Identity(name, None if trusted else (tenant or name), may_act_for_tenants=trusted)
+        identity = Identity(name, None if trusted else (tenant or name), may_act_for_tenants=trusted)
+        if callers.setdefault(name, identity) != identity:
+            raise ValueError(f"caller {name!r} is listed twice, with two tenants (or a tenant and *)")
     return callers
 
 
 def parse_tokens(lines: list[str]) -> dict[bytes, str]:
-    """'sha256hex=identity' lines: the server keeps token digests, never tokens."""
+    """'sha256hex=identity' lines: the server keeps token digests, never tokens. A token given to two identities is
+    refused, naming the line (1-based) but not the digest: its holder would be whichever came last."""
     digests: dict[bytes, str] = {}
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         digest, _, name = (part.strip() for part in line.partition("="))
         if not _DIGEST.match(digest) or not _NAME.match(name):
             raise ValueError("token entries are sha256-hex=identity (64 lowercase hex digits, then a name)")
-        digests[bytes.fromhex(digest)] = name
+        if digests.setdefault(bytes.fromhex(digest), name) != name:
+            raise ValueError(f"token entry line {number} gives a token already given to another identity")
     return digests
 
 
