@@ -255,3 +255,66 @@ async def test_a_fallback_failing_before_its_first_token_fails_a_plain_callers_c
         chain.budget.clear()
         chain.premium.clear()
     assert kinds == ["decision"]
+
+
+async def told(chain: Chain, request: router_pb2.CompleteRequest, announced: bool) -> list[router_pb2.CompleteChunk]:
+    metadata = later_decisions.ANNOUNCED if announced else None
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stream = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=20, metadata=metadata)
+        return [chunk async for chunk in stream]
+
+
+def asked(text: str, buffered: bool = False) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content=text)
+    return router_pb2.CompleteRequest(
+        messages=[message], tenant="default", quality_target=0, max_tokens=50, buffer_stream=buffered
+    )
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+async def test_a_caller_not_reading_later_decisions_is_sent_the_same_stream_but_them_from_the_cache(
+    chain: Chain, buffered: bool
+) -> None:
+    """An answer from the response cache (the fallback's, so its model is not the one routed to): a plain caller is
+    sent what an announcing one is, its later decision aside, the final chunk naming the cached answer's model."""
+    text = f"hello {uuid.uuid4().hex}"
+    chain.budget.enqueue(Fault.error(500), Fault.error(500))
+    try:
+        async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+            first = await router_pb2_grpc.RouterStub(channel).Complete(asked(text), timeout=20)
+    finally:
+        chain.budget.clear()
+    assert first.model == STRONG
+    plain, announcing = await told(chain, asked(text, buffered), False), await told(chain, asked(text, buffered), True)
+    assert [c.WhichOneof("kind") for c in announcing][:2] == ["decision", "decision"]
+    assert announcing[1].decision.reason == "served from the response cache"
+    assert [c for c in announcing if c is not announcing[1]][:-1] == plain[:-1]
+    assert plain[-1].final.cache_hit and plain[-1].final.model == STRONG
+    assert plain[-1].final.decision.reason == "served from the response cache"
+
+
+async def test_a_caller_not_reading_later_decisions_is_sent_an_escalated_buffered_stream_but_them(chain: Chain) -> None:
+    """An escalated buffered stream: a plain caller is sent its decision, the stronger model's answer and the final
+    chunk naming it, as an announcing caller is, the later decision aside."""
+    plain = await told(chain, asked(f"{SILENCE} {uuid.uuid4().hex}", buffered=True), False)
+    announcing = await told(chain, asked(f"{SILENCE} {uuid.uuid4().hex}", buffered=True), True)
+    assert [c.WhichOneof("kind") for c in plain] == ["decision", "delta", "final"]
+    assert [c.WhichOneof("kind") for c in announcing] == ["decision", "decision", "delta", "final"]
+    assert plain[0].decision.model == announcing[0].decision.model != STRONG == announcing[1].decision.model
+    assert plain[1].delta.startswith(f"[{STRONG}]") and announcing[2].delta.startswith(f"[{STRONG}]")
+    assert plain[-1].final.model == STRONG and plain[-1].final.escalated
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+async def test_a_later_decision_tells_no_more_than_the_final_chunk(
+    chain: Chain, failing_cheap: None, buffered: bool
+) -> None:
+    """Any gRPC caller may say it reads later decisions (not the edge alone): what one tells is the stream's own
+    decision naming the model that answered, which its final chunk tells too."""
+    chunks = await told(chain, asked(f"hello {uuid.uuid4().hex}", buffered), True)
+    later = [c.decision for c in chunks if c.HasField("decision")][1:]
+    final = chunks[-1].final
+    expected = router_pb2.Decision()
+    expected.CopyFrom(final.decision)
+    expected.model = final.model
+    assert later == [expected] and final.model == STRONG
