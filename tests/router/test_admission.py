@@ -259,6 +259,23 @@ async def test_a_prompt_that_fits_no_available_model_names_what_is_over_it(conte
     assert err.value.message.startswith(f"the prompt does not fit any available model: {told}")
 
 
+async def test_a_prompt_over_an_available_window_with_the_larger_model_ruled_out_otherwise_lists_the_reasons() -> None:
+    """As README says: the largest window available is named only when every available model is too small; one ruled
+    out for another reason (here the strong model, for the tools it cannot call) makes it no_eligible_model, each
+    model's reason listed (the caller may drop the tools, or shorten them)."""
+    without_tools = Registry.model_validate(
+        {**REGISTRY.model_dump(mode="json"), "models": [
+            {**m.model_dump(mode="json"), "tools": m.name != "strong"} for m in REGISTRY.models
+        ]}
+    )  # fmt: skip
+    gate = admission.Admission(SETTINGS, without_tools, MemoryStore(), scratch_outbox())
+    limits = await gate.limits(request("Hello there", passthrough_json=with_tool("lorem ipsum " * 5_000)))
+    with pytest.raises(ServiceError) as err:
+        policy.plan(without_tools, policy.evaluate(without_tools.models, {}, limits), limits, classified=True)
+    assert err.value.reason == "NO_ELIGIBLE_MODEL"
+    assert "cheap: prompt of" in err.value.message and "strong: cannot call the tools" in err.value.message
+
+
 async def test_more_messages_than_the_bound_are_refused_unread() -> None:
     many = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 30_000)
     started = time.perf_counter()
