@@ -9,12 +9,13 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import tiktoken
 
@@ -109,6 +110,16 @@ async def count_prompt_tokens(
                 since_turn = 0
                 await asyncio.sleep(0)
     return total
+
+
+async def count_fields_alone(fields: Mapping[str, Any], tools: bool, stop_above: int) -> dict[str, int]:
+    """Each field rendered into the prompt (tools, tool_choice, response_format) counted by itself, with its framing
+    (the tool-use instructions a provider adds for tools), the messages aside, each at most past `stop_above`: what
+    names the field a caller must shorten when a prompt is refused for its length."""
+    counted = {}
+    for name, value in fields.items():
+        counted[name] = await count_prompt_tokens([], json.dumps({name: value}), tools and name == "tools", stop_above)
+    return counted
 
 
 async def count_text_tokens(text: str, name: Encoding = "cl100k_base", stop_above: float = math.inf) -> int:

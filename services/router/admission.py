@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import re
 import secrets
@@ -18,7 +17,7 @@ from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.passthrough import has_blank_stop, prompt_fields, prompt_json
 from llmrouter.registry import ModelSpec, RegistrySource
-from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
+from llmrouter.tokens import count_fields_alone, count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import (
     AmountError,
@@ -165,9 +164,9 @@ class Admission:
         billed_json = prompt_json(valid.passthrough)
         billed = dataclasses.replace(valid, passthrough=prompt_fields(valid.passthrough))
         input_tokens = await count_prompt_tokens(request.messages, billed_json, tools, self.max_context)
-        fields_alone = await self._counted_alone(billed.passthrough, tools, input_tokens)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
-            raise self._over_every_window(policy.over_alone(fields_alone, self.max_context))
+            counted = await count_fields_alone(billed.passthrough, tools, self.max_context)
+            raise self._over_every_window(policy.over_alone(counted, self.max_context))
         bound = await bound_input(
             self.registry.current, request.messages, billed_json, billed, tools, input_tokens, self.max_context
         )
@@ -190,7 +189,7 @@ class Admission:
             temperature=request.temperature if request.HasField("temperature") else None,
             blank_stop=has_blank_stop(valid.passthrough),
             min_output_tokens=settings.min_output_tokens,
-            fields_alone=fields_alone,
+            prompt_fields=billed.passthrough,
         )
 
     def _over_every_window(self, field: str = "messages") -> ServiceError:
@@ -202,19 +201,6 @@ class Admission:
             field,
             "CONTEXT_LENGTH_EXCEEDED",
         )
-
-    async def _counted_alone(self, fields: dict[str, Any], tools: bool, input_tokens: int) -> dict[str, int]:
-        """Each field rendered into the prompt (tools, tool_choice, response_format) counted by itself, with its
-        framing, the messages aside, each at most past the largest window: what names the field a caller must shorten
-        when a prompt is refused for its length (policy.over_alone). Counted only for a prompt over some model's
-        window: under every one, no field alone is over any, and none is refused for its length."""
-        if input_tokens <= min(m.context_window for m in self.registry.current.models):
-            return {}
-        counted = {}
-        for name, value in fields.items():
-            framed = tools and name == "tools"  # the tool-use instructions a provider adds for them
-            counted[name] = await count_prompt_tokens([], json.dumps({name: value}), framed, self.max_context)
-        return counted
 
     async def admit(self, routed: Routed, until: float = 0.0) -> None:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest

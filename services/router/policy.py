@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
@@ -53,8 +53,9 @@ class Limits:
     temperature: float | None = None  # the caller's, if any: some APIs take less than others (registry max_temperature)
     blank_stop: bool = False  # the caller's stop holds a sequence of only whitespace, which some APIs refuse
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
-    # Each field rendered into the prompt (tools...) counted by itself, for a prompt over some model's context window
-    # (Admission._counted_alone; else none): the field to name when the prompt fits no model (over_alone).
+    # The fields rendered into the prompt (tools, tool_choice, response_format), as billed; each counted by itself
+    # only once the prompt is refused for its length (routing.planned): the field to name then (over_alone).
+    prompt_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fields_alone: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def billed_input(self, model: ModelSpec) -> int:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 
 import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
+from llmrouter.tokens import count_fields_alone
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2
 from services.router import metrics, policy
 from services.router.models import AvailableModels
@@ -57,7 +59,8 @@ class Routing:
                     grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model[:128]!r} does not exist"
                 )
             options = policy.evaluate(models, None, limits)
-            plan, version = policy.explicit(options, request.model, limits), ""
+            plan = await planned(lambda limits: policy.explicit(options, request.model, limits), limits, registry)
+            version = ""
         else:
             prompt = scored_prompt(request)
             scores, version = await self._classify(prompt, tenant, time_remaining)
@@ -81,7 +84,10 @@ class Routing:
             # beside what routing would choose with every provider configured.
             every = policy.evaluate(registry.models, scores, limits)
             options = policy.without_unavailable(every, {m.name for m in models}, registry.providers)
-            plan = policy.plan(registry, options, limits, scores is not None, fallback)
+            classified = scores is not None
+            plan = await planned(
+                lambda limits: policy.plan(registry, options, limits, classified, fallback), limits, registry
+            )
             if options != every:
                 ideal = ideal_plan(registry, every, ideal_limits, scores is not None, ideal_fallback)
                 return plan, decision(plan, limits, version, note, ideal), registry
@@ -118,6 +124,22 @@ class Routing:
         scores = dict(reply.results[0].quality)
         self.score_cache.put(key, scores, reply.model_version)
         return scores, reply.model_version
+
+
+async def planned(
+    plan_for: Callable[[policy.Limits], policy.Plan], limits: policy.Limits, registry: Registry
+) -> policy.Plan:
+    """`plan_for(limits)`. A prompt it refuses for its length is refused naming the field rendered into the prompt
+    (tools...) that is over the windows by itself, if one is: each counted alone for that refusal only, not for every
+    prompt over some model's window, which a larger one serves (counted twice over, a tool-heavy prompt was)."""
+    try:
+        return plan_for(limits)
+    except ServiceError as refused:
+        if refused.reason != "CONTEXT_LENGTH_EXCEEDED" or not limits.prompt_fields:
+            raise
+    largest = max(m.context_window for m in registry.models)
+    counted = await count_fields_alone(limits.prompt_fields, limits.needs_tools, largest)
+    return plan_for(dataclasses.replace(limits, fields_alone=counted))
 
 
 def scored_prompt(request: router_pb2.CompleteRequest) -> str:

@@ -193,6 +193,18 @@ async def test_max_tokens_past_the_context_window_says_so_not_that_the_prompt_is
     assert error["param"] == ("messages" if path == "/chat/completions" else "input")
 
 
+async def test_tools_over_the_named_models_window_by_themselves_are_named(chain: Chain) -> None:
+    """Tools over cheap-model's window (4096) by themselves, under strong-model's: the request naming cheap-model is
+    refused naming `tools`, counted alone at that refusal (routing.planned), not at every admission."""
+    tool = {"type": "function", "function": {"name": "f", "description": "lorem ipsum " * 3_000, "parameters": {}}}
+    request = {**GOOD, "model": "cheap-model", "tools": [tool]}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", json=request)
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and error["code"] == "context_length_exceeded", reply.text
+    assert error["param"] == "tools" and "tools alone, rendered into the prompt, is over 4096" in error["message"]
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [

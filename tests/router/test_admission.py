@@ -251,12 +251,23 @@ async def test_a_prompt_that_fits_no_available_model_names_what_is_over_it(conte
     caller could shorten to one word and still be refused."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     limits = await gate.limits(request(content, passthrough_json=with_tool(tool)))
-    cheap = [m for m in REGISTRY.models if m.name == "cheap"]
+    options = policy.evaluate([m for m in REGISTRY.models if m.name == "cheap"], {}, limits)
     with pytest.raises(ServiceError) as err:
-        policy.plan(REGISTRY, policy.evaluate(cheap, {}, limits), limits, classified=True)
+        await routing.planned(lambda limits: policy.plan(REGISTRY, options, limits, classified=True), limits, REGISTRY)
     assert (err.value.reason, err.value.metadata) == ("CONTEXT_LENGTH_EXCEEDED", {"field": field})
     told = "prompt of" if field == "messages" else f"{field} alone, rendered into the prompt, is over 8000 tokens"
     assert err.value.message.startswith(f"the prompt does not fit any available model: {told}")
+
+
+async def test_a_prompt_over_a_smaller_window_that_a_larger_model_serves_is_not_counted_field_by_field() -> None:
+    """Each field counted alone names the one over the windows in a refusal for the prompt's length (routing.planned):
+    counted at admission for every prompt over the smallest window, a tool-heavy request a larger model serves was
+    tokenized twice over (its admission 1.4 to 1.6 times as long)."""
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    limits = await gate.limits(request("Hello there", passthrough_json=with_tool("lorem ipsum " * 5_000)))
+    assert limits.input_tokens > 8000 and limits.fields_alone == {}  # over the cheap model's window, not counted
+    plan = policy.plan(REGISTRY, policy.evaluate(REGISTRY.models, {}, limits), limits, classified=True)
+    assert [o.model.name for o in plan.order] == ["strong"]
 
 
 async def test_a_prompt_over_an_available_window_with_the_larger_model_ruled_out_otherwise_lists_the_reasons() -> None:
