@@ -420,16 +420,16 @@ class Edge:
             )
         if not self.keys:
             return ANONYMOUS_TENANT, ""
-        auth = credentials[0] if credentials else ""
+        # The header's bytes read as UTF-8, as the key tool digested the key: read as Starlette reads headers (latin-1),
+        # a key past ASCII was another string, and refused for ever. Read before the key is stripped: in latin-1 the
+        # bytes \x85 and \xa0 (the last of 'х' or 'à') are spaces to str.strip. Bytes that are no UTF-8 are no key.
+        try:
+            auth = (credentials[0] if credentials else "").encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(401, "invalid API key", code="invalid_api_key") from None
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not key:  # said apart, as OpenAI does: a client that never sent its key is told so, not that it is wrong
             raise ApiError(401, "no API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
-        # The key's bytes read as UTF-8, as the key tool digested it: read as Starlette reads headers (latin-1), a key
-        # past ASCII was another string, and refused for ever. Bytes that are no UTF-8 are no key.
-        try:
-            key = key.encode("latin-1").decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(401, "invalid API key", code="invalid_api_key") from None
         tenant = self.keys.tenant_for(key)
         if tenant is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")

@@ -5,7 +5,13 @@ loopback before the recording stand-in router."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from services.edge.keys import key_line
@@ -18,6 +24,25 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 async def chat(base_url: str, credentials: bytes) -> httpx.Response:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         return await client.post("/chat/completions", json=CHAT, headers=[(b"authorization", credentials)])
+
+
+async def raw_chat(base_url: str, credentials: bytes) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of a chat request whose Authorization header is `credentials` byte for byte: httpx (h11)
+    refuses to send a value with a NUL or with spaces around it, which a client on another stack may send."""
+    url = urlsplit(base_url)
+    body = json.dumps(CHAT).encode()
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(
+            b"POST " + url.path.rstrip("/").encode() + b"/chat/completions HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            + b"authorization: " + credentials + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(payload) if payload.startswith(b"{") else {}
 
 
 async def test_a_key_past_ascii_sent_as_utf8_is_its_tenants() -> None:
@@ -35,3 +60,51 @@ async def test_credentials_that_are_no_utf8_are_an_invalid_key_never_passed_on()
             assert response.status_code == 401, response.text
             assert response.json()["error"]["code"] == "invalid_api_key"
         assert edge.router.asked == []
+
+
+# Each ends in a character whose last UTF-8 byte, read as latin-1, is a space to str.strip: \xa0 (no-break space) in
+# 'à' (c3 a0) and 'Ġ' (c4 a0), \x85 (next line) in 'х' (d1 85). Stripped before the bytes were read as UTF-8, the
+# key lost its last byte and was no UTF-8: refused for ever, though the key tool digested it as it is.
+@pytest.mark.parametrize("key", ["sk-voilà", "sk-ключ-х", "sk-Ġ"])
+async def test_a_key_ending_in_a_byte_latin1_calls_a_space_is_its_tenants(key: str) -> None:
+    async with recorded_edge(api_keys=SecretStr(key_line("acme", key))) as edge:
+        status, answer = await raw_chat(edge.base_url, b"Bearer " + key.encode() + b" ")
+        assert status == 200, answer
+        assert [(r.tenant, r.api_key) for r in edge.router.asked] == [("acme", key)]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"Bearer \xef\xbb\xbf" + KEY.encode(),  # a byte order mark before the key
+        b"Bearer " + KEY.encode() + b"\xef\xbb\xbf",
+        b"Bearer " + quote(KEY).encode(),  # percent-encoded, as a client escaping headers sends it
+        b"Bearer\t" + KEY.encode(),
+        b"Bearer" + KEY.encode(),
+        b"Basic " + KEY.encode(),
+        b"Bearer " + KEY.encode().decode("latin-1").encode("utf-8"),  # sent as mojibake, read once too often
+        b"Bearer " + KEY.encode()[:-1],
+        b"Bearer \xa0" + KEY.encode() + b"\x85",
+    ],
+)
+async def test_credentials_the_key_tool_did_not_issue_are_a_401_never_passed_on(sent: bytes) -> None:
+    async with recorded_edge(api_keys=SecretStr(key_line("acme", KEY))) as edge:
+        status, answer = await raw_chat(edge.base_url, sent)
+        assert (status, answer["error"]["code"]) == (401, "invalid_api_key"), answer
+        assert edge.router.asked == []
+
+
+@pytest.mark.parametrize("sent", [KEY.encode()[:4] + b"\x00" + KEY.encode()[4:], KEY.encode("utf-16-le")])
+async def test_a_key_with_a_nul_is_a_bad_request_never_passed_on(sent: bytes) -> None:
+    async with recorded_edge(api_keys=SecretStr(key_line("acme", KEY))) as edge:
+        status, answer = await raw_chat(edge.base_url, b"Bearer " + sent)
+        assert (status, answer["error"]["code"]) == (400, "invalid_http_request"), answer  # the HTTP server's
+        assert edge.router.asked == []
+
+
+@pytest.mark.parametrize("sent", [b"bearer ", b"BEARER  ", b"Bearer   "])
+async def test_the_scheme_in_any_case_and_any_spacing_around_the_key_is_the_key(sent: bytes) -> None:
+    async with recorded_edge(api_keys=SecretStr(key_line("acme", KEY))) as edge:
+        status, answer = await raw_chat(edge.base_url, sent + KEY.encode() + b"  ")
+        assert status == 200, answer
+        assert [r.api_key for r in edge.router.asked] == [KEY]
