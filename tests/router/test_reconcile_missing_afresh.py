@@ -234,3 +234,32 @@ async def test_a_router_is_seen_missing_from_when_its_heartbeat_was_read_not_fro
     finally:
         for store in (live, reconciler):
             await store.close()
+
+
+async def test_a_dead_router_is_charged_at_the_next_sweep_after_a_long_read_not_one_later(redis_url: str) -> None:
+    """Dated from the heartbeats' read, a router first seen missing by a sweep whose pending read was long (past the
+    slack between the sweeps' cadence and the TTL: at the defaults about a second) was not yet a TTL missing at the
+    next sweep, due a TTL after that sweep's clock reading before the read, and was charged only a sweep later: two
+    TTLs after it was first seen missing, where the README says one. The next sweep is now a TTL after the read."""
+    ttl_s = 0.5
+    dead, reconciler = RedisStore(redis_url), PausedStore(redis_url, pause_s=1.5 * ttl_s)
+    try:
+        hold = Hold("r-dead", 6_000_000_000, DAY, "router-dead", "n1")
+        assert (await dead.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing, after the long read
+        first_sweep = reconciler._last_sweep
+        settled: list[int] = []
+
+        async def swept_again() -> bool:  # the upkeep's rounds, each an interval apart
+            settled.append(await reconciler.reconcile("rec", ttl_s, 3600.0))
+            return reconciler._last_sweep > first_sweep
+
+        await eventually(swept_again, "the reconciler's next sweep")
+        assert settled[-1] == 1  # that sweep charged the dead router's request at its hold
+        assert (
+            await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
+            await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
+        ) == (0, 1)
+    finally:
+        for store in (dead, reconciler):
+            await store.close()

@@ -451,7 +451,7 @@ class RedisStore:
         self.unanswered: dict[str, tuple[str, dict[str, Any]]] = {}
         # Takes of counts not heard back, by their claim: each sent again by every reconcile round until heard (_take).
         self.unheard: dict[str, _Unheard] = {}
-        self._last_sweep = float("-inf")  # when the pending charges were last read
+        self._last_sweep = float("-inf")  # when the last sweep read the heartbeats (after the pending charges)
 
     @asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
@@ -1293,6 +1293,9 @@ class RedisStore:
             # sweep, a moment after it first saw it missing. Dead is judged by `now`, before this read: never early.
             seen = time.monotonic()
             self._missing_since = {r: missing.get(r, seen) for r in others if not alive[r]}
+            # The next sweep a TTL after this read, not after `now`: one a long read brought nearer found a router
+            # first seen missing here not yet a TTL missing, and charged it a sweep later, two TTLs after this read.
+            self._last_sweep = seen
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
             stale_before = money_now() - stale_s
             settled = resent
