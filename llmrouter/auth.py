@@ -71,17 +71,19 @@ def parse_callers(text: str) -> dict[str, Identity]:
     return callers
 
 
-def parse_tokens(lines: list[str]) -> dict[bytes, str]:
-    """'sha256hex=identity' lines: the server keeps token digests, never tokens. A token given to two identities is
-    refused, naming the line (1-based) but not the digest: its holder would be whichever came last."""
-    digests: dict[bytes, str] = {}
-    for number, line in enumerate(lines, 1):
+def parse_tokens(entries: list[tuple[str, str]]) -> dict[bytes, str]:
+    """'sha256hex=identity' entries, each with where it is (`ROUTER_AUTH_TOKENS_FILE line 3`): the server keeps token
+    digests, never tokens. A token given to two identities is refused, naming where and to whom it was given first,
+    never the digest: its holder would be whichever came last."""
+    digests: dict[bytes, tuple[str, str]] = {}
+    for place, line in entries:
         digest, _, name = (part.strip() for part in line.partition("="))
         if not _DIGEST.match(digest) or not _NAME.match(name):
-            raise ValueError("token entries are sha256-hex=identity (64 lowercase hex digits, then a name)")
-        if digests.setdefault(bytes.fromhex(digest), name) != name:
-            raise ValueError(f"token entry line {number} gives a token already given to another identity")
-    return digests
+            raise ValueError(f"{place}: token entries are sha256-hex=identity (64 lowercase hex digits, then a name)")
+        first_name, first_place = digests.setdefault(bytes.fromhex(digest), (name, place))
+        if first_name != name:
+            raise ValueError(f"{place} gives a token already given to {first_name!r} ({first_place})")
+    return {digest: name for digest, (name, _) in digests.items()}
 
 
 def token_digest(token: str) -> str:

@@ -125,7 +125,8 @@ async def start_server(
     on_started: Callable[[RunningServer], None] | None = None,
 ) -> RunningServer:
     """`on_started` is called once the server serves, e.g. to start work that reports its health."""
-    authenticator = Authenticator(settings.auth, parse_callers(settings.callers), parse_tokens(settings.token_lines()))
+    tokens = parse_tokens(settings.token_entries())
+    authenticator = Authenticator(settings.auth, parse_callers(settings.callers), tokens)
     # The overload check first: a call refused at the limit is neither authenticated nor parsed.
     overload = OverloadInterceptor(service, settings.max_inflight_calls)
     interceptors = [overload, ServiceInterceptor(service, authenticator)]

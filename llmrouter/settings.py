@@ -93,20 +93,25 @@ class GrpcServiceSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _auth_configured(self) -> GrpcServiceSettings:
-        parse_tokens(self.token_lines())
+        parse_tokens(self.token_entries())
         if self.auth == "mtls" and self.tls_dir is None:
             raise ValueError("auth=mtls needs tls_dir (or set auth=token with auth_tokens, or auth=none)")
-        if self.auth == "token" and not self.token_lines():
+        if self.auth == "token" and not self.token_entries():
             raise ValueError("auth=token needs auth_tokens or auth_tokens_file")
         if self.auth == "none" and not is_loopback(self.host) and not self.auth_none_allow_remote:
             raise ValueError(f"auth=none on {self.host}: serve on loopback, or set auth_none_allow_remote=true")
         return self
 
-    def token_lines(self) -> list[str]:
-        text = self.auth_tokens.replace(",", "\n")
+    def token_entries(self) -> list[tuple[str, str]]:
+        """(where, entry): AUTH_TOKENS' entries, then the file's non-blank lines, each placed as an operator finds it
+        (the file by its own line numbers)."""
+        prefix = self.model_config.get("env_prefix", "")
+        given = enumerate(self.auth_tokens.replace(",", "\n").splitlines(), 1)
+        entries = [(f"{prefix}AUTH_TOKENS entry {number}", entry.strip()) for number, entry in given]
         if self.auth_tokens_file is not None:
-            text += "\n" + self.auth_tokens_file.read_text()
-        return [line.strip() for line in text.splitlines() if line.strip()]
+            read = enumerate(self.auth_tokens_file.read_text().splitlines(), 1)
+            entries += [(f"{prefix}AUTH_TOKENS_FILE line {number}", line.strip()) for number, line in read]
+        return [(place, entry) for place, entry in entries if entry]
 
 
 def is_loopback(host: str) -> bool:

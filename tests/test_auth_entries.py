@@ -10,22 +10,45 @@ import pytest
 from pydantic import ValidationError
 
 from llmrouter.auth import Identity, parse_callers, parse_tokens, token_digest
+from llmrouter.settings import load_settings
 from services.router.settings import RouterSettings
 
 TOKEN = token_digest("sk-batch-service")
 
 
 def test_a_token_given_to_two_identities_is_refused() -> None:
-    with pytest.raises(ValueError, match="line 2 gives a token already given to another identity"):
-        parse_tokens([f"{TOKEN}=batch", f"{TOKEN}=edge"])
-    assert parse_tokens([f"{TOKEN}=batch", f"{TOKEN}=batch"]) == {bytes.fromhex(TOKEN): "batch"}  # repeated: one
+    with pytest.raises(ValueError, match=r"^line 2 gives a token already given to 'batch' \(line 1\)$"):
+        parse_tokens([("line 1", f"{TOKEN}=batch"), ("line 2", f"{TOKEN}=edge")])
+    repeated = [("line 1", f"{TOKEN}=batch"), ("line 2", f"{TOKEN}=batch")]
+    assert parse_tokens(repeated) == {bytes.fromhex(TOKEN): "batch"}  # repeated: one
 
 
 def test_a_token_in_the_variable_and_the_file_for_two_identities_refuses_the_settings(tmp_path) -> None:
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text(f"{TOKEN}=edge\n")
-    with pytest.raises(ValidationError, match="already given to another identity"):
+    with pytest.raises(ValidationError, match="already given to 'batch'"):
         RouterSettings(auth="token", auth_tokens=f"{TOKEN}=batch", auth_tokens_file=tokens_file)
+
+
+def test_the_refusal_names_where_each_entry_is_as_the_operator_finds_it_and_no_secret(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Numbered among the variable's entries and the file's non-blank lines together, the refusal pointed at a line
+    of the file that was another (or none): the duplicate on the file's first line was 'line 3'. It now names the
+    variable or the file, the entry or the file's own line, and the identity the token was given to first."""
+    other = token_digest("sk-other-service")
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"\n{other}=svc\n\n{TOKEN}=edge\n")
+    monkeypatch.setenv("ROUTER_AUTH", "token")
+    monkeypatch.setenv("ROUTER_AUTH_TOKENS", f"{TOKEN}=batch")
+    monkeypatch.setenv("ROUTER_AUTH_TOKENS_FILE", str(tokens_file))
+    with pytest.raises(SystemExit):
+        load_settings(RouterSettings)
+    refusal = capsys.readouterr().err
+    assert (
+        "ROUTER_AUTH_TOKENS_FILE line 4 gives a token already given to 'batch' (ROUTER_AUTH_TOKENS entry 1)" in refusal
+    ), refusal
+    assert TOKEN not in refusal and "sk-batch-service" not in refusal and other not in refusal
 
 
 @pytest.mark.parametrize("entries", ["batch=acme,batch=globex", "batch=acme,batch=*", "batch,batch=*"])
