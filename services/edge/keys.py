@@ -16,6 +16,8 @@ import sys
 
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+# What an HTTP header's value cannot hold (RFC 9110: controls but the tab), so no Authorization header carries it.
+UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 EMPTY_KEY_DIGEST = hashlib.sha256(b"").hexdigest()
 ADMIN_ROLE = "admin"
 TENANT_RULE = "a tenant is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -105,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("tenant", type=tenant_argument, help="the tenant the key belongs to")
     args = parser.parse_args(argv)
-    try:
-        key = sys.stdin.buffer.read().decode().strip()
+    try:  # utf-8-sig: a byte order mark an editor began the key file with is the file's, not the key's
+        key = sys.stdin.buffer.read().decode("utf-8-sig").strip()
     except UnicodeDecodeError:
         parser.error("the key on stdin is not UTF-8")
     if not key:
         parser.error("the key on stdin is empty")
+    if UNSENDABLE.search(key):  # the edge's HTTP server refuses such a header (400): its line would open nothing
+        parser.error("the key on stdin has a control character (a line break, NUL...): no client can send it")
     print(key_line(args.tenant, key))
     return 0
 
