@@ -222,14 +222,20 @@ async def test_a_router_is_seen_missing_from_when_its_heartbeat_was_read_not_fro
         assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
         # Its beat lapsed (out of reach): seen missing once the paused sweep reads the heartbeats.
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
-        # The next round sweeps at once (its last sweep's clock reading is a TTL old): seen missing a moment since.
+        # The next round, its last sweep's clock reading a TTL old: seen missing a moment since, nothing charged.
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
         assert (
             await live.redis.hlen(AccountKeys.of(ACCOUNT).pending),
             await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
         ) == (1, 0)
-        await live.heartbeat("router-live", ttl_s)  # back within its grace
-        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
+        await live.heartbeat("router-live", 60.0)  # back within its grace, beating on
+        first_sweep = reconciler._last_sweep
+
+        async def swept_again() -> bool:
+            assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
+            return reconciler._last_sweep > first_sweep
+
+        await eventually(swept_again, "the reconciler's next sweep")  # which sees it alive
         assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
     finally:
         for store in (live, reconciler):
