@@ -61,26 +61,32 @@ class KeyRing:
 
 def parse_keys(text: str) -> KeyRing:
     """One entry per line; raises ValueError naming the line (1-based) that is not `<tenant> <sha256 hex>`."""
-    by_digest: dict[bytes, str] = {}
+    return parse_key_entries([(f"line {number}", line) for number, line in enumerate(text.splitlines(), 1)])
+
+
+def parse_key_entries(entries: list[tuple[str, str]]) -> KeyRing:
+    """(where, entry) pairs, each placed as an operator finds it (`EDGE_API_KEYS_FILE line 3`); a ValueError names the
+    place of an entry refused, never its digest."""
+    by_digest: dict[bytes, tuple[str, str]] = {}
     admins = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+    for place, entry in entries:
+        line = entry.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
         role = parts.pop() if len(parts) == 3 and parts[2] == ADMIN_ROLE else ""
         if len(parts) != 2 or not TENANT.fullmatch(parts[0]) or not DIGEST.fullmatch(parts[1]):
-            raise ValueError(f"line {number} is not '<tenant> <sha256 hex of the key> [admin]'")
+            raise ValueError(f"{place} is not '<tenant> <sha256 hex of the key> [admin]'")
         tenant, hex_digest = parts[0], parts[1].lower()
         if hex_digest == EMPTY_KEY_DIGEST:
-            raise ValueError(f"line {number} is the digest of the empty key")
+            raise ValueError(f"{place} is the digest of the empty key")
         known = bytes.fromhex(hex_digest)
-        if by_digest.get(known, tenant) != tenant:
-            raise ValueError(f"line {number} gives a key already given to another tenant")
-        by_digest[known] = tenant
+        first, first_place = by_digest.setdefault(known, (tenant, place))
+        if first != tenant:
+            raise ValueError(f"{place} gives a key already given to another tenant, {first!r} ({first_place})")
         if role:
             admins.add(known)
-    return KeyRing(list(by_digest.items()), frozenset(admins))
+    return KeyRing([(known, tenant) for known, (tenant, _) in by_digest.items()], frozenset(admins))
 
 
 def key_line(tenant: str, key: str) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.redis_url import RedisUrl
 from llmrouter.settings import ServiceSettings, is_loopback
 from services.batches.quota import counted_bytes
 from services.batches.wire import DAY_S
-from services.edge.keys import KeyRing, parse_keys
+from services.edge.keys import KeyRing, parse_key_entries, parse_keys
 
 
 class EdgeSettings(ServiceSettings):
@@ -123,7 +123,10 @@ class EdgeSettings(ServiceSettings):
     @field_validator("allow_anonymous")
     @classmethod
     def _keys_or_loopback(cls, allow: bool, info: ValidationInfo) -> bool:
-        keyed = bool(key_ring(info.data.get("api_keys", SecretStr("")), info.data.get("api_keys_file")))
+        try:
+            keyed = bool(key_ring(info.data.get("api_keys", SecretStr("")), info.data.get("api_keys_file")))
+        except ValueError:  # both settings parse alone, not together: _keys_add_up says so, of them
+            return allow
         host = info.data.get("host", "127.0.0.1")
         if not allow and not keyed and not is_loopback(host):
             raise ValueError(
@@ -132,12 +135,21 @@ class EdgeSettings(ServiceSettings):
             )
         return allow
 
+    @model_validator(mode="after")
+    def _keys_add_up(self) -> EdgeSettings:
+        self.key_ring()  # a key in both, given to two tenants: each parses alone
+        return self
+
     def key_ring(self) -> KeyRing:
         return key_ring(self.api_keys, self.api_keys_file)
 
 
 def key_ring(api_keys: SecretStr, api_keys_file: Path | None) -> KeyRing:
-    text = api_keys.get_secret_value().replace(",", "\n")
+    """The keys of both settings, which add up; an entry refused is named by its setting, and the entry or the file's
+    own line."""
+    given = enumerate(api_keys.get_secret_value().replace(",", "\n").splitlines(), 1)
+    entries = [(f"EDGE_API_KEYS entry {number}", entry) for number, entry in given]
     if api_keys_file is not None:
-        text += "\n" + api_keys_file.read_text()
-    return parse_keys(text)
+        read = enumerate(api_keys_file.read_text().splitlines(), 1)
+        entries += [(f"EDGE_API_KEYS_FILE line {number}", line) for number, line in read]
+    return parse_key_entries(entries)

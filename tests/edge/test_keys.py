@@ -112,6 +112,23 @@ def test_the_refusal_is_one_clear_line_at_start(monkeypatch: pytest.MonkeyPatch,
     assert "EDGE_ALLOW_ANONYMOUS" in err and "not loopback" in err
 
 
+def test_a_key_in_the_variable_and_the_file_for_two_tenants_is_refused_where_an_operator_finds_it(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Found only once EDGE_API_KEYS and the file were read together, the refusal was said of EDGE_ALLOW_ANONYMOUS,
+    at a line counted over both ('line 3' for the file's second): it names both places, and never the digest."""
+    path = tmp_path / "keys"
+    path.write_text(f"\n{key_line('acme', 'sk-a')}\n")
+    monkeypatch.setenv("EDGE_API_KEYS", key_line("globex", "sk-a"))
+    monkeypatch.setenv("EDGE_API_KEYS_FILE", str(path))
+    with pytest.raises(SystemExit):
+        load_settings(EdgeSettings)
+    err = capsys.readouterr().err
+    said = "EDGE_API_KEYS_FILE line 2 gives a key already given to another tenant, 'globex' (EDGE_API_KEYS entry 1)"
+    assert said in err and "ALLOW_ANONYMOUS" not in err, err
+    assert key_line("acme", "sk-a").split()[1] not in err
+
+
 def test_the_key_tool_prints_the_line_to_store() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.edge.keys", "acme"],
