@@ -422,7 +422,7 @@ class Edge:
             return ANONYMOUS_TENANT, ""
         # The header's bytes read as UTF-8, as the key tool digested the key: read as Starlette reads headers (latin-1),
         # a key past ASCII was another string, and refused for ever. Read before the key is stripped: in latin-1 the
-        # bytes \x85 and \xa0 (the last of 'х' or 'à') are spaces to str.strip. Bytes that are no UTF-8 are no key.
+        # bytes \x85 and \xa0 (the last of Cyrillic kha, of 'à') are spaces to str.strip. Bytes no UTF-8 are no key.
         try:
             auth = (credentials[0] if credentials else "").encode("latin-1").decode("utf-8")
         except UnicodeDecodeError:
