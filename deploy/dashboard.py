@@ -103,15 +103,28 @@ GIVEN_BACK = "llmrouter_router_cost_given_back_usd_total"
 OVERLOADED = "llmrouter_grpc_overloaded_calls_total"
 
 
+def given_back(by: str = "", window: str = RATE) -> str:
+    """What reconciled charges gave back within `window`, as the chart's recording rules count it: a router's series is
+    born at its first give-back, already holding it, which increase() and rate() never see, so one born within the
+    window counts whole."""
+    fresh = f"({s(GIVEN_BACK)} unless {s(GIVEN_BACK)} offset {window[1:-1]})"
+    return f"sum{f' by ({by})' if by else ''} ({fresh} or increase({s(GIVEN_BACK)}{window}))"
+
+
 def build() -> dict:
     # What reconciled charges gave back once their router's own charge landed (counters only go up) is taken off the
-    # cost and the baseline alike (a reconciled charge claims no savings).
-    given_back = f"(sum({rate(GIVEN_BACK)}) or vector(0))"
-    cost = f"(sum({rate('llmrouter_router_cost_usd_total')}) - {given_back}) * 3600"
-    baseline = f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - {given_back}) * 3600"
+    # cost and the baseline alike (a reconciled charge claims no savings), per second of $__rate_interval.
+    given_back_rate = f"({given_back()} / ($__rate_interval_ms / 1000) or vector(0))"
+    cost = f"(sum({rate('llmrouter_router_cost_usd_total')}) - {given_back_rate}) * 3600"
+    baseline = f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - {given_back_rate}) * 3600"
     savings = (
         f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - sum({rate('llmrouter_router_cost_usd_total')}))"
         " * 3600"
+    )
+    given_back_in_range = f"({given_back(window='[$__range]')} or vector(0))"
+    savings_ratio = (
+        f"1 - (sum(increase({s('llmrouter_router_cost_usd_total')}[$__range])) - {given_back_in_range})"
+        f" / (sum(increase({s('llmrouter_router_baseline_cost_usd_total')}[$__range])) - {given_back_in_range})"
     )
     cache_ratio = (
         f"sum({rate('llmrouter_router_cache_requests_total', HIT)})"
@@ -154,8 +167,7 @@ def build() -> dict:
             big(
                 "Savings ratio",
                 "percentunit",
-                f"1 - sum(increase({s('llmrouter_router_cost_usd_total')}[$__range]))"
-                f" / sum(increase({s('llmrouter_router_baseline_cost_usd_total')}[$__range]))",
+                savings_ratio,
                 "saved",
             )
         )
@@ -181,7 +193,7 @@ def build() -> dict:
                 "Cost by model (USD/h)",
                 "currencyUSD",
                 (f"sum by (model) ({rate('llmrouter_router_cost_usd_total')}) * 3600", "{{model}}"),
-                (f"sum by (model) ({rate(GIVEN_BACK)}) * 3600", "{{model}} given back"),
+                (f"{given_back('model')} / ($__rate_interval_ms / 1000) * 3600", "{{model}} given back"),
             )
         )
         .with_panel(

@@ -165,7 +165,8 @@ def test_dashboard_reads_documented_metrics_only() -> None:
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("$__rate_interval", "5m").replace("$__range", "1h")
+            expr = target["expr"].replace("$__rate_interval_ms", "300000").replace("$__rate_interval", "5m")
+            expr = expr.replace("$__range", "1h")
             check_names(expr, panel["title"])
             check_labels(expr, panel["title"])
 

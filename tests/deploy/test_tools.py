@@ -168,17 +168,93 @@ def test_a_broken_cost_record_fails_its_tests(tmp_path: Path, record: str, befor
     assert record in result.stdout + result.stderr
 
 
-def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
-    """promtool parses every dashboard query (Grafana's variables replaced), as the rules of a scratch file."""
+def grafana_expanded(expr: str, namespace: str = "$namespace", release: str = "$release") -> str:
+    """A dashboard query as Grafana sends it over a 5 minute rate interval and a range of an hour."""
+    for macro, value in [
+        ("$__rate_interval_ms", "300000"),
+        ("$__rate_interval", "5m"),
+        ("$__range", "1h"),
+        ("$namespace", namespace),
+        ("$release", release),
+    ]:
+        expr = expr.replace(macro, value)
+    return expr
+
+
+def dashboard_targets() -> dict[str, str]:
+    """Each panel's queries by "<title>:<refId>"."""
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
-    rules = [
-        {"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": expr}
+    return {
+        f"{panel['title']}:{target['refId']}": target["expr"]
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
-        for expr in [target["expr"].replace("$__rate_interval", "5m").replace("$__range", "1h")]
+    }
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses every dashboard query (Grafana's variables replaced), as the rules of a scratch file."""
+    rules = [
+        {"record": f"dashboard:panel{number}", "expr": grafana_expanded(expr)}
+        for number, expr in enumerate(dashboard_targets().values())
     ]
     assert len(rules) > 20
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The rules_test.yaml case "reconciled holds given back when an outbox lands are no spend": 3 USD/h served, reconciled
+# holds of 30 USD charged at 10m, all but 0.2 USD of them given back at 12m on a router's series born then.
+GIVEN_BACK_INPUT = [
+    {
+        "series": f'llmrouter_router_cost_usd_total{{{PROD},pod="router-a",model="gpt-4o"}}',
+        "values": "0+0.05x9 30.5+0.05x80",
+    },
+    {"series": f'llmrouter_router_baseline_cost_usd_total{{{PROD},pod="router-a"}}', "values": "0+0.1x9 31+0.1x80"},
+    {"series": f'{GIVEN_BACK[:-1]},pod="router-b",model="gpt-4o"}}', "values": "_x12 29.8x77"},
+]
+
+
+def test_dashboard_cost_agrees_with_the_burn_alerts_records(tmp_path: Path) -> None:
+    """The Cost panels take off what reconciled charges gave back as llmrouter:cost_usd_per_hour:rate5m does: a
+    router's given-back series born holding its first give-back counts whole (rate() alone never sees it), and the
+    Savings ratio takes it off the cost and the baseline alike (a reconciled charge claims no savings)."""
+    targets = dashboard_targets()
+    wanted = {
+        "cost": targets["Cost:A"],
+        "actual": targets["Cost vs always-strongest (USD/h):A"],
+        "given_back_by_model": targets["Cost by model (USD/h):B"],
+        "savings_ratio": targets["Savings ratio:A"],
+    }
+    rules = [{"record": f"dashboard:{name}", "expr": grafana_expanded(e, "prod", "llm")} for name, e in wanted.items()]
+    path = write_rules({"groups": [{"name": "dashboard", "rules": rules}]}, tmp_path)
+    at = lambda minutes, value: {"eval_time": f"{minutes}m", "exp_samples": [{"labels": "{}", "value": value}]}  # noqa: E731
+    suite = {
+        "rule_files": [str(path)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": GIVEN_BACK_INPUT,
+                "promql_expr_test": [
+                    # as rules_test.yaml has llmrouter:cost_usd_per_hour:rate5m: 0.25 USD served and the 0.2 USD
+                    {"expr": "round(dashboard:cost, 0.1)", **at(14, 5.4)},
+                    {"expr": "round(dashboard:actual, 0.1)", **at(14, 5.4)},
+                    {"expr": "round(dashboard:cost, 0.1)", **at(40, 3)},
+                    {
+                        "expr": "round(dashboard:given_back_by_model, 0.1)",
+                        "eval_time": "14m",
+                        "exp_samples": [{"labels": '{model="gpt-4o"}', "value": 357.6}],
+                    },
+                    # at 60m, over the hour: 3 USD served and the 0.2 USD reconciled, against a baseline of 6 USD
+                    # served and the same 0.2 USD (its holds of 30 USD too, less the 29.8 given back): 1 - 3.2 / 6.2
+                    {"expr": "round(dashboard:savings_ratio, 0.01)", **at(60, 0.48)},
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "dashboard_test.yaml"
+    test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    result = subprocess.run([tool("promtool"), "test", "rules", str(test_file)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
