@@ -71,21 +71,21 @@ async def settle(
 async def implausible_input(model: ModelSpec, request: UpstreamRequest, reported: int) -> bool:
     """Whether `reported` input tokens are too few for the prompt sent: none for a prompt with a message (no upstream
     reads one for nothing: each message's role and framing are tokens of their own), or under 1/UNDER_COUNT_FACTOR of
-    its tokens counted here (as estimated_input counts them), which no tokenizer reads at over 32 bytes a token
-    (UNDER_COUNT_FACTOR). A prompt read from the provider's cache is counted in the input too. Counted only when its
-    UTF-8 bytes leave the report in doubt, and only as far as it takes to pass it. A count below nothing is left to
-    the router, which charges it the hold."""
+    the tokens counted here (as estimated_input counts them) of its messages' roles and texts, which no tokenizer reads
+    at over 32 bytes a token (UNDER_COUNT_FACTOR). Only what every gateway sends is judged: the local one sends no tool
+    calls, tool definitions or names, Groq's no names, and an honest count of a prompt mostly made of those is far
+    under ours of all of it. A prompt read from the provider's cache is counted in the input too. Counted only when
+    the texts' UTF-8 bytes leave the report in doubt, and only as far as it takes to pass it. A count below nothing is
+    left to the router, which charges it the hold."""
     if not request.messages or reported < 0:
         return False
     if reported == 0:
         return True
     believed = reported * UNDER_COUNT_FACTOR  # a count past it belies the report
-    if believed >= _prompt_bytes(request):
+    if believed >= sum(len(m.content.encode("utf-8", "surrogatepass")) for m in request.messages):
         return False
-    tools = bool(request.passthrough.get("tools"))
-    passthrough = prompt_json(request.passthrough)
-    encoding = model.estimating_encoding
-    return await count_prompt_tokens(_counted(request), passthrough, tools, believed, encoding) > believed
+    sent_by_all = [_Counted(m.role, m.content, "", "", "") for m in request.messages]
+    return await count_prompt_tokens(sent_by_all, "", False, believed, model.estimating_encoding) > believed
 
 
 async def implausible_output(model: ModelSpec, max_tokens: int | None, answer: str, reported: int) -> bool:
@@ -164,12 +164,6 @@ def _counted(request: UpstreamRequest) -> list[_Counted]:
         _Counted(m.role, m.content, m.name, m.tool_call_id, json.dumps(m.tool_calls) if m.tool_calls else "")
         for m in request.messages
     ]
-
-
-def _prompt_bytes(request: UpstreamRequest) -> int:
-    """The UTF-8 bytes of the prompt's texts, which our count of them never passes."""
-    texts = [text for m in _counted(request) for text in (m.content, m.name, m.tool_call_id, m.tool_calls_json)]
-    return sum(len(text.encode("utf-8", "surrogatepass")) for text in [*texts, prompt_json(request.passthrough)])
 
 
 def decimal_str(value: Decimal) -> str:

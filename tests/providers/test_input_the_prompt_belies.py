@@ -7,11 +7,17 @@ flagged estimated, counted in llmrouter_provider_usage_implausible_total; the le
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from decimal import Decimal
+
 import pytest
 
+from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import provider_pb2_grpc
-from services.providers.accounting import UNDER_COUNT_FACTOR
+from services.providers.accounting import UNDER_COUNT_FACTOR, settle
+from services.providers.gateways.base import Message, UpstreamRequest
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.providers.helpers import request
 from tests.providers.test_implausible_usage import INPUT_KEY, LONG, generate, honest, implausible
@@ -67,3 +73,37 @@ async def test_a_stream_tells_no_input_the_prompt_belies(
         if chunk.HasField("input")
     ]
     assert told == []
+
+
+async def test_what_a_gateway_does_not_send_leaves_an_honest_input_count_believed() -> None:
+    """The local gateway sends no tool calls (nor tool definitions or names): a conversation whose history is mostly a
+    tool call's arguments reaches the model as its messages' texts alone, and the model's honest count of those is far
+    under ours of all of it. Judged on all of it, that count was taken for none and the tool call charged as input,
+    hundreds of times what the upstream read."""
+    arguments = json.dumps({"query": "records about the quarterly numbers " * 400})
+    call = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": arguments}}
+    conversation = UpstreamRequest(
+        model="m",
+        max_tokens=50,
+        messages=[
+            Message("user", "Find them."),
+            Message("assistant", "", tool_calls=[call]),
+            Message("tool", "none found", tool_call_id="call_1"),
+            Message("user", "Thanks."),
+        ],
+    )
+    spec = ModelSpec(
+        name="priced-local",
+        provider="local",
+        tier="local",
+        input_usd_per_mtok=Decimal("1"),
+        output_usd_per_mtok=Decimal("1"),
+        context_window=100_000,
+        quality_prior=0.5,
+    )
+    read = 30  # the texts sent, in the model's own tokenizer, with its chat template
+    usage, _ = await settle(spec, conversation, "Glad to help.", read, 4)
+    assert (usage.input_tokens, usage.estimated) == (read, False)
+    # The texts sent still belie a report far under them.
+    usage, _ = await settle(spec, replace(conversation, messages=[Message("user", LONG)]), "Glad to help.", 1, 4)
+    assert usage.estimated and usage.input_tokens > count_tokens(LONG)
