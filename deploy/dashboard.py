@@ -106,8 +106,8 @@ OVERLOADED = "llmrouter_grpc_overloaded_calls_total"
 def given_back(by: str = "", window: str = RATE) -> str:
     """What reconciled charges gave back within `window`, as the chart's recording rules count it: a router's series is
     born at its first give-back, already holding it, which increase() and rate() never see, so one born within the
-    window counts whole."""
-    fresh = f"({s(GIVEN_BACK)} unless {s(GIVEN_BACK)} offset {window[1:-1]})"
+    window (none of its samples in the day before it) counts whole."""
+    fresh = f"({s(GIVEN_BACK)} unless present_over_time({s(GIVEN_BACK)}[1d] offset {window[1:-1]}))"
     return f"sum{f' by ({by})' if by else ''} ({fresh} or increase({s(GIVEN_BACK)}{window}))"
 
 

@@ -145,6 +145,7 @@ def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, 
 
 
 GIVEN_BACK = f"llmrouter_router_cost_given_back_usd_total{{{PROD}}}"
+SEEN_BEFORE = f"present_over_time({GIVEN_BACK}[1d] offset "
 
 
 @pytest.mark.parametrize(
@@ -153,8 +154,11 @@ GIVEN_BACK = f"llmrouter_router_cost_given_back_usd_total{{{PROD}}}"
         # reconciled holds counted as spent: an outbox landing after a money store outage fires the burn alert
         ("llmrouter:cost_usd_per_hour:rate1h", "\n  - (", "\n  + 0 * ("),
         # a router's first give-back, on a series born holding it, unseen by increase(): the same
-        ("llmrouter:cost_usd_per_hour:rate1h", f"({GIVEN_BACK} unless {GIVEN_BACK} offset 1h) or ", ""),
-        ("llmrouter:cost_usd_per_hour:rate5m", f"({GIVEN_BACK} unless {GIVEN_BACK} offset 5m) or ", ""),
+        ("llmrouter:cost_usd_per_hour:rate1h", f"({GIVEN_BACK} unless {SEEN_BEFORE}1h)) or ", ""),
+        ("llmrouter:cost_usd_per_hour:rate5m", f"({GIVEN_BACK} unless {SEEN_BEFORE}5m)) or ", ""),
+        # a series unscraped a while at the window's start taken for newborn: its whole history given back in it
+        ("llmrouter:cost_usd_per_hour:rate1h", f"{SEEN_BEFORE}1h)", f"{GIVEN_BACK} offset 1h"),
+        ("llmrouter:cost_usd_per_hour:rate5m", f"{SEEN_BEFORE}5m)", f"{GIVEN_BACK} offset 5m"),
     ],
 )
 def test_a_broken_cost_record_fails_its_tests(tmp_path: Path, record: str, before: str, after: str) -> None:
