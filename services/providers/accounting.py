@@ -71,10 +71,10 @@ async def settle(
 async def implausible_input(model: ModelSpec, request: UpstreamRequest, reported: int) -> bool:
     """Whether `reported` input tokens are too few for the prompt sent: none for a prompt with a message (no upstream
     reads one for nothing: each message's role and framing are tokens of their own), or under 1/UNDER_COUNT_FACTOR of
-    the tokens counted here (as estimated_input counts them) of its messages' roles and texts, which no tokenizer reads
-    at over 32 bytes a token (UNDER_COUNT_FACTOR). Only what every gateway sends is judged: the local one sends no tool
-    calls, tool definitions or names, Groq's no names, and an honest count of a prompt mostly made of those is far
-    under ours of all of it. A prompt read from the provider's cache is counted in the input too. Counted only when
+    the tokens counted here (as estimated_input counts them) of its messages' roles and texts, which no honest
+    upstream's count is (UNDER_COUNT_FACTOR says why). Only what every gateway sends is judged: the local one sends
+    no tool calls, tool definitions or names, Groq's no names, and an honest count of a prompt mostly made of those is
+    far under ours of all of it. A prompt read from the provider's cache is counted in the input too. Counted only when
     the texts' UTF-8 bytes leave the report in doubt, and only as far as it takes to pass it. A count below nothing is
     left to the router, which charges it the hold."""
     if not request.messages or reported < 0:
