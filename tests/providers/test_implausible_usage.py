@@ -83,17 +83,19 @@ async def test_output_the_answer_belies_is_charged_as_counted_here(
     assert implausible(model, "output") == before + 1
 
 
+@pytest.mark.parametrize("reported", [0, 1], ids=["none", "one"])  # one: far under the prompt (UNDER_COUNT_FACTOR)
 @pytest.mark.parametrize("streamed", [False, True], ids=["unary", "streamed"])
 @pytest.mark.parametrize("model", ["cheap", "claude"])
-async def test_no_input_for_a_prompt_is_charged_the_prompt_counted_here(
+async def test_input_the_prompt_belies_is_charged_the_prompt_counted_here(
     stub: provider_pb2_grpc.ProviderStub,
     openai_fake: FakeOpenAI,
     anthropic_fake: FakeAnthropic,
     model: str,
     streamed: bool,
+    reported: int,
 ) -> None:
     fake = openai_fake if model == "cheap" else anthropic_fake
-    fake.usage_as = {INPUT_KEY[model]: 0}
+    fake.usage_as = {INPUT_KEY[model]: reported}
     before = implausible(model, "input")
     _, answer = await generate(stub, model, streamed)
     exact_input, exact_output = honest(fake)
