@@ -11,11 +11,12 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.router.outbox import Outbox, OutboxCharge
-from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+from services.router.store import Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import alive_key
 from services.router.upkeep import Upkeep
 from tests.router.test_admission import ACCOUNT
@@ -26,27 +27,32 @@ INTERVAL_S = 0.05
 TTL_S = 0.3  # at least 3 x the interval, as the settings require
 
 
-class HeldStore(RedisStore):
-    """A real store whose charges wait until `answer` is set (a slow replay)."""
+class ChargeHeldStore(RedisStore):
+    """A real store whose every charge first waits on `held_up` (the test's hold-up); `charging` is set at the first."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.charging = asyncio.Event()
+
+    async def held_up(self, first: bool) -> None:
+        raise NotImplementedError
+
+    async def charge(self, *args: Any, **kwargs: Any) -> bool:
+        first = not self.charging.is_set()
+        self.charging.set()
+        await self.held_up(first)
+        return await super().charge(*args, **kwargs)
+
+
+class HeldStore(ChargeHeldStore):
+    """Charges wait until `answer` is set (a slow replay)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
         self.answer = asyncio.Event()
 
-    async def charge(
-        self,
-        account: Account,
-        hold: Hold,
-        pico: int,
-        record: dict,
-        late: bool = False,
-        charge_id: str = "",
-        release: bool = False,
-    ) -> bool:
-        self.charging.set()
+    async def held_up(self, first: bool) -> None:
         await self.answer.wait()
-        return await super().charge(account, hold, pico, record, late, charge_id, release)
 
 
 async def beat_at(store: RedisStore, router: str) -> float:
@@ -99,34 +105,23 @@ async def test_a_round_longer_than_the_heartbeats_ttl_lets_the_router_look_dead_
         await store.close()
 
 
-class CancellationLosingStore(RedisStore):
-    """A real store whose first charge loses the first cancellation it is sent, as a redis-py call may on Python 3.11
+class CancellationLosingStore(ChargeHeldStore):
+    """The first charge loses the first cancellation it is sent, as a redis-py call may on Python 3.11
     (llmrouter.tasks.raise_if_cancelled), and ends at the next; the charges after it are the store's own."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self.charging = asyncio.Event()
         self.first_ended = asyncio.Event()
 
-    async def charge(
-        self,
-        account: Account,
-        hold: Hold,
-        pico: int,
-        record: dict,
-        late: bool = False,
-        charge_id: str = "",
-        release: bool = False,
-    ) -> bool:
-        if not self.charging.is_set():
-            self.charging.set()
-            try:
-                with contextlib.suppress(asyncio.CancelledError):  # lost
-                    await asyncio.Event().wait()
+    async def held_up(self, first: bool) -> None:
+        if not first:
+            return
+        try:
+            with contextlib.suppress(asyncio.CancelledError):  # lost
                 await asyncio.Event().wait()
-            finally:
-                self.first_ended.set()
-        return await super().charge(account, hold, pico, record, late, charge_id, release)
+            await asyncio.Event().wait()
+        finally:
+            self.first_ended.set()
 
 
 async def test_close_stops_a_round_that_lost_its_first_cancellation(redis_url: str, tmp_path: Path) -> None:
