@@ -106,16 +106,16 @@ async def doubt(
     mode: Mode,
     time_left: float | None,
     threshold: float | None = None,
-) -> str:
+) -> str | None:
     """'verifier 0.31 < 0.45' when the verifier's P(good) is below `threshold` (else the verdict's own for the
-    mode); '' when it is not, or the verifier cannot say, or no threshold is known."""
+    mode); '' when it is not, it is not asked, or no threshold is known; None when it was asked and could not say."""
     if verifier is None or mode == "off" or served.tool_calls_json:
         return ""
     if threshold is None and mode not in verifier.modes:
         return ""
     verdict = await verifier.verdict(prompt, served.content, time_left)
     if verdict is None:
-        return ""  # counted by the verifier as unavailable or timeout
+        return None  # counted by the verifier as unavailable or timeout
     below = verdict.escalate_below.get(mode) if threshold is None else threshold
     if below is None:
         metrics.VERIFIER.labels("uncalibrated").inc()

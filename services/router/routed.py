@@ -97,8 +97,9 @@ class Served:
     # Why the answer owes itself to this request's circumstances rather than its prompt ('' when it does not): an
     # escalation its signal called for not made (no time, no room a budget or failed attempts left, the stronger model
     # failed: the request's own max_cost_usd leaving none is no circumstance), or a weaker fallback's answer while the
-    # plan's first choice failed. The response cache keeps none. (A verifier that cannot say is no such circumstance:
-    # missing from a classifier without its artefact, it would keep every answer out.)
+    # plan's first choice failed; or a weak answer the verifier could not judge before the request's time ran out. The
+    # response cache keeps none. (A verifier that cannot say with time to spare is no such circumstance: missing from a
+    # classifier without its artefact, it would keep every answer out.)
     circumstance: str = ""
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the served answer's tokens, when the provider gave log-probabilities

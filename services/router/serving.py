@@ -176,12 +176,16 @@ class Serving:
         if target is None or routed.escalation == "off":
             return
         capped = routed.decision.HasField("max_tokens_capped")
-        why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
+        why: str | None = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
             why = await escalation.doubt(
                 self.verifier, prompt, served, routed.escalation, routed.time_left(context), routed.verifier_threshold
             )
+            if why is None and routed.time_left(context) < MIN_CALL_S:
+                # Unjudged for want of the request's time (its caller's deadline, what the weak answer took), which the
+                # response cache's key does not hold: a request with time to spare would be judged.
+                served.circumstance = "no time left to verify"
         if not why:
             return
         if _kept_for_no_reader(routed, served, why):

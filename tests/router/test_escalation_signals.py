@@ -103,7 +103,7 @@ async def test_the_verifiers_doubt_escalates_below_the_modes_threshold() -> None
     assert await doubt(unsure, "q", served, "strict", None) == "verifier 0.4 < 0.5"
     assert await doubt(FixedVerifier(0.123456), "q", served, "auto", None) == "verifier 0.123 < 0.3"
     assert await doubt(unsure, "q", served, "off", None) == ""
-    assert await doubt(FixedVerifier(None), "q", served, "strict", None) == ""  # cannot say: kept
+    assert await doubt(FixedVerifier(None), "q", served, "strict", None) is None  # cannot say: kept
     assert await doubt(None, "q", served, "strict", None) == ""
 
 
