@@ -38,7 +38,8 @@ _REFUSAL = re.compile(
     r"\b(?:"
     r"i(?:'m| am)\s+(?:sorry|afraid)[^.!?]{0,40}\b(?:can(?:'|no)t|cannot|unable|not able)"
     r"|i\s+(?:can(?:'|no)t|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to)\s+"
-    r"(?:help|assist|answer|provide|comply|do that|fulfil|fulfill|support|complete)"
+    # "can't help but" or "can't help" a gerund ("thinking") is what one cannot stop doing, not a refusal.
+    r"(?:help(?!\s+(?:but|\w+ing)\b)|assist|answer|provide|comply|do that|fulfil|fulfill|support|complete)"
     r"|as an ai(?: language model)?,? i (?:can(?:'|no)t|cannot|don't|do not)"
     r"|i must (?:decline|refuse)"
     r")",

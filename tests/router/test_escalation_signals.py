@@ -30,10 +30,15 @@ ANSWERS = [
     "Sorry for the delay: here is the function you asked for.",
     "You can't divide by zero, so the limit is taken from the right: it is +inf.",
     "I can help with that: 17 * 23 = 391.",
+    # "can't help but" and "can't help" a gerund say what one cannot stop doing, not what one declines to do: taken for
+    # refusals, such answers were asked again of the stronger tier, and both paid.
+    "I can't help but notice the second loop never ends: move the increment inside it.",
+    "I cannot help thinking the answer is 42, since 6 * 7 = 42.",
 ]
+STILL_REFUSALS = ["I can't help you with that.", "I cannot help with writing malware.", "I can't help, sorry."]
 
 
-@pytest.mark.parametrize("text", REFUSALS)
+@pytest.mark.parametrize("text", REFUSALS + STILL_REFUSALS)
 def test_refusals_are_detected(text: str) -> None:
     assert is_refusal(text, "auto")
 
