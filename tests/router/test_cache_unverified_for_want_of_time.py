@@ -2,8 +2,8 @@
 a request has left (its caller's deadline, what its weak answer took) is no part of the key. Kept, an identical request
 with time to spare was served the unjudged answer for the cache's TTL, never verified nor escalated (a caller with a
 short deadline chose, for every colleague of a tenant-scoped cache, the answer they got). A verifier out of reach with
-time to spare is no such circumstance (tests/router/test_cache_money.py). The router's servicer over a real providers
-and classifier gRPC server on loopback, its verifier asked over gRPC; the money store on Redis."""
+time to spare is no such circumstance (tests/router/test_circumstantial_answers.py). The router's servicer over a real
+providers and classifier gRPC server on loopback, its verifier asked over gRPC; the money store on Redis."""
 
 from __future__ import annotations
 

@@ -61,6 +61,17 @@ async def test_an_answer_the_verifier_kept_is_not_circumstantial() -> None:
     assert served.model.name == "cheap" and served.circumstance == ""
 
 
+async def test_an_answer_the_verifier_could_not_judge_with_time_to_spare_is_not_circumstantial() -> None:
+    """A verifier out of reach says nothing of the request (a classifier without the verifier's artefact never judges):
+    kept out, no strict-mode answer was ever cached. Out of the request's time, it does
+    (test_cache_unverified_for_want_of_time.py)."""
+    serving, r = await admitted(escalation="strict")
+    serving.providers = Providers("Paris.")  # type: ignore[assignment]
+    serving.verifier = unable = FixedVerifier(None)
+    served = await serving.generate(r, NoDeadline())
+    assert unable.asked == 1 and served.model.name == "cheap" and served.circumstance == ""
+
+
 async def test_a_weaker_fallbacks_answer_is_circumstantial_a_stronger_ones_is_not() -> None:
     serving, r = await admitted()
     serving.providers = providers = Providers("Paris.", down=("cheap",))  # type: ignore[assignment]
