@@ -4,7 +4,10 @@ to (services/router/key_tenants.py). For a key file line whose tenant changed. O
 key for the new tenant alone (the move's key-moves token: store/keys.py, key_moves_key); a request admitted before may
 still finish, charged to the old one. The key's spend so far stays in its old tenant's shard, and what it spent and
 holds in every other shard is carried into the new tenant's for the rest of the period, counted against its key budget
-alone (RedisStore.move_key; README, *A key serves one tenant*).
+alone (RedisStore.move_key; README, *A key serves one tenant*). A hold past its expiry at the move (its charge lost or
+waiting in an outbox) is carried into each period the reconciler may charge it in: within the routers'
+ROUTER_PENDING_STALE_S of the move (`--pending-stale-s`, by default ROUTER_PENDING_STALE_S as the routers read it,
+unset the longest it may be, a week: the move cannot tell the routers' default from a longer value it does not see).
 
 With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
 master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would
@@ -25,10 +28,18 @@ import os
 import re
 import sys
 
+from llmrouter.settings import load_settings
 from services.ledger.settings import MAX_KEY_MOVE_REPLICAS
 from services.router.admission import MAX_ID_CHARS
 from services.router.money_check import money_store
-from services.router.store import KeyMoveUnrecorded, MoneyClockUnread, StoreRefusing, StoreUnavailable
+from services.router.settings import PendingStaleSettings
+from services.router.store import (
+    HOLDS_LINGER_S,
+    KeyMoveUnrecorded,
+    MoneyClockUnread,
+    StoreRefusing,
+    StoreUnavailable,
+)
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 WAIT_S = 10.0  # how long a move waits for its replicas by default (--wait-s)
@@ -48,7 +59,17 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--by", default=None, help="who moves it, for its record (default: the user running this)")
     parser.add_argument("--wait-s", type=float, default=WAIT_S, help=f"how long to wait for them (default {WAIT_S:g})")
+    parser.add_argument(
+        "--pending-stale-s",
+        type=float,
+        default=None,
+        help="the routers' ROUTER_PENDING_STALE_S: a hold past its expiry at the move is carried into each period that"
+        f" starts within it (above 0, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else {HOLDS_LINGER_S},"
+        " the longest it may be)",
+    )
     args = parser.parse_args(argv)
+    if args.pending_stale_s is not None and not 0 < args.pending_stale_s <= HOLDS_LINGER_S:
+        parser.error(f"--pending-stale-s must be above 0 and at most {HOLDS_LINGER_S}, as ROUTER_PENDING_STALE_S")
     if not 0 <= (args.replicas or 0) <= MAX_KEY_MOVE_REPLICAS or not 0 < args.wait_s <= MAX_WAIT_S:
         parser.error(f"--replicas must be 0 to {MAX_KEY_MOVE_REPLICAS}, --wait-s above 0 and at most {MAX_WAIT_S:g}")
     if not KEY_ID.fullmatch(args.key_id):
@@ -57,6 +78,8 @@ async def main(argv: list[str]) -> int:
         parser.error(f"--by must be 1 to {MAX_ID_CHARS} characters")
     if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:
         parser.error(f"tenant must be 1 to {MAX_ID_CHARS} characters, no NUL, as a request's")
+    if args.pending_stale_s is None:  # a bad ROUTER_PENDING_STALE_S exits 2 here, saying so
+        args.pending_stale_s = load_settings(PendingStaleSettings).pending_stale_s
     found = money_store()  # a bad ROUTER_KEY_MOVE_REPLICAS exits 2 here, saying so
     if found is None:
         return 2
@@ -64,7 +87,9 @@ async def main(argv: list[str]) -> int:
     replicas = settings.key_move_replicas if args.replicas is None else args.replicas
     recorded = True
     try:
-        moved = await store.move_key(args.key_id, args.tenant, replicas, args.wait_s, args.by or _user())
+        moved = await store.move_key(
+            args.key_id, args.tenant, replicas, args.wait_s, args.by or _user(), args.pending_stale_s
+        )
     except KeyMoveUnrecorded as unrecorded:
         moved, recorded = unrecorded.moved, False
     except MoneyClockUnread:

@@ -49,6 +49,20 @@ class BudgetPeriodSettings(BaseSettings):
     budget_period: Literal["day", "month", "total"] = "day"
 
 
+# ROUTER_PENDING_STALE_S: how old a live router's pending charge may grow before the reconciler charges it its hold.
+PendingStaleS = Annotated[float, Field(gt=0, le=HOLDS_LINGER_S)]
+
+
+class PendingStaleSettings(BaseSettings):
+    """ROUTER_PENDING_STALE_S as a key move reads it (key_move.py: how far it carries a hold past its expiry), validated
+    as the router's. Unset, the longest it may be: the move, often run where the routers' settings are not, cannot tell
+    their default from a longer value it does not see, and carrying too little lets a key spend its limit twice."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    pending_stale_s: PendingStaleS = HOLDS_LINGER_S
+
+
 class RequestIdSettings(BaseSettings):
     """ROUTER_REQUEST_ID_TTL_S, part of the router's settings and read by money_check ledger-charges (which serves
     nothing): the SQL ledger's charges within it are those whose request ids the money store must know."""
@@ -97,7 +111,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     heartbeat_ttl_s: float = Field(default=15.0, ge=0.01)  # Redis expiries are whole milliseconds
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
     # settled at its hold. Longer than any request may run: at least request_timeout_s + CHARGE_LANDS_S.
-    pending_stale_s: float = Field(default=3600.0, gt=0, le=HOLDS_LINGER_S)
+    pending_stale_s: PendingStaleS = 3600.0
     # On a Redis Cluster money store, how long the reconciler's round and the outbox's replay wait for each master to
     # answer a PING as they begin: the shards of one that has not are passed over that round (their charges wait, in
     # the store or the outbox, for the next), where each call of theirs would wait out the cluster client's retries,

@@ -18,7 +18,7 @@ from services.router import key_move
 from services.router.budget_alerts import use
 from services.router.budgets import budgets
 from services.router.operator_servicer import budget_message
-from services.router.store import DEFERRED_HOLD_S, Account, Allowance, Hold, RedisStore, period_id
+from services.router.store import DEFERRED_HOLD_S, HOLDS_LINGER_S, Account, Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import GLOBAL_SLOT, AccountKeys, key_tenant_key, shard_of
 from services.router.store.model import next_period, period_start, spend_ttl_s
 from tests.redis_servers import RedisCluster, RedisServer, free_port
@@ -108,11 +108,11 @@ class AdmittingDuringTheMove(RedisStore):
     before_rebinding: Hook | None = None  # run after what the key has is read while it is still bound to the old
     after_rebinding: Hook | None = None  # run before what the key has is read once it is bound to the new one
 
-    async def _carry(self, key: str, tenant: str) -> None:
+    async def _carry(self, key: str, tenant: str, pending_stale_s: float) -> None:
         rebound = await self.key_tenant(key) == tenant
         if rebound and self.after_rebinding is not None:
             await self.after_rebinding()
-        await super()._carry(key, tenant)
+        await super()._carry(key, tenant, pending_stale_s)
         if not rebound and self.before_rebinding is not None:
             await self.before_rebinding()
 
@@ -304,6 +304,69 @@ async def test_a_hold_past_its_expiry_at_the_move_is_carried_into_each_day_the_r
     assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+@pytest.mark.parametrize("told", ["flag", "environment"])
+async def test_a_hold_past_its_expiry_is_carried_no_further_than_the_routers_pending_stale_s(
+    store: RedisStore, clock: list[float], monkeypatch: pytest.MonkeyPatch, told: str
+) -> None:
+    """Not knowing ROUTER_PENDING_STALE_S, the move carried a hold past its expiry into every day of the week after it
+    (HOLDS_LINGER_S): charged within the routers' hour on day one, it still took the key's limit on day three under
+    its new tenant. Told the routers' hour (--pending-stale-s, or ROUTER_PENDING_STALE_S as the routers read it), the
+    move carries it into day one and the next alone, where it may land."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one; held HOLD_S
+    clock[0] = DAY_ONE + 3600  # its hold past its expiry, its charge open
+    if told == "flag":
+        monkeypatch.setenv("ROUTER_PENDING_STALE_S", str(HOLDS_LINGER_S))  # the flag overrides it
+        assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
+    else:
+        monkeypatch.setenv("ROUTER_PENDING_STALE_S", "3600")
+        assert await key_move.main([KEY, NEW]) == 0
+    clock[0] = DAY_ONE + 2 * 3600 + 1
+    assert await store.reconcile("router-2", 5.0, 3600) == 1  # charged at its hold, as stale, on day one
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
+    assert await admitted(store, NEW, "r2", LIMIT) == ""
+
+
+async def test_a_hold_past_its_expiry_is_carried_into_each_day_within_the_pending_stale_s_given(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """Errs safe: given the routers' 40 h, the move carries a hold past its expiry into day three, which it may be
+    charged in (its admission on day one at 08:00, due at 00:00 day three)."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one
+    clock[0] = DAY_ONE + 3600
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", str(40 * 3600)]) == 0
+    clock[0] = DAY_ONE + 40 * 3600 + 1  # 00:00:01 UTC, day three
+    assert await store.reconcile("router-2", 5.0, 40 * 3600) == 1
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""
+
+
+@pytest.mark.parametrize(
+    "asked", [["--pending-stale-s", "0"], ["--pending-stale-s", "nan"], ["--pending-stale-s", "604801"]]
+)
+async def test_a_move_given_a_pending_stale_s_no_router_takes_is_refused_before_it_writes(
+    store: RedisStore, asked: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        await key_move.main([KEY, NEW, *asked])
+    assert exited.value.code == 2
+    assert "--pending-stale-s must be above 0 and at most 604800" in capsys.readouterr().err
+    assert await store.key_tenant(KEY) is None, "nothing written"
+
+
+@pytest.mark.parametrize("variable", ["0", "604801", "an hour"])
+async def test_a_move_reading_a_pending_stale_s_no_router_takes_is_refused_before_it_writes(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str
+) -> None:
+    """The routers would refuse to start with it: the move says so, naming the setting, and writes nothing."""
+    monkeypatch.setenv("ROUTER_PENDING_STALE_S", variable)
+    with pytest.raises(SystemExit) as exited:
+        await key_move.main([KEY, NEW])
+    assert exited.value.code == 2
+    assert "ROUTER_PENDING_STALE_S" in capsys.readouterr().err
+    assert await store.key_tenant(KEY) is None, "nothing written"
 
 
 async def test_a_move_run_again_after_a_batch_line_is_charged_carries_its_hold_no_more_on_the_day_after_next(

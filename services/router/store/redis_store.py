@@ -541,13 +541,22 @@ class RedisStore:
             bound = await self.redis.get(key_tenant_key(key))
         return None if bound is None else _text(bound)
 
-    async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0, by: str = "") -> KeyMoved:
+    async def move_key(
+        self,
+        key: str,
+        tenant: str,
+        replicas: int = 0,
+        wait_s: float = 0.0,
+        by: str = "",
+        pending_stale_s: float = HOLDS_LINGER_S,
+    ) -> KeyMoved:
         """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), its
         spend and holds elsewhere carried into the tenant's shard (_carry), then give every shard a new key-moves token
         (keys.py, key_moves_key), after: an admission from then on, on any router, is refused 'moved' unless its key's
         binding was read after the move. Failing between the two, the move is made but routers may not meet it for
         key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many replicas of each master written
         to to have the rebinding and the tokens (replicated.py, WAIT; not what was carried), and says how many did.
+        `pending_stale_s`: the routers' ROUTER_PENDING_STALE_S, how far a hold past its expiry is carried (_carry).
         Then what the key carries is read and set again (_carry), and the move recorded (key_moves.py), last, so that
         its record failing (its own master away) delays no router's meeting it: KeyMoveUnrecorded then, saying what the
         move was. With `replicas`, the record too is waited for, as long again at most, and how many replicas had it
@@ -561,7 +570,7 @@ class RedisStore:
         told: list[Replicated] = []
         # Carried before the rebinding too, so no admission under the new tenant meets the key with nothing carried; and
         # again once every shard has the token, when no admission under another tenant can add to what it carries.
-        await self._carry(key, tenant)
+        await self._carry(key, tenant, pending_stale_s)
         if replicas:
             writes = [(key_tenant_key(key), tenant), *((key_moves_key(shard), token) for shard in range(SHARDS))]
             async with self._call():
@@ -575,7 +584,7 @@ class RedisStore:
                 for shard in range(SHARDS):
                     pipe.set(key_moves_key(shard), token)
                 await pipe.execute()
-        await self._carry(key, tenant)
+        await self._carry(key, tenant, pending_stale_s)
         record_told = None
         try:
             async with self._call():
@@ -588,7 +597,7 @@ class RedisStore:
             raise KeyMoveUnrecorded(KeyMoved(before, told)) from None
         return KeyMoved(before, told, record_told)
 
-    async def _carry(self, key: str, tenant: str) -> None:
+    async def _carry(self, key: str, tenant: str, pending_stale_s: float) -> None:
         """Set what the key carries into `tenant`'s shard (keys.py, AccountKeys.carried) for the current period of every
         kind and the next: its spend there in every other shard, and all it holds in them now (a request in flight
         there may still be charged up to its hold). Set, not added to: a key moved back, or moved again, carries what
@@ -599,9 +608,10 @@ class RedisStore:
         earlier is no spend of it, and a move early in a period would otherwise take it from the key's whole next
         period. A provider batch line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each
         period it may be charged in is carried as well. One past its expiry may be charged by the reconciler as late as
-        ROUTER_PENDING_STALE_S after its admission (its router alive, its charge lost or waiting in an outbox), at most
-        HOLDS_LINGER_S: it is carried into each period that starts within HOLDS_LINGER_S of the move. What a move before
-        carried into a later period that no hold reaches now is dropped."""
+        `pending_stale_s` (the routers' ROUTER_PENDING_STALE_S, at most HOLDS_LINGER_S) after its admission (its router
+        alive, its charge lost or waiting in an outbox), and its first sweep after: it is carried into each period that
+        starts within that of the move. What a move before carried into a later period that no hold reaches now is
+        dropped."""
         now, here = money_now(), shard_of(tenant)
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
@@ -615,13 +625,14 @@ class RedisStore:
                     holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
             # When the last of them may be charged (one gone meanwhile, inf, was settled): one held, by its expiry and
             # the reconciler's time to charge it after (CHARGED_LATE_S), within a batch line's hold, the longest; one
-            # past its expiry (its charge open), by when the reconciler charges it at the latest,
-            # ROUTER_PENDING_STALE_S after its admission, which is at most HOLDS_LINGER_S.
-            reach = now + max(DEFERRED_HOLD_S + CHARGED_LATE_S, HOLDS_LINGER_S)
+            # past its expiry (its charge open), by when the reconciler charges it at the latest: its first sweep
+            # after it is pending_stale_s old, its admission before now. A move before may have carried as far as the
+            # longest pending_stale_s, HOLDS_LINGER_S, allows: `reach`.
+            reach = now + max(DEFERRED_HOLD_S, HOLDS_LINGER_S) + CHARGED_LATE_S
             held_to = now + DEFERRED_HOLD_S + CHARGED_LATE_S
             ends = [min(expiry + CHARGED_LATE_S, held_to) for _, expiry in holds if now < expiry != math.inf]
             if any(expiry <= now for _, expiry in holds):
-                ends.append(now + HOLDS_LINGER_S)
+                ends.append(now + pending_stale_s + CHARGED_LATE_S)
             last = max([now, *ends])
             periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
             # A move before this one may have carried a hold into a later period than any hold now reaches (one charged
