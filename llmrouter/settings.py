@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrouter.auth import parse_callers, parse_tokens
 from llmrouter.overload import GRPC_PENDING_CALLS
+from llmrouter.setting_entries import setting_entries
 
 # The checkout (or the image's working copy) holding config/ and artefacts/.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ class GrpcServiceSettings(ServiceSettings):
     # auth_tokens (over TLS when tls_dir is set). none: no authentication, every caller fully trusted.
     auth: Literal["mtls", "token", "none"] = "mtls"
     auth_none_allow_remote: bool = Field(default=False, description="let auth=none listen beyond loopback")
-    # "sha256-hex-of-token=identity" pairs, comma-separated, or one per line in auth_tokens_file.
+    # "sha256-hex-of-token=identity" pairs, comma-separated, or one per line in auth_tokens_file; `#` starts a comment.
     auth_tokens: str = ""
     auth_tokens_file: Path | None = None
     # Identities allowed to call: "name" (pays as tenant "name"), "name=tenant", or "name=*" (may act for
@@ -103,15 +104,10 @@ class GrpcServiceSettings(ServiceSettings):
         return self
 
     def token_entries(self) -> list[tuple[str, str]]:
-        """(where, entry): AUTH_TOKENS' entries, then the file's non-blank lines, each placed as an operator finds it
-        (the file by its own line numbers)."""
+        """(where, entry): AUTH_TOKENS' entries, then the file's, comments and blank lines dropped as in the edge's key
+        file, each placed as an operator finds it (the file by its own line numbers)."""
         prefix = self.model_config.get("env_prefix", "")
-        given = enumerate(self.auth_tokens.replace(",", "\n").splitlines(), 1)
-        entries = [(f"{prefix}AUTH_TOKENS entry {number}", entry.strip()) for number, entry in given]
-        if self.auth_tokens_file is not None:
-            read = enumerate(self.auth_tokens_file.read_text().splitlines(), 1)
-            entries += [(f"{prefix}AUTH_TOKENS_FILE line {number}", line.strip()) for number, line in read]
-        return [(place, entry) for place, entry in entries if entry]
+        return setting_entries(f"{prefix}AUTH_TOKENS", self.auth_tokens, self.auth_tokens_file)
 
 
 def is_loopback(host: str) -> bool:

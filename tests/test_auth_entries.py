@@ -65,3 +65,32 @@ def test_a_caller_listed_twice_alike_is_one() -> None:
         "edge": Identity("edge", None, may_act_for_tenants=True),
     }
     assert parse_callers("batch,batch=batch") == {"batch": Identity("batch", "batch")}  # the same right, spelt two ways
+
+
+def test_the_tokens_file_takes_comments_and_blank_lines_as_the_edges_key_file_does(tmp_path) -> None:
+    """A `#` line, a comment after an entry or a blank line in the tokens file (or the variable) was refused as a token
+    entry, or stopped the service, where the edge's key file of the same shape takes them: now both read them alike
+    (llmrouter/setting_entries.py), a refusal still naming the file's own line."""
+    other = token_digest("sk-other-service")
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(
+        f"# the batch service's, rotated monthly\n\n{TOKEN}=batch  # since 2026-12\n   #\n{other}=svc\n"
+    )
+    settings = RouterSettings(
+        auth="token", auth_tokens=f"{token_digest('sk-edge')}=edge # the edge", auth_tokens_file=tokens_file
+    )
+    assert parse_tokens(settings.token_entries()) == {
+        bytes.fromhex(token_digest("sk-edge")): "edge",
+        bytes.fromhex(TOKEN): "batch",
+        bytes.fromhex(other): "svc",
+    }
+    tokens_file.write_text(f"# tokens\n\n{TOKEN}=batch # one\nnot-a-digest=svc # two\n")
+    with pytest.raises(ValidationError, match=r"ROUTER_AUTH_TOKENS_FILE line 4: token entries are sha256-hex=identity"):
+        RouterSettings(auth="token", auth_tokens_file=tokens_file)
+
+
+def test_a_tokens_file_of_comments_alone_gives_no_token(tmp_path) -> None:
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("# no service may call yet\n\n")
+    with pytest.raises(ValidationError, match="auth=token needs auth_tokens or auth_tokens_file"):
+        RouterSettings(auth="token", auth_tokens_file=tokens_file)

@@ -14,6 +14,8 @@ import hmac
 import re
 import sys
 
+from llmrouter.setting_entries import bare_entry
+
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 # What an HTTP header's value cannot hold (RFC 9110: controls but the tab), so no Authorization header carries it.
@@ -70,7 +72,7 @@ def parse_key_entries(entries: list[tuple[str, str]]) -> KeyRing:
     by_digest: dict[bytes, tuple[str, str]] = {}
     admins = set()
     for place, entry in entries:
-        line = entry.split("#", 1)[0].strip()
+        line = bare_entry(entry)
         if not line:
             continue
         parts = line.split()

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.redis_url import RedisUrl
+from llmrouter.setting_entries import setting_entries
 from llmrouter.settings import ServiceSettings, is_loopback
 from services.batches.quota import counted_bytes
 from services.batches.wire import DAY_S
@@ -147,9 +148,4 @@ class EdgeSettings(ServiceSettings):
 def key_ring(api_keys: SecretStr, api_keys_file: Path | None) -> KeyRing:
     """The keys of both settings, which add up; an entry refused is named by its setting, and the entry or the file's
     own line."""
-    given = enumerate(api_keys.get_secret_value().replace(",", "\n").splitlines(), 1)
-    entries = [(f"EDGE_API_KEYS entry {number}", entry) for number, entry in given]
-    if api_keys_file is not None:
-        read = enumerate(api_keys_file.read_text().splitlines(), 1)
-        entries += [(f"EDGE_API_KEYS_FILE line {number}", line) for number, line in read]
-    return parse_key_entries(entries)
+    return parse_key_entries(setting_entries("EDGE_API_KEYS", api_keys.get_secret_value(), api_keys_file))

@@ -48,6 +48,33 @@ async def token_address(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake:
         await running.stop(0)
 
 
+async def test_a_tokens_file_with_comments_and_blank_lines_opens_the_service_to_its_tokens(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> None:
+    """Commented as the edge's key file is (llmrouter/setting_entries.py): the service starts, and the token of the
+    commented line opens it."""
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(registry(openai_fake.base_url, anthropic_fake.base_url)))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# who may call the providers\n\n{token_digest(TOKEN)}=router  # the router's, since 2026-12\n")
+    settings = ProvidersSettings(
+        port=0,
+        metrics_port=0,
+        registry_path=path,
+        local_model_dir=tmp_path / "no-model",
+        auth="token",
+        auth_tokens_file=tokens,
+    )
+    running = await start_server("providers", settings, *await build(settings))
+    try:
+        async with open_channel(f"127.0.0.1:{running.port}", ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
+            assert (
+                await provider_pb2_grpc.ProviderStub(channel).ListModels(common_pb2.ListModelsRequest(), timeout=5)
+            ).models
+    finally:
+        await running.stop(0)
+
+
 async def test_the_token_goes_with_unary_and_streamed_calls(token_address: str) -> None:
     async with open_channel(token_address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
         stub = provider_pb2_grpc.ProviderStub(channel)
