@@ -4,7 +4,8 @@ The edge stores SHA-256 digests, never keys: one entry per line (or comma-separa
 `<tenant> <sha256 hex of the key>`, `#` starts a comment. Neither part can contain a separator, so the
 format holds for any key (base64 padding `=`, commas, spaces). A third word `admin` makes an admin key: it sees
 every tenant's stats and budgets and sets budget overrides. `python -m services.edge.keys TENANT` reads a key
-on stdin and prints its line (`--help` says how)."""
+on stdin and prints its line (`--help` says how); it refuses a key past ASCII, which the edge reads (as UTF-8) but
+OpenAI's Python SDK cannot send."""
 
 from __future__ import annotations
 
@@ -123,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the key on stdin is empty")
     if UNSENDABLE.search(key):  # the edge's HTTP server refuses such a header (400): its line would open nothing
         parser.error("the key on stdin has a control character (a line break, NUL...): no client can send it")
+    if not key.isascii():  # the edge reads such a key (as UTF-8), but OpenAI's Python SDK fails before sending it
+        parser.error(
+            "the key on stdin has a character past ASCII: OpenAI's Python SDK (httpx), and other clients that send"
+            " headers as ASCII, cannot send it; issue a key of ASCII characters"
+        )
     print(key_line(args.tenant, key))
     return 0
 

@@ -1,7 +1,7 @@
-"""A key the key tool takes (any UTF-8 text: services.edge.keys) is the key the edge reads from the Authorization
-header: its UTF-8 bytes, as sent, are the key's bytes. Read as Starlette reads headers (latin-1), a key with any
-character past ASCII was another string than the one the tool digested, and refused for ever. Over a real edge on
-loopback before the recording stand-in router."""
+"""A key of any UTF-8 text (one past ASCII issued before the key tool, services.edge.keys, refused such keys) is the
+key the edge reads from the Authorization header: its UTF-8 bytes, as sent, are the key's bytes. Read as Starlette
+reads headers (latin-1), a key with any character past ASCII was another string than the one the tool digested, and
+refused for ever. Over a real edge on loopback before the recording stand-in router."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import openai
 import pytest
 from pydantic import SecretStr
 
@@ -56,6 +57,20 @@ async def test_a_key_past_ascii_sent_as_utf8_is_its_tenants() -> None:
         response = await chat(edge.base_url, b"Bearer " + KEY.encode())
         assert response.status_code == 200, response.text
         assert [(r.tenant, r.api_key) for r in edge.router.asked] == [("acme", KEY)]
+
+
+async def test_the_openai_sdk_cannot_send_a_key_past_ascii_which_the_key_tool_so_refuses() -> None:
+    """Why the key tool refuses a new key past ASCII (services.edge.keys) while the edge still takes one: OpenAI's
+    Python SDK (httpx) encodes headers as ASCII and fails before a byte is sent, so such a key opens the edge to raw
+    HTTP clients alone. An ASCII key goes through the same SDK."""
+    keys = SecretStr("\n".join([key_line("acme", KEY), key_line("globex", "sk-globex")]))
+    async with recorded_edge(api_keys=keys) as edge:
+        async with openai.AsyncOpenAI(base_url=edge.base_url, api_key=KEY, max_retries=0) as sdk:
+            with pytest.raises(UnicodeEncodeError, match="'ascii' codec"):
+                await sdk.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        async with openai.AsyncOpenAI(base_url=edge.base_url, api_key="sk-globex", max_retries=0) as sdk:
+            assert (await sdk.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])).id
+        assert [r.tenant for r in edge.router.asked] == ["globex"]
 
 
 async def test_credentials_that_are_no_utf8_are_an_invalid_key_never_passed_on() -> None:
