@@ -343,6 +343,7 @@ async def test_a_hold_past_its_expiry_is_carried_into_each_day_within_the_pendin
     assert await admitted(store, NEW, "r3", 400) == ""
 
 
+@pytest.mark.parametrize("any_redis_url", ["redis"], indirect=True)  # refused before any Redis is used
 @pytest.mark.parametrize(
     "asked", [["--pending-stale-s", "0"], ["--pending-stale-s", "nan"], ["--pending-stale-s", "604801"]]
 )
@@ -356,6 +357,7 @@ async def test_a_move_given_a_pending_stale_s_no_router_takes_is_refused_before_
     assert await store.key_tenant(KEY) is None, "nothing written"
 
 
+@pytest.mark.parametrize("any_redis_url", ["redis"], indirect=True)  # refused before any Redis is used
 @pytest.mark.parametrize("variable", ["0", "604801", "an hour"])
 async def test_a_move_reading_a_pending_stale_s_no_router_takes_is_refused_before_it_writes(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str
