@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from llmrouter.byte_bound import utf8_bound
+from llmrouter.output_charged import output_charged
 from llmrouter.passthrough import prompt_fields, prompt_json
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_prompt_tokens, count_text_tokens
@@ -39,16 +40,13 @@ async def settle(
     counts are parts of input_tokens: an input counted here has none (all of it at the input price). A count the
     answer belies (implausible_input, implausible_output) is taken for none: counted here, so an answer never goes
     out free from an upstream that under-reports (a buggy self-hosted server, a proxy zeroing usage). An output count
-    past the call's max_tokens, which no upstream writes past, is charged max_tokens: taken as reported, the tenant paid
-    for tokens never generated, as far as the hold's room (its input bound) let it."""
+    past the call's max_tokens is charged max_tokens (output_charged)."""
     if input_tokens is not None and await implausible_input(model, request, input_tokens):
         count_implausible(model, "input")
         input_tokens = None
-    most = request.max_tokens
-    past_max_tokens = output_tokens is not None and most is not None and output_tokens > most
+    output_tokens, past_max_tokens = output_charged(output_tokens, request.max_tokens)
     if past_max_tokens:
         count_implausible(model, "output", "high; charged max_tokens")
-        output_tokens = most
     elif output_tokens is not None and await implausible_output(model, request.max_tokens, content, output_tokens):
         count_implausible(model, "output")
         output_tokens = None
