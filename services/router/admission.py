@@ -211,7 +211,8 @@ class Admission:
         whichever its last runs in. `until`: a
         deferred request's hold lasts until then (Hold.until). The model it is admitted for (its plan's first; a
         deferred request's only one) is recorded beside its pending charge (Pending.model), and a deferred request's
-        prices too (Pending.prices): its collect, a day later perhaps, charges at them."""
+        prices too (Pending.prices): its collect, a day later perhaps, charges at them, and no output past the
+        max_tokens it was sent with (Hold.max_tokens, in its pending charge)."""
         # The budget period its limits are checked against, fixed here, once; its charge lands in the one it settles in
         # (store/model.py, landing_period), no earlier than this.
         period = period_id(self.settings.budget_period)
@@ -225,6 +226,8 @@ class Admission:
             # that, by the store's clock, whatever the clock or request id TTL of the router charging it.
             marked = marked_until(self.store.request_id_ttl_s, until, money_now())
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until, marked)
+            if until:  # the max_tokens it is sent with: its collect charges no output past it
+                hold = dataclasses.replace(hold, max_tokens=routed.max_tokens[model.name])
             prices = _prices(model) if until else None
             try:
                 verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)

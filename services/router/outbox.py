@@ -201,10 +201,11 @@ async def undo_or_give_back(store: Store, account: Account, hold: Hold) -> bool:
 
 
 def _hold_json(hold: Hold) -> dict[str, Any]:
-    """A hold as a line keeps it: without marked_until (a charge's line keeps it beside), which a router of the
-    version before, making a Hold of every field there, would not know: it would dead-letter the line."""
+    """A hold as a line keeps it: without marked_until (a charge's line keeps it beside) and max_tokens (a charge or
+    undo needs none), which a router of the version before, making a Hold of every field there, would not know: it
+    would dead-letter the line."""
     fields = asdict(hold)
-    del fields["marked_until"]
+    del fields["marked_until"], fields["max_tokens"]
     return fields
 
 

@@ -120,6 +120,10 @@ class Hold:
     # own clock whether a charge that finds the pending charge gone is late (lua.py, CHARGE). 0: not known (a hold of
     # a router of a version before), judged by its router.
     marked_until: float = 0.0
+    # A deferred request's max_tokens, as sent to its provider (its hold was sized for it): its collect charges no
+    # output past it (deferred.py). None: not recorded (a request that is no deferred one, or a line a router of a
+    # version before admitted, whose collect charges a report as it stands, within the hold).
+    max_tokens: int | None = None
 
 
 def marked_until(request_id_ttl_s: float, until: float, now: float) -> float:
@@ -175,6 +179,9 @@ class Pending:
     # Hold.marked_until, recorded so that the reconciler's charge keeps its marker as long (0: not recorded, a
     # router of a version before admitted it).
     marked_until: float = 0.0
+    # Hold.max_tokens, recorded in the record when known (None: a router of a version before wrote it, which reads
+    # the fields it knows, or the request is no deferred one).
+    max_tokens: int | None = None
 
     def ledger_record(self, **fields: Any) -> dict[str, Any]:
         """A ledger entry settling this charge: who pays, in which budget period, and `fields`."""
@@ -194,6 +201,7 @@ class Pending:
             hold.nonce,
             hold.until,
             marked_until=hold.marked_until,
+            max_tokens=hold.max_tokens,
         )
 
     @classmethod
@@ -211,6 +219,8 @@ class Pending:
             del record[name]
         if not self.marked_until:  # not known: the record as the version before wrote it
             del record["marked_until"]
+        if self.max_tokens is None:
+            del record["max_tokens"]
         return json.dumps(record)
 
     @property
@@ -219,7 +229,14 @@ class Pending:
 
     def account_and_hold(self) -> tuple[Account, Hold]:
         hold = Hold(
-            self.request_id, self.hold_pico, self.period, self.router, self.nonce, self.until, self.marked_until
+            self.request_id,
+            self.hold_pico,
+            self.period,
+            self.router,
+            self.nonce,
+            self.until,
+            self.marked_until,
+            self.max_tokens,
         )
         return Account(self.tenant, self.key), hold
 
