@@ -698,12 +698,16 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Provider retries/s, and answers/s whose usage the answer belies (an upstream under-reporting)",
+                "Provider retries/s, and answers/s whose usage the answer belies or that passes max_tokens",
                 "short",
                 (f"sum by (provider, model) ({rate('llmrouter_provider_retries_total')})", "{{provider}}/{{model}}"),
                 (
                     f"sum by (provider, model, direction) ({rate('llmrouter_provider_usage_implausible_total')})",
-                    "under-reported {{provider}}/{{model}} {{direction}}",
+                    "implausible {{provider}}/{{model}} {{direction}}",
+                ),
+                (
+                    f"sum by (model) ({rate('llmrouter_router_batch_output_past_max_tokens_total')})",
+                    "batch output past max_tokens {{model}}",
                 ),
                 span=12,
             )

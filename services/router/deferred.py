@@ -11,13 +11,15 @@ as Complete tells such a request, so that its caller neither sends it again nor 
 go on.
 
 Collecting a provider batch that has ended settles each line once: charged at the batch price from the usage the
-provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);
-charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed lives
-in the money store (the pending charges), so any router collects what another admitted. Request ids are the callers'
-(two tenants may both send 'r1'), so the provider batch each line was sent in is recorded beside its pending charge
-('' from admission until then), and a collect settles, or reports, only the lines of the batch it names. A line
-whose batch stays unrecorded (its creation's outcome unknown, or the store out of reach to record it) is settled
-from no batch's results: it is charged its hold, its worst case. The model a line is admitted for is recorded beside
+provider reports (its output never past the max_tokens the line was sent, recorded in its pending charge, as a
+realtime answer's: one reported past it is charged max_tokens, flagged estimated); released when the provider reports
+it failed, expired or cancelled (it bills none of those); charged its hold when its outcome is unknown (no usage,
+or no result from a batch that ran). Everything needed lives in the money store (the pending charges), so any router
+collects what another admitted. Request ids are the callers' (two tenants may both send 'r1'), so the provider batch
+each line was sent in is recorded beside its pending charge ('' from admission until then), and a collect settles,
+or reports, only the lines of the batch it names. A line whose batch stays unrecorded (its creation's outcome
+unknown, or the store out of reach to record it) is settled from no batch's results: it is charged its hold, its worst
+case. The model a line is admitted for is recorded beside
 its pending charge too, and the line is priced at that model's batch price as it was at the line's admission (kept
 beside its pending charge as well; a line admitted by a router of the version before, without them, at the batch price
 of the collect's registry): a collect naming another model is refused whole, before the provider is asked (the model
@@ -70,6 +72,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from llmrouter.errors import ServiceError, invalid
+from llmrouter.output_charged import output_charged
 from llmrouter.registry import ModelSpec, RegistrySource
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.upstream_messages import UPSTREAM_REASONS
@@ -77,7 +80,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
 from services.router import faults, metrics, poll_retries
 from services.router.admission import Admission
-from services.router.capped_charges import REPORTED, count_charge
+from services.router.capped_charges import PAST_MAX_TOKENS, REPORTED, count_charge
 from services.router.outbox import NotRecorded
 from services.router.routed import Routed, counts_below_nothing, generation_entry
 from services.router.serving import generate_request
@@ -749,6 +752,10 @@ class Deferred:
             outcome = router_pb2.CollectedLine(request_id=request_id, error=CHARGED_UNANSWERED.format(request_id))
         elif not outcome.succeeded and kept is not None and charged in (None, _told_as(kept)):
             outcome = kept  # no answer read now (the provider's result unread, or none): as kept
+        elif outcome.succeeded and kept is not None and kept.succeeded:
+            # The answer read again, told with the usage it was charged for: read with no pending charge, its output is
+            # not bounded by the line's max_tokens (_charged_usage).
+            outcome.response.usage.CopyFrom(kept.response.usage)
         return await self._as_charged(account, request_id, outcome, counts)
 
     async def _outcome(
@@ -778,13 +785,17 @@ class Deferred:
             reply = result.response
             if reply.usage.estimated:  # the provider said nothing of what it billed (or what its answer belies)
                 return await self._owe_hold(account, pending, request_id, NO_USAGE, counts)
-            cost = model.usage_cost_usd(reply.usage)
+            usage = _charged_usage(reply.usage, pending, model)
+            cost = model.usage_cost_usd(usage)
             if pending is not None and to_pico(cost) > pending.hold_pico:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a
                 # charge beyond the hold would pass the budget that admitted it. The operator absorbs the rest, as a
                 # request's charge capped at its hold: counted so.
-                return await self._owe_hold(account, pending, request_id, OVER_REPORTED, counts, reported=cost)
-            if pending is not None and (cost < 0 or counts_below_nothing(reply.usage)):
+                past = usage.estimated
+                return await self._owe_hold(
+                    account, pending, request_id, OVER_REPORTED, counts, reported=cost, past_max_tokens=past
+                )
+            if pending is not None and (cost < 0 or counts_below_nothing(usage)):
                 # A negative count, which no provider bills either: charged as it stands, it would lower the spend (or
                 # the charge, below what the rest of the report was written for), and the budget would let that much
                 # more through. The hold, as for an outcome unknown.
@@ -795,12 +806,7 @@ class Deferred:
                 refusal=reply.refusal,
                 model=model.name,
                 provider=model.provider,
-                usage=common_pb2.Usage(
-                    input_tokens=reply.usage.input_tokens,
-                    output_tokens=reply.usage.output_tokens,
-                    cached_input_tokens=reply.usage.cached_input_tokens,
-                    cache_write_input_tokens=reply.usage.cache_write_input_tokens,
-                ),
+                usage=usage,
                 cost_usd=format(cost, "f"),
                 finish_reason=reply.finish_reason,
                 tool_calls_json=reply.tool_calls_json,
@@ -874,9 +880,11 @@ class Deferred:
         why: str,
         counts: list[UncountedCharge],
         reported: Decimal | None = None,
+        past_max_tokens: bool = False,
     ) -> router_pb2.CollectedLine:
         """The line charged its hold; or, when a collect before read its answer from this batch and kept it (its charge
-        never landed), charged that answer. `reported`: the cost of a report past the hold, capped by the charge."""
+        never landed), charged that answer. `reported`: the cost of a report past the hold, capped by the charge (its
+        output at most max_tokens: `past_max_tokens` when the report's was past it)."""
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
         held_account, _ = pending.account_and_hold()
@@ -895,6 +903,8 @@ class Deferred:
         record = _unanswered(pending, charged, "batch_unknown", why)
         if reported is not None:  # on record, so whichever router counts the charge counts it capped (count_charge)
             record[REPORTED] = format(reported, "f")
+        if past_max_tokens:  # and its output past max_tokens
+            record[PAST_MAX_TOKENS] = True
         return await self._charge(account, pending, pending.hold_pico, record, line, counts)
 
     async def _charge(
@@ -970,12 +980,13 @@ class Deferred:
         usage = response.usage
         # The line's tokens at the baseline model's realtime prices, its cached input at its cached price.
         baseline = baseline_model.usage_cost_usd(usage) if baseline_model else response.cost_usd
-        return pending.ledger_record(
+        record = pending.ledger_record(
             model=response.model,
             provider=response.provider,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
-            tokens_estimated=False,
+            # Only an output reported past the line's max_tokens, charged max_tokens, is (_charged_usage).
+            tokens_estimated=usage.estimated,
             cost_usd=response.cost_usd,
             # What an auditor checks cost_usd against: one generation, its tokens at the model's batch prices (every
             # record of reason 'batch' is priced so), nothing owed.
@@ -987,6 +998,9 @@ class Deferred:
             outcome=outcome,
             admitted_ts=pending.ts,
         )
+        if usage.estimated:  # on record, so whichever router counts the charge counts it (count_charge)
+            record[PAST_MAX_TOKENS] = True
+        return record
 
 
 def kept_line(batch_id: str, line: router_pb2.CollectedLine, most_bytes: int = ANSWER_KEPT_BYTES) -> bytes | None:
@@ -1020,6 +1034,32 @@ def _without_logprobs(line: router_pb2.CollectedLine) -> router_pb2.CollectedLin
     lighter.CopyFrom(line)
     lighter.response.ClearField("logprobs_json")
     return lighter
+
+
+def _charged_usage(reported: common_pb2.Usage, pending: Pending | None, model: ModelSpec) -> common_pb2.Usage:
+    """The usage a line's answer is charged: as the provider reported it, its output never past the max_tokens the line
+    was sent (output_charged, as a realtime answer's), flagged estimated when past it (on record, PAST_MAX_TOKENS, to
+    be counted once with its charge: capped_charges.count_charge). A line whose max_tokens is not on record (admitted
+    by a router of the version before) is charged its report as it stands, within its hold; one settled before, only
+    reported, is told with the usage it was charged for when kept (_settled_before)."""
+    output, past = output_charged(reported.output_tokens, pending.max_tokens if pending is not None else None)
+    if past and pending is not None:
+        log.warning(
+            "batch line's output reported past its max_tokens; charged max_tokens",
+            extra={
+                "request_id": pending.request_id,
+                "model": model.name,
+                "reported_output_tokens": reported.output_tokens,
+                "max_tokens": output,
+            },
+        )
+    return common_pb2.Usage(
+        input_tokens=reported.input_tokens,
+        output_tokens=output,
+        cached_input_tokens=reported.cached_input_tokens,
+        cache_write_input_tokens=reported.cache_write_input_tokens,
+        estimated=past,
+    )
 
 
 def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:

@@ -85,6 +85,12 @@ CAPPED_USD = Counter(
     "9.2M a charge): the operator pays it",
     ["model"],
 )
+BATCH_OUTPUT_PAST_MAX_TOKENS = Counter(
+    "llmrouter_router_batch_output_past_max_tokens_total",
+    "Provider Batch API lines whose provider reported more output than the max_tokens they were sent: charged "
+    "max_tokens, flagged estimated (once a charge)",
+    ["model"],
+)
 RECONCILE_FAILURES = Counter(
     "llmrouter_router_reconcile_failures_total",
     "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round), "

@@ -508,6 +508,52 @@ async def test_usage_a_provider_reports_out_of_bounds_is_never_charged_beyond_th
     assert {ledger[i]["outcome"] for i in costs_of(output)} == {"ok"} and charged.items() >= costs_of(output).items()
 
 
+async def test_output_a_provider_reports_past_a_lines_max_tokens_is_charged_max_tokens(stack: Stack) -> None:
+    """A line sent with max_tokens whose result reports more output (a faulty provider, a tampered output file): the
+    most it can have written is charged, max_tokens, flagged estimated in its output line and ledger record and counted
+    once, as a realtime answer's. Its long prompt, reported at half its tokens, left its hold room for the report, which
+    was charged as it stood. A report of max_tokens or less is charged as reported."""
+    most, reported = 8, 200
+    prompt = "word " * 2000
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        reply["choices"][0]["message"]["content"] = "A short answer."
+        reply["usage"]["prompt_tokens"] = count_tokens(prompt) // 2  # not belied: a tokenizer packing two to one
+        reply["usage"]["completion_tokens"] = reported if "PAST" in body["messages"][0]["content"] else most
+        return reply
+
+    stack.upstream.batches.completion = completion
+    lines = [
+        {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i, body in enumerate(
+            {"model": BATCHED, "max_tokens": most, "messages": [{"role": "user", "content": f"{cue} {prompt}"}]}
+            for cue in ("PAST", "ok")
+        )
+    ]
+    counted_before = metrics.BATCH_OUTPUT_PAST_MAX_TOKENS.labels(BATCHED)._value.get()
+    async with serving(stack) as client:
+        batch = await finished(client, await run_batch(client, "".join(json.dumps(e) + "\n" for e in lines).encode()))
+        output = await lines_of(client, batch.output_file_id)
+
+    assert batch.status == "completed" and sorted(output) == ["req-0", "req-1"]
+    models = load_registry(stack.registry_path)
+    batched = models.get(BATCHED)
+    assert batched is not None and (priced := models.batch_priced(batched)) is not None
+    ledger = await ledger_by_id(stack)
+    for custom_id, estimated in (("req-0", True), ("req-1", False)):
+        body = output[custom_id]["response"]["body"]
+        assert body["usage"]["completion_tokens"] == most and body["x_router"]["tokens_estimated"] is estimated
+        assert Decimal(body["x_router"]["cost_usd"]) == priced.cost_usd(body["usage"]["prompt_tokens"], most)
+        record = ledger[output[custom_id]["response"]["request_id"]]
+        assert (record["output_tokens"], record.get("tokens_estimated", False)) == (most, estimated)
+    charged, spend, held, pending = await money(stack)  # each record's cost audited against its tokens
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
+    assert metrics.BATCH_OUTPUT_PAST_MAX_TOKENS.labels(BATCHED)._value.get() == counted_before + 1
+
+
 async def test_usage_a_lines_answer_belies_is_charged_the_hold(stack: Stack) -> None:
     """A line answered with text but reported with no output, or far too little for its text, or no input for its
     prompt (a proxy zeroing usage): not believed, charged its worst case as a line without usage; charged as reported,

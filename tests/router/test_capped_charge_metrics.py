@@ -55,6 +55,10 @@ def capped(model: str = "cheap") -> tuple[float, float]:
     )
 
 
+def past_max_tokens() -> float:
+    return METRICS.get_sample_value("llmrouter_router_batch_output_past_max_tokens_total", {"model": "strong"}) or 0.0
+
+
 async def charge(tmp_path: Path, redis_url: str, provider: Reporting) -> Decimal:
     request = router_pb2.CompleteRequest(messages=[MESSAGE], tenant="t", model="cheap", max_tokens=20, request_id="r")
     async with store_on(redis_url) as store, router_servicer(tmp_path, store, provider) as servicer:
@@ -95,7 +99,7 @@ async def test_an_absurd_report_adds_at_most_its_bound_to_the_usd_absorbed(tmp_p
 async def test_a_batch_line_over_reported_is_a_capped_charge_counted_once(
     tmp_path: Path, redis_store: RedisStore
 ) -> None:
-    before = capped("strong")
+    before, past_before = capped("strong"), past_max_tokens()
     collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
     async with router_servicer(tmp_path, redis_store, EndedBatch(over_reported=True), batches.REGISTRY) as router:
         with acting_as(batches.TENANT_CALLER):
@@ -105,11 +109,14 @@ async def test_a_batch_line_over_reported_is_a_capped_charge_counted_once(
             await router.CollectBatch(collect, NoDeadline())  # its reply lost, say: collected again
     assert first.error == OVER_REPORTED
     priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
-    reported = priced.cost_usd(100, 10 * batches.LINE.max_tokens)  # type: ignore[union-attr]
+    # Its output at the max_tokens it was sent (the report's, ten times that, is no more than it), as a realtime call's,
+    # whose providers count it past max_tokens: here the router, once.
+    reported = priced.cost_usd(100, batches.LINE.max_tokens)  # type: ignore[union-attr]
     count, absorbed = after_first
     assert count == before[0] + 1
     assert absorbed == before[1] + float(reported - Decimal(first.charged_usd))
     assert capped("strong") == after_first  # not counted again
+    assert past_max_tokens() == past_before + 1
 
 
 class ChargedMeanwhile(MemoryStore):

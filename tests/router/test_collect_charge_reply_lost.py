@@ -187,7 +187,8 @@ async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_
         await lossy_store.close()
     hold = Decimal(line.response.cost_usd)  # read again, its answer is told at the charge, its hold
     priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
-    reported = priced.cost_usd(100, 10 * batches.LINE.max_tokens)  # type: ignore[union-attr]
+    # Its output at the max_tokens it was sent (the report's, ten times that, is no more than it), as a realtime call's.
+    reported = priced.cost_usd(100, batches.LINE.max_tokens)  # type: ignore[union-attr]
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(hold)))
     charges, absorbed = capped("strong")
