@@ -4,13 +4,15 @@ tampered output file) is charged max_tokens, the most it can have written, as a 
 is recorded in its pending charge at admission; without it, the report was charged as it stood as far as the line's
 hold let it (a long prompt's input bound leaves room well past max_tokens). A line admitted by a router of the version
 before (no max_tokens in its pending charge) is charged its report within its hold, as that version did; a router of
-the version before reads the pending charge of a line this one admitted. The router's servicer over real Redis and a
-real providers gRPC server whose Batch API reports the usage the test gives it."""
+the version before reads the pending charge of a line this one admitted, and the outbox lines of its charge or undo.
+The router's servicer over real Redis and a real providers gRPC server whose Batch API reports the usage the test
+gives it."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from prometheus_client import REGISTRY as METRICS
 
 from llmrouter.auth import acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2
+from services.router.outbox import OutboxCharge, OutboxUndo, entry_from_json
 from services.router.store import (
     Account,
     AccountKeys,
@@ -60,6 +63,12 @@ async def main():
     finally:
         await store.close()
 asyncio.run(main())
+"""
+OLD_OUTBOX = """
+import sys
+from services.router.outbox import entry_from_json
+for line in sys.argv[1:]:
+    print(entry_from_json(line).hold.request_id)
 """
 
 
@@ -175,3 +184,16 @@ async def test_a_router_of_the_version_before_reads_a_line_this_one_admitted(
     checkout(BEFORE, old_tree)
     read = await run(old_tree, OLD_PENDING, redis_url, ACCOUNT.tenant, ACCOUNT.key, "line-1")
     assert read == f"{pending.hold_pico} True"
+
+
+async def test_a_router_of_the_version_before_reads_outbox_lines_of_a_held_line(tmp_path: Path) -> None:
+    """A charge or an undo of a line kept in the outbox leaves its max_tokens out: that version makes a Hold of every
+    field of a line's hold, and one it does not know would have it dead-letter the line (a rollback keeps the data
+    dir). Read back here, the hold needs none: a charge or an undo settles it."""
+    line = Hold("line-1", 1_000, period_id("day"), "router-1", "0a", time.time() + 3600, max_tokens=MAX_TOKENS)
+    charge = OutboxCharge.kept(ACCOUNT, line, 500, {"request_id": "line-1"}, "charge-1", 60).to_json()
+    undo = OutboxUndo(ACCOUNT, line).to_json()
+    (old_tree := tmp_path / "old").mkdir()
+    checkout(BEFORE, old_tree)
+    assert await run(old_tree, OLD_OUTBOX, charge, undo) == "line-1\nline-1"
+    assert entry_from_json(undo).hold == replace(line, max_tokens=None)
