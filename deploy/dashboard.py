@@ -99,32 +99,34 @@ def variable(name: str, query_text: str) -> dashboard.QueryVariable:
     )
 
 
+COST = "llmrouter_router_cost_usd_total"
+BASELINE = "llmrouter_router_baseline_cost_usd_total"
 GIVEN_BACK = "llmrouter_router_cost_given_back_usd_total"
 OVERLOADED = "llmrouter_grpc_overloaded_calls_total"
+PER_SECOND = "($__rate_interval_ms / 1000)"  # the seconds of $__rate_interval, to divide what it counted by
 
 
-def given_back(by: str = "", window: str = RATE) -> str:
-    """What reconciled charges gave back within `window`, as the chart's recording rules count it: a router's series is
-    born at its first give-back, already holding it, which increase() and rate() never see, so one born within the
-    window (none of its samples in the day before it) counts whole."""
-    fresh = f"({s(GIVEN_BACK)} unless present_over_time({s(GIVEN_BACK)}[1d] offset {window[1:-1]}))"
-    return f"sum{f' by ({by})' if by else ''} ({fresh} or increase({s(GIVEN_BACK)}{window}))"
+def counted(metric: str, by: str = "", window: str = RATE) -> str:
+    """What a money counter labelled by model counted within `window`, as the chart's recording rules count it: a
+    router's series is born at its first charge (or give-back), already holding it, which increase() and rate() never
+    see, so one born within the window (none of its samples in the day before it) counts whole."""
+    fresh = f"({s(metric)} unless present_over_time({s(metric)}[1d] offset {window[1:-1]}))"
+    return f"sum{f' by ({by})' if by else ''} ({fresh} or increase({s(metric)}{window}))"
 
 
 def build() -> dict:
     # What reconciled charges gave back once their router's own charge landed (counters only go up) is taken off the
-    # cost and the baseline alike (a reconciled charge claims no savings), per second of $__rate_interval.
-    given_back_rate = f"({given_back()} / ($__rate_interval_ms / 1000) or vector(0))"
-    cost = f"(sum({rate('llmrouter_router_cost_usd_total')}) - {given_back_rate}) * 3600"
-    baseline = f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - {given_back_rate}) * 3600"
-    savings = (
-        f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - sum({rate('llmrouter_router_cost_usd_total')}))"
-        " * 3600"
-    )
-    given_back_in_range = f"({given_back(window='[$__range]')} or vector(0))"
+    # cost and the baseline alike (a reconciled charge claims no savings), per second of $__rate_interval. The baseline
+    # counter has no label: its one series is born at 0 with its router, so rate() sees all it counts.
+    cost_rate = f"{counted(COST)} / {PER_SECOND}"
+    given_back_rate = f"({counted(GIVEN_BACK)} / {PER_SECOND} or vector(0))"
+    cost = f"({cost_rate} - {given_back_rate}) * 3600"
+    baseline = f"(sum({rate(BASELINE)}) - {given_back_rate}) * 3600"
+    savings = f"(sum({rate(BASELINE)}) - {cost_rate}) * 3600"
+    given_back_in_range = f"({counted(GIVEN_BACK, window='[$__range]')} or vector(0))"
     savings_ratio = (
-        f"1 - (sum(increase({s('llmrouter_router_cost_usd_total')}[$__range])) - {given_back_in_range})"
-        f" / (sum(increase({s('llmrouter_router_baseline_cost_usd_total')}[$__range])) - {given_back_in_range})"
+        f"1 - ({counted(COST, window='[$__range]')} - {given_back_in_range})"
+        f" / (sum(increase({s(BASELINE)}[$__range])) - {given_back_in_range})"
     )
     cache_ratio = (
         f"sum({rate('llmrouter_router_cache_requests_total', HIT)})"
@@ -192,8 +194,8 @@ def build() -> dict:
             series(
                 "Cost by model (USD/h)",
                 "currencyUSD",
-                (f"sum by (model) ({rate('llmrouter_router_cost_usd_total')}) * 3600", "{{model}}"),
-                (f"{given_back('model')} / ($__rate_interval_ms / 1000) * 3600", "{{model}} given back"),
+                (f"{counted(COST, 'model')} / {PER_SECOND} * 3600", "{{model}}"),
+                (f"{counted(GIVEN_BACK, 'model')} / {PER_SECOND} * 3600", "{{model}} given back"),
             )
         )
         .with_panel(

@@ -144,8 +144,13 @@ def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, 
     assert alert in result.stdout + result.stderr
 
 
+COST = f"llmrouter_router_cost_usd_total{{{PROD}}}"
 GIVEN_BACK = f"llmrouter_router_cost_given_back_usd_total{{{PROD}}}"
-SEEN_BEFORE = f"present_over_time({GIVEN_BACK}[1d] offset "
+
+
+def seen_before(counter: str) -> str:
+    """The start of a record's test for a series born within its window: any of its samples in the day before it."""
+    return f"present_over_time({counter}[1d] offset "
 
 
 @pytest.mark.parametrize(
@@ -154,11 +159,22 @@ SEEN_BEFORE = f"present_over_time({GIVEN_BACK}[1d] offset "
         # reconciled holds counted as spent: an outbox landing after a money store outage fires the burn alert
         ("llmrouter:cost_usd_per_hour:rate1h", "\n  - (", "\n  + 0 * ("),
         # a router's first give-back, on a series born holding it, unseen by increase(): the same
-        ("llmrouter:cost_usd_per_hour:rate1h", f"({GIVEN_BACK} unless {SEEN_BEFORE}1h)) or ", ""),
-        ("llmrouter:cost_usd_per_hour:rate5m", f"({GIVEN_BACK} unless {SEEN_BEFORE}5m)) or ", ""),
+        (
+            "llmrouter:cost_usd_per_hour:rate1h",
+            f"({GIVEN_BACK} unless {seen_before(GIVEN_BACK)}1h))",
+            f"({GIVEN_BACK} unless {GIVEN_BACK})",
+        ),
+        (
+            "llmrouter:cost_usd_per_hour:rate5m",
+            f"({GIVEN_BACK} unless {seen_before(GIVEN_BACK)}5m))",
+            f"({GIVEN_BACK} unless {GIVEN_BACK})",
+        ),
+        # a router's first charge of a model, a reconciled hold, unseen by increase(): its give-back is negative spend
+        ("llmrouter:cost_usd_per_hour:rate1h", f"({COST} unless {seen_before(COST)}1h))", f"({COST} unless {COST})"),
+        ("llmrouter:cost_usd_per_hour:rate5m", f"({COST} unless {seen_before(COST)}5m))", f"({COST} unless {COST})"),
         # a series unscraped a while at the window's start taken for newborn: its whole history given back in it
-        ("llmrouter:cost_usd_per_hour:rate1h", f"{SEEN_BEFORE}1h)", f"{GIVEN_BACK} offset 1h"),
-        ("llmrouter:cost_usd_per_hour:rate5m", f"{SEEN_BEFORE}5m)", f"{GIVEN_BACK} offset 5m"),
+        ("llmrouter:cost_usd_per_hour:rate1h", f"{seen_before(GIVEN_BACK)}1h)", f"{GIVEN_BACK} offset 1h"),
+        ("llmrouter:cost_usd_per_hour:rate5m", f"{seen_before(GIVEN_BACK)}5m)", f"{GIVEN_BACK} offset 5m"),
     ],
 )
 def test_a_broken_cost_record_fails_its_tests(tmp_path: Path, record: str, before: str, after: str) -> None:
@@ -220,45 +236,88 @@ GIVEN_BACK_INPUT = [
 ]
 
 
-def test_dashboard_cost_agrees_with_the_burn_alerts_records(tmp_path: Path) -> None:
-    """The Cost panels take off what reconciled charges gave back as llmrouter:cost_usd_per_hour:rate5m does: a
-    router's given-back series born holding its first give-back counts whole (rate() alone never sees it), and the
-    Savings ratio takes it off the cost and the baseline alike (a reconciled charge claims no savings)."""
+def dashboard_queries_pass(tmp_path: Path, panels: dict[str, str], series: list[dict], cases: list[dict]) -> None:
+    """promtool evaluates the panels' queries ("<title>:<refId>", over release "llm" in namespace "prod") on the input
+    series, each case's expression reading them as dashboard:<its panel's number in `panels`>."""
     targets = dashboard_targets()
-    wanted = {
-        "cost": targets["Cost:A"],
-        "actual": targets["Cost vs always-strongest (USD/h):A"],
-        "given_back_by_model": targets["Cost by model (USD/h):B"],
-        "savings_ratio": targets["Savings ratio:A"],
-    }
-    rules = [{"record": f"dashboard:{name}", "expr": grafana_expanded(e, "prod", "llm")} for name, e in wanted.items()]
+    rules = [
+        {"record": f"dashboard:{number}", "expr": grafana_expanded(targets[panel], "prod", "llm")}
+        for number, panel in enumerate(panels.values())
+    ]
+    names = {name: f"dashboard:{number}" for number, name in enumerate(panels)}
     path = write_rules({"groups": [{"name": "dashboard", "rules": rules}]}, tmp_path)
-    at = lambda minutes, value: {"eval_time": f"{minutes}m", "exp_samples": [{"labels": "{}", "value": value}]}  # noqa: E731
+    tests = [{**case, "expr": case["expr"].format(**names)} for case in cases]
     suite = {
         "rule_files": [str(path)],
         "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": GIVEN_BACK_INPUT,
-                "promql_expr_test": [
-                    # as rules_test.yaml has llmrouter:cost_usd_per_hour:rate5m: 0.25 USD served and the 0.2 USD
-                    {"expr": "round(dashboard:cost, 0.1)", **at(14, 5.4)},
-                    {"expr": "round(dashboard:actual, 0.1)", **at(14, 5.4)},
-                    {"expr": "round(dashboard:cost, 0.1)", **at(40, 3)},
-                    {
-                        "expr": "round(dashboard:given_back_by_model, 0.1)",
-                        "eval_time": "14m",
-                        "exp_samples": [{"labels": '{model="gpt-4o"}', "value": 357.6}],
-                    },
-                    # at 60m, over the hour: 3 USD served and the 0.2 USD reconciled, against a baseline of 6 USD
-                    # served and the same 0.2 USD (its holds of 30 USD too, less the 29.8 given back): 1 - 3.2 / 6.2
-                    {"expr": "round(dashboard:savings_ratio, 0.01)", **at(60, 0.48)},
-                ],
-            }
-        ],
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
     }
     test_file = tmp_path / "dashboard_test.yaml"
     test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
     result = subprocess.run([tool("promtool"), "test", "rules", str(test_file)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+COST_PANELS = {
+    "cost": "Cost:A",
+    "actual": "Cost vs always-strongest (USD/h):A",
+    "savings": "Savings:A",
+    "cost_by_model": "Cost by model (USD/h):A",
+    "given_back_by_model": "Cost by model (USD/h):B",
+    "savings_ratio": "Savings ratio:A",
+}
+
+
+def at(minutes: int, value: float, labels: str = "{}") -> dict:
+    return {"eval_time": f"{minutes}m", "exp_samples": [{"labels": labels, "value": value}]}
+
+
+def test_dashboard_cost_agrees_with_the_burn_alerts_records(tmp_path: Path) -> None:
+    """The Cost panels take off what reconciled charges gave back as llmrouter:cost_usd_per_hour:rate5m does: a
+    router's given-back series born holding its first give-back counts whole (rate() alone never sees it), and the
+    Savings ratio takes it off the cost and the baseline alike (a reconciled charge claims no savings)."""
+    cases = [
+        # as rules_test.yaml has llmrouter:cost_usd_per_hour:rate5m: 0.25 USD served and the 0.2 USD
+        {"expr": "round({cost}, 0.1)", **at(14, 5.4)},
+        {"expr": "round({actual}, 0.1)", **at(14, 5.4)},
+        {"expr": "round({cost}, 0.1)", **at(40, 3)},
+        {"expr": "round({given_back_by_model}, 0.1)", **at(14, 357.6, '{model="gpt-4o"}')},
+        # at 60m, over the hour: 3 USD served and the 0.2 USD reconciled, against a baseline of 6 USD
+        # served and the same 0.2 USD (its holds of 30 USD too, less the 29.8 given back): 1 - 3.2 / 6.2
+        {"expr": "round({savings_ratio}, 0.01)", **at(60, 0.48)},
+    ]
+    dashboard_queries_pass(tmp_path, COST_PANELS, GIVEN_BACK_INPUT, cases)
+
+
+# The rules_test.yaml case "a router's first charge of a model, a reconciled hold given back, is no negative spend":
+# 3 USD/h served by router-a; at 70m router-b's reconciler charges a hold of 30 USD on a series born holding it (its
+# baseline, a series of its own from its start, counts the same 30); at 72m 29.8 USD of it is given back on router-c.
+FIRST_CHARGE_INPUT = [
+    {"series": f'{COST[:-1]},pod="router-a",model="gpt-4o"}}', "values": "0+0.05x100"},
+    {"series": f'{COST[:-1]},pod="router-b",model="claude-sonnet-4"}}', "values": "_x70 30x30"},
+    {"series": f'{GIVEN_BACK[:-1]},pod="router-c",model="claude-sonnet-4"}}', "values": "_x72 29.8x28"},
+    {"series": f'llmrouter_router_baseline_cost_usd_total{{{PROD},pod="router-a"}}', "values": "0+0.1x100"},
+    {"series": f'llmrouter_router_baseline_cost_usd_total{{{PROD},pod="router-b"}}', "values": "0x69 30x30"},
+]
+
+
+def test_dashboard_cost_counts_a_routers_first_charge_of_a_model(tmp_path: Path) -> None:
+    """A cost series born holding a router's first charge of a model counts whole, as the burn alerts' records count
+    it: rate() alone never sees it, and a reconciled hold it held, given back later, read as negative spend."""
+    cases = [
+        # in the 5 minutes to 74m: 0.25 USD served, and the hold less what was given back, 0.2 USD
+        {"expr": "round({cost}, 0.1)", **at(74, 5.4)},
+        {"expr": "round({actual}, 0.1)", **at(74, 5.4)},
+        {
+            "expr": "round({cost_by_model}, 0.1)",
+            "eval_time": "74m",
+            "exp_samples": [
+                {"labels": '{model="gpt-4o"}', "value": 3},
+                {"labels": '{model="claude-sonnet-4"}', "value": 360},
+            ],
+        },
+        {"expr": "round({savings}, 0.1)", **at(74, 3)},  # 0.5 USD of baseline served, 0.25 spent: 3 USD/h
+        # at 80m, over the hour: 3.2 USD spent against a baseline of 6 USD served and the same 0.2 USD
+        {"expr": "round({savings_ratio}, 0.01)", **at(80, 0.48)},
+    ]
+    dashboard_queries_pass(tmp_path, COST_PANELS, FIRST_CHARGE_INPUT, cases)
