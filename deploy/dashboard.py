@@ -435,6 +435,18 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Upkeep round under way per router, and 4 heartbeat TTLs (s; past them for 5 minutes: "
+                "LLMRouterUpkeepRoundHung)",
+                "s",
+                (
+                    f"max by (pod) (time() - ({s('llmrouter_router_upkeep_round_started_timestamp_seconds')} > 0))",
+                    "{{pod}}",
+                ),
+                (f"4 * max({s('llmrouter_router_heartbeat_ttl_seconds')})", "4 heartbeat TTLs"),
+            )
+        )
+        .with_panel(
+            series(
                 "Ledger entries rejected and charges reconciled (per hour)",
                 "short",
                 (f"sum(increase({s('llmrouter_router_ledger_rejected_total')}[1h]))", "kept in ledger_rejected"),

@@ -162,6 +162,17 @@ RECONCILE_BACKLOG = Gauge(
     "Pending charges whose router is gone (dead, or within the grace before the reconciler takes it for dead) or that "
     "are due at their hold, left unsettled by the reconciler's last sweep: 0 on a router not holding its lease",
 )
+# A round of the upkeep (heartbeat, outbox replay, reconciler: upkeep.py) that runs long keeps its router beating, so
+# nothing else shows one that hangs: its start as a timestamp, which a scrape reads right while the loop itself is
+# stuck, and the heartbeat's TTL, which the alert counts its age in.
+UPKEEP_ROUND_STARTED = Gauge(
+    "llmrouter_router_upkeep_round_started_timestamp_seconds",
+    "When the upkeep round under way began (Unix time): 0 while none runs",
+)
+HEARTBEAT_TTL = Gauge(
+    "llmrouter_router_heartbeat_ttl_seconds",
+    "The heartbeat's TTL (ROUTER_HEARTBEAT_TTL_S): a router not beating for that long is taken for dead",
+)
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )

@@ -59,6 +59,7 @@ class Upkeep:
 
     def start(self, report: HealthReport | None = None) -> None:
         self.report = report
+        metrics.HEARTBEAT_TTL.set(self.heartbeat_ttl_s)
         self._task = asyncio.create_task(self._run())
 
     async def looked(self) -> None:
@@ -109,21 +110,26 @@ class Upkeep:
         shard), and another router's reconciler took this live router for dead: its requests in flight, and those
         whose charges wait in its outbox, were charged at their holds. Cancelled (close), the round is close's to
         stop. A round past the TTL is a warning at each beat, with its age: beating on, a hung round shows nowhere else
-        (its outbox unreplayed, no sweep), and its router's pending charges wait for ROUTER_PENDING_STALE_S."""
+        (its outbox unreplayed, no sweep), and its router's pending charges wait for ROUTER_PENDING_STALE_S. Its start
+        is a metric too, for the alert LLMRouterUpkeepRoundHung."""
         began = time.monotonic()
-        self.round = round_ = asyncio.create_task(work)
-        while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
-            age_s = time.monotonic() - began
-            if age_s > self.heartbeat_ttl_s:
-                log.warning(
-                    "upkeep round running longer than the heartbeat TTL: hung, or a long outbox replay",
-                    extra={"round_age_s": round(age_s, 3), "heartbeat_ttl_s": self.heartbeat_ttl_s},
-                )
-            try:
-                await self._heartbeat()  # out of reach: the round says it, and the next round's heartbeat
-            except Exception:  # the round goes on all the same, as the next beat does
-                log.exception("router heartbeat failed while a round ran")
-        round_.result()
+        metrics.UPKEEP_ROUND_STARTED.set(time.time())
+        try:
+            self.round = round_ = asyncio.create_task(work)
+            while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
+                age_s = time.monotonic() - began
+                if age_s > self.heartbeat_ttl_s:
+                    log.warning(
+                        "upkeep round running longer than the heartbeat TTL: hung, or a long outbox replay",
+                        extra={"round_age_s": round(age_s, 3), "heartbeat_ttl_s": self.heartbeat_ttl_s},
+                    )
+                try:
+                    await self._heartbeat()  # out of reach: the round says it, and the next round's heartbeat
+                except Exception:  # the round goes on all the same, as the next beat does
+                    log.exception("router heartbeat failed while a round ran")
+            round_.result()
+        finally:
+            metrics.UPKEEP_ROUND_STARTED.set(0)
 
     async def tick(self) -> None:
         await self._settle_money()

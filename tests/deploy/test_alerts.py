@@ -55,7 +55,8 @@ SCOPE = 'namespace="$NAMESPACE",release="$RELEASE"'
 PROMQL_WORDS = {
     "sum", "rate", "increase", "histogram_quantile", "by", "and", "or", "unless", "on", "ignoring", "group_left",
     "group_right", "absent", "max", "min", "avg", "count", "vector", "scalar", "offset", "bool", "le",
-    "round", "without", "topk", "max_over_time", "min_over_time", "present_over_time", "time", "deriv",
+    "round", "without", "topk", "max_over_time", "min_over_time", "present_over_time", "last_over_time", "time",
+    "deriv",
 }  # fmt: skip
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

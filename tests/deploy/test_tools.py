@@ -95,6 +95,7 @@ def test_a_broken_ledger_trim_cronjob_record_fails_its_tests(tmp_path: Path, lab
 # The scope of every selector in the rules as rendered, and the Redis roles that persist.
 PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
 BACKLOG_AGE = f"llmrouter_router_ledger_sink_backlog_age_seconds{{{PROD}}}"
+ROUND_STARTED = f"llmrouter_router_upkeep_round_started_timestamp_seconds{{{PROD}}}"
 
 
 @pytest.mark.parametrize(
@@ -132,6 +133,10 @@ BACKLOG_AGE = f"llmrouter_router_ledger_sink_backlog_age_seconds{{{PROD}}}"
         ("LLMRouterRedisPersistenceFailing", "expr", "or min", "and min"),  # one failure of the three is missed
         # the cache's failed save (it persists nothing) taken for a persisting store's
         ("LLMRouterRedisPersistenceFailing", "expr", f"bgsave_status{{{PROD},{DURABLE}}}", f"bgsave_status{{{PROD}}}"),
+        ("LLMRouterUpkeepRoundHung", "expr", "[5m]) > 0)", "[5m]))"),  # a router with no round yet taken for hung
+        ("LLMRouterUpkeepRoundHung", "for", "5m", "0m"),  # a long outbox replay that ends fires
+        # read at the instant, a failed scrape (the series stale) restarts the wait: the hung round fires late
+        ("LLMRouterUpkeepRoundHung", "expr", f"last_over_time({ROUND_STARTED}[5m])", ROUND_STARTED),
     ],
 )
 def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, before: str, after: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import Allowance, Hold, RedisStore, period_id
@@ -213,6 +214,40 @@ async def test_a_round_running_past_the_heartbeats_ttl_is_logged_at_each_beat_wi
         assert all(age >= TTL_S for age in ages)  # none before the round outlasted a TTL
         assert ages == sorted(ages) and ages[-1] > ages[0]  # each beat says the round's age then
         assert all(warning.__dict__["heartbeat_ttl_s"] == TTL_S for warning in long_round_warnings())
+    finally:
+        store.answer.set()
+        await upkeep.close()
+        await store.close()
+
+
+def metric(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+async def test_a_round_running_is_a_metric_of_its_start_and_none_running_is_0(redis_url: str, tmp_path: Path) -> None:
+    """The log's warning is one line a beat; the alert LLMRouterUpkeepRoundHung reads the round's start (its age past
+    a few heartbeat TTLs, the TTL a metric too): set while the round is held, however long, and 0 once it ended."""
+    store = HeldStore(redis_url)
+    outbox = Outbox(tmp_path / "data")
+    waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
+    upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    try:
+        assert (await store.admit(ACCOUNT, Allowance("day"), waiting)).refused == ""
+        record = {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}
+        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, record, "charge-1"))
+        before = time.time()
+        upkeep.start()
+        await eventually(store.charging.is_set, "the round's replay began")
+        assert metric("llmrouter_router_heartbeat_ttl_seconds") == TTL_S
+        started = metric("llmrouter_router_upkeep_round_started_timestamp_seconds")
+        assert started is not None and before <= started <= time.time()
+        await asyncio.sleep(3 * TTL_S)  # held past three TTLs: still the same round's start
+        assert metric("llmrouter_router_upkeep_round_started_timestamp_seconds") == started
+        store.answer.set()
+        await eventually(lambda: len(outbox) == 0, "the held replay landed its charge")
+        await eventually(
+            lambda: metric("llmrouter_router_upkeep_round_started_timestamp_seconds") == 0, "no round running: 0"
+        )
     finally:
         store.answer.set()
         await upkeep.close()
