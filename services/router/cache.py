@@ -157,6 +157,9 @@ class ResponseCache:
         request.CopyFrom(routed.request)
         request.api_key, request.request_id, request.session_id = "", "", ""
         request.buffer_stream = False  # a buffered stream is served as a unary call is
+        # The mode it is served in, the router's default when it names none: routers of other defaults sharing the
+        # store served each other's answers (a weak one kept with escalation off, to a request its router escalates).
+        request.escalation = routed.escalation
         request.tenant = routed.account.tenant  # tenants never see each other's answers
         # Nor, scoped by key, one key its colleagues': the key id as admission derived it (never empty: `anonymous`
         # for a request without a key), so a key's chat requests and its batch lines (sent by id) share entries.
