@@ -34,12 +34,14 @@ MIN_MEAN_LOGPROB = {"off": -math.inf, "auto": math.log(0.25), "strict": math.log
 # A refusal is said early: in auto only the opening is read, so an answer that quotes one is not taken for it.
 OPENING_CHARS = 160
 
+_DECLINED = r"assist|answer|provide|comply|do that|fulfil|fulfill|support|complete"
 _REFUSAL = re.compile(
     r"\b(?:"
     r"i(?:'m| am)\s+(?:sorry|afraid)[^.!?]{0,40}\b(?:can(?:'|no)t|cannot|unable|not able)"
-    r"|i\s+(?:can(?:'|no)t|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to)\s+"
-    # "can't help but" or "can't help" a gerund ("thinking") is what one cannot stop doing, not a refusal.
-    r"(?:help(?!\s+(?:but|\w+ing)\b)|assist|answer|provide|comply|do that|fulfil|fulfill|support|complete)"
+    # "can't help but" or "can't help" a gerund ("thinking") is what one cannot stop doing, not a refusal; the idiom is
+    # "can't help" alone: "won't help" or "am unable to help" a gerund declines it.
+    rf"|i\s+(?:can(?:'|no)t|cannot)\s+(?:help(?!\s+(?:but|\w+ing)\b)|{_DECLINED})"
+    rf"|i\s+(?:won't|will not|am unable to|'m unable to|am not able to|'m not able to)\s+(?:help|{_DECLINED})"
     r"|as an ai(?: language model)?,? i (?:can(?:'|no)t|cannot|don't|do not)"
     r"|i must (?:decline|refuse)"
     r")",

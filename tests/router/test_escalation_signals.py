@@ -35,7 +35,16 @@ ANSWERS = [
     "I can't help but notice the second loop never ends: move the increment inside it.",
     "I cannot help thinking the answer is 42, since 6 * 7 = 42.",
 ]
-STILL_REFUSALS = ["I can't help you with that.", "I cannot help with writing malware.", "I can't help, sorry."]
+STILL_REFUSALS = [
+    "I can't help you with that.",
+    "I cannot help with writing malware.",
+    "I can't help, sorry.",
+    # The idiom is "can't help" alone: one who won't, or is unable to, help doing something declines it.
+    "I won't help spreading misinformation about vaccines.",
+    "I will not help creating malware.",
+    "I am unable to help bypassing the licence check.",
+    "I am not able to help writing phishing emails.",
+]
 
 
 @pytest.mark.parametrize("text", REFUSALS + STILL_REFUSALS)
