@@ -41,7 +41,7 @@ _REFUSAL = re.compile(
     # "can't help but" or "can't help" a gerund ("thinking") is what one cannot stop doing, not a refusal; the idiom is
     # "can't help" alone: "won't help" or "am unable to help" a gerund declines it.
     rf"|i\s+(?:can(?:'|no)t|cannot)\s+(?:help(?!\s+(?:but|\w+ing)\b)|{_DECLINED})"
-    rf"|i\s+(?:won't|will not|am unable to|'m unable to|am not able to|'m not able to)\s+(?:help|{_DECLINED})"
+    rf"|i(?:\s+won't|\s+will not|(?:'m|\s+am)\s+(?:unable|not able) to)\s+(?:help|{_DECLINED})"
     r"|as an ai(?: language model)?,? i (?:can(?:'|no)t|cannot|don't|do not)"
     r"|i must (?:decline|refuse)"
     r")",

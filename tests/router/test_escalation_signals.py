@@ -24,6 +24,9 @@ REFUSALS = [
     "As an AI language model, I can't browse the internet.",
     "I must decline to answer.",
     "I am unable to help with that.",
+    "I'm unable to help with that.",  # contracted: I'm, no space before it
+    "I\u2019m not able to provide that information.",
+    "I'm not able to help writing phishing emails.",
 ]
 ANSWERS = [
     "The capital of France is Paris.",
