@@ -16,6 +16,7 @@ from services.router.store import AccountKeys, Allowance, Hold, RedisStore, Stor
 from services.router.store.keys import LEASE, alive_key
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.lease import lease_holder
+from tests.router.old_beats import beat_as_the_version_before
 from tests.router.test_collect_model import ACCOUNT
 from tests.waiting import eventually
 
@@ -48,7 +49,9 @@ async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afres
         if passed_over:
             assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
             assert await lease_holder(live.redis) == "other"  # that round was passed over, not swept
-        await live.heartbeat("router-live", LEASE_S)  # back in reach, it beats, then is cut off again
+        # Back in reach, it beats, then is cut off again. As a router with no last beat beats (of the version before
+        # it): one that writes it is judged by the store's clock, not sightings (test_reconcile_by_last_beat.py).
+        await beat_as_the_version_before(live.redis, "router-live", LEASE_S)
         await eventually(lease_lapsed, "the other reconciler's lease lapsed")
         assert not await live.redis.exists(alive_key("router-live"))  # its beat lapsed too: its TTL is shorter
 

@@ -23,6 +23,7 @@ import pytest
 
 from services.router.store import AccountKeys, Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import alive_key
+from services.router.store.last_beats import BeatsRead
 from tests.router.test_collect_model import ACCOUNT
 
 DAY = period_id("day")
@@ -62,14 +63,14 @@ class PausingStore(RedisStore):
         async for record in super()._pending(away):
             yield record
 
-    async def _alive(self, routers: list[str]) -> dict[str, bool]:
+    async def _beats_read(self, routers: list[str]) -> BeatsRead:
         await self.pause(BEFORE_HEARTBEATS)
         began = time.monotonic()
-        alive = await super()._alive(routers)
+        beats = await super()._beats_read(routers)
         read_by = time.monotonic()
         await self.pause(IN_HEARTBEATS)
-        self.reads.append(HeartbeatRead(began, read_by, {r for r, found in alive.items() if not found}))
-        return alive
+        self.reads.append(HeartbeatRead(began, read_by, {r for r, found in beats.alive.items() if not found}))
+        return beats
 
 
 CASES = [

@@ -220,6 +220,14 @@ def alive_key(router: str) -> str:
 
 
 ALIVE_KEYS = f"{ALIVE_PREFIX}*"
+LAST_BEAT_PREFIX = f"{GLOBAL}:last-beat:"  # apart from ALIVE_PREFIX: the look at the heartbeats lists none of these
+
+
+def last_beat_key(router: str) -> str:
+    """When the router's heartbeat lapses (or lapsed), by the store's clock: kept long past it (last_beats.py)."""
+    return f"{LAST_BEAT_PREFIX}{router.encode().hex()}"
+
+
 # The look at the heartbeats for ROUTER_HOLD_TOTALS=auto (heartbeats.py; on one Redis server a scan of the whole
 # keyspace): one router a round looks (it holds this for the upkeep interval, or 20 looks' length) and stores how many
 # routers keeping no totals it found, which the others read.
@@ -228,6 +236,9 @@ OLDER_ROUTERS = f"{GLOBAL}:hold-totals:older-routers"
 # What a heartbeat of a router that keeps the running hold totals says after its time. Routers of the versions
 # before wrote the time alone: one of those alive keeps 'auto' routers counting holds by a scan (model.HoldTotals).
 KEEPS_HOLD_TOTALS = "keeps-hold-totals"
+# What a heartbeat of a router that writes its last beat (last_beat_key) says after that: one found without it was
+# written by a router of a version before (lua.py, BEATS_READ).
+WRITES_LAST_BEAT = "writes-last-beat"
 
 
 @dataclass(frozen=True)

@@ -1293,6 +1293,52 @@ if held and last == ARGV[1] then return 1 end
 return 2
 """
 
+# A router's heartbeat (KEYS[1]) and its last beat (KEYS[2]; keys.py, last_beat_key), both of the GLOBAL slot, set at
+# one instant by this store's clock (ARGV: the heartbeat's value, its TTL in ms, how long the last beat outlives it in
+# ms). The last beat holds when the heartbeat lapses, Unix ms, its very expiry (PXAT): the reconciler judges how long a
+# router has been gone by the store's clock against it (last_beats.py). Returns that time. TIME renamed away or denied
+# (clock.py), the heartbeat is set alone, as a version before set it, its last beat dropped: judged by sightings.
+BEAT = """
+local timed, clock = pcall(redis.call, 'TIME')
+if not timed then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return false
+end
+local lapses = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + tonumber(ARGV[2])
+local at = string.format('%d', lapses)  -- never a number's shortest form ('1.7e+12')
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at)
+redis.call('SET', KEYS[2], at, 'PXAT', string.format('%d', lapses + tonumber(ARGV[3])))
+return at
+"""
+
+# Routers' heartbeats as the reconciler reads them (last_beats.py), at one instant of this store's clock. KEYS: each
+# router's heartbeat, then each one's last beat, in the same order, all of the GLOBAL slot; ARGV[1]: what a heartbeat
+# of a router that writes its last beat says. Returns {now, Unix ms; each router's heartbeat found (1) or not (0); each
+# missing one's last beat (false: none, or unreadable)}. A heartbeat found without ARGV[1] was written by a router of a
+# version before under the name of one of this version (ROUTER_INSTANCE_ID kept across a rollback): its last beat
+# tells nothing of that router's beats, so it is deleted, and the router judged by sightings alone. TIME renamed away
+# or denied (clock.py), `now` is false and no last beat is read.
+BEATS_READ = """
+local timed, clock = pcall(redis.call, 'TIME')
+local now = timed and tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local routers = #KEYS / 2
+local found, lapsed = {}, {}
+for i = 1, routers do
+  local read, beat = pcall(redis.call, 'GET', KEYS[i])
+  if not read then  -- a key of another type (hand-edited): there, as EXISTS says
+    found[i], lapsed[i] = 1, false
+  elseif beat then
+    if not string.find(beat, ARGV[1], 1, true) then redis.call('DEL', KEYS[routers + i]) end
+    found[i], lapsed[i] = 1, false
+  else
+    local last_read, last = pcall(redis.call, 'GET', KEYS[routers + i])
+    found[i], lapsed[i] = 0, timed and last_read and last
+  end
+end
+return {now, found, lapsed}
+"""
+
 # On a Redis Cluster node: its own line of CLUSTER NODES (heartbeats.py: is it the slot's stable owner?) and every
 # heartbeat it holds in the GLOBAL slot, read at that same instant. A node that does not own the slot refuses reads of
 # the keys it holds there (an importing node's, without ASKING): those are false, and the caller discards them all.

@@ -29,7 +29,6 @@ from services.router.store.keys import (
     CLAIM_ADOPTED_AFTER_S,
     GLOBAL,
     HOLD_TOTALS_LOOK,
-    KEEPS_HOLD_TOTALS,
     LEASE,
     LEASE_HOLDER,
     NO_MOVES,
@@ -37,7 +36,6 @@ from services.router.store.keys import (
     SHARDS,
     TAKEN_KEPT_S,
     AccountKeys,
-    alive_key,
     hold_totals_epoch_key,
     key_everywhere,
     key_moves_key,
@@ -52,6 +50,7 @@ from services.router.store.keys import (
     taken_claims_key,
     uncounted_reconciled_key,
 )
+from services.router.store.last_beats import BeatsRead, LastBeats
 from services.router.store.limits import Limits
 from services.router.store.model import (
     DEFERRED_HOLD_S,
@@ -397,6 +396,14 @@ def _carried(keys: AccountKeys, period: str) -> list[str]:
     return [keys.carried(each) for each in _this_and_next(period)]
 
 
+def _gone_for_good(beats: BeatsRead, router: str, seen_missing_s: float, grace_s: float) -> bool:
+    """Whether a router missing at this sweep is taken for dead: by its last beat, gone a whole grace by the store's
+    clock, whatever this reconciler saw before; with none (a router of a version before), seen missing at sweeps a
+    grace apart (`seen_missing_s` since the first)."""
+    gone_s = beats.gone_s(router)
+    return (seen_missing_s if gone_s is None else gone_s) >= grace_s
+
+
 class RedisStore:
     def __init__(
         self,
@@ -442,6 +449,7 @@ class RedisStore:
         self._spend_and_given_back = Script(self.redis, lua.SPEND_AND_GIVEN_BACK)
         self._ledger_position = Script(self.redis, lua.LEDGER_POSITION)
         self._raise_spend = Script(self.redis, lua.RAISE_SPEND)
+        self._last_beats = LastBeats(self.redis)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._in_sight_at = float("-inf")  # when the store last answered this router's PING or heartbeat (monotonic)
         self._sight_lost_at: float | None = None  # when it answered last before a loss of sight, until a round reads it
@@ -1164,8 +1172,7 @@ class RedisStore:
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         try:
             async with self._call():
-                beat = f"{time.time()} {KEEPS_HOLD_TOTALS}"
-                await self.redis.set(alive_key(router), beat, px=int(ttl_s * 1000))
+                await self._last_beats.beat(router, ttl_s)
         except StoreUnavailable:
             self._lost_sight()
             raise
@@ -1252,10 +1259,11 @@ class RedisStore:
         return await self._limits.finish_unconfirmed()
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
-        # Since when a router was seen missing is kept only by a round that read the heartbeats, or held the lease
-        # that no other router held since (a router of a version before too: lua.LEASE), the store not out of sight
-        # for long meanwhile (_lost_sight): any other (the lease out of reach, another's or taken from another, its key
-        # gone, a failure part way) starts the records afresh. A
+        # A router whose last beat is known is judged by it, by the store's clock (last_beats.py); the others (of a
+        # version before) by this reconciler's sightings. Since when a router was seen missing is kept only by a round
+        # that read the heartbeats, or held the lease that no other router held since (a router of a version before
+        # too: lua.LEASE), the store not out of sight for long meanwhile (_lost_sight): any other (the lease out of
+        # reach, another's or taken from another, its key gone, a failure part way) starts the records afresh. A
         # router whose beat lapsed while the master flapped gets its whole grace again, not its requests charged at
         # their holds at once.
         missing, self._missing_since = self._missing_since, {}
@@ -1298,16 +1306,16 @@ class RedisStore:
             records = [record async for record in self._pending(away)]
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
-            alive = await self._alive(others)
+            beats = await self._beats_read(others)
             # Dated from the heartbeats' read, not the sweep's clock reading before the pending charges were read: a
             # reconciler paused in between (SIGSTOP, a host frozen, a long read) took a router for dead at its next
             # sweep, a moment after it first saw it missing. Dead is judged by `now`, before this read: never early.
             seen = time.monotonic()
-            self._missing_since = {r: missing.get(r, seen) for r in others if not alive[r]}
+            self._missing_since = {r: missing.get(r, seen) for r in others if not beats.alive[r]}
             # The next sweep a TTL after this read, not after `now`: one a long read brought nearer found a router
             # first seen missing here not yet a TTL missing, and charged it a sweep later, two TTLs after this read.
             self._last_sweep = seen
-            dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
+            dead = {r for r, since in self._missing_since.items() if _gone_for_good(beats, r, now - since, lease_s)}
             stale_before = money_now() - stale_s
             settled = resent
             left = len(records) - len(swept)  # unreadable: no router will ever settle them
@@ -1481,13 +1489,9 @@ class RedisStore:
                 for record in records:
                     yield record
 
-    async def _alive(self, routers: list[str]) -> dict[str, bool]:
-        if not routers:
-            return {}
-        async with self._calls, self.redis.pipeline(transaction=False) as pipe:
-            for router in routers:
-                pipe.exists(alive_key(router))
-            return {router: bool(found) for router, found in zip(routers, await pipe.execute(), strict=True)}
+    async def _beats_read(self, routers: list[str]) -> BeatsRead:
+        async with self._calls:
+            return await self._last_beats.read(routers)
 
     async def ping(self) -> bool:
         """Whether the store answers; the money's clock follows its clock (clock.py) at each answer."""
