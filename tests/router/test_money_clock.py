@@ -26,7 +26,7 @@ from services.router.budgets import period_end
 from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, RedisStore, money_now, period_id
 from services.router.store.clock import MONEY_CLOCK
-from services.router.store.keys import alive_key
+from services.router.store.keys import alive_key, last_beat_key
 from services.router.upkeep import Upkeep
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.redis_servers import RedisServer
@@ -197,6 +197,9 @@ async def test_a_money_redis_with_time_renamed_away_is_still_kept_and_dated_by_t
         await upkeep.tick()
         assert upkeep.up and await store.redis.exists(alive_key("router-1")) == 1
         assert abs(money_now() - time.time()) < 1  # this pod's clock: nothing else to go by
+        # No last beat written nor read: the reconciler judges routers by its sightings (last_beats.py).
+        assert not await store.redis.exists(last_beat_key("router-1"))
+        assert (await store._beats_read(["router-1", "router-2"])).alive == {"router-1": True, "router-2": False}
     finally:
         await upkeep.close()
         await store.close()
