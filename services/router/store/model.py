@@ -697,7 +697,8 @@ class Store(Protocol):
         its spend (never against the tenant's). 0 for a keyless account."""
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
-        """Say that this router instance is alive for `ttl_s` more seconds."""
+        """Say that this router instance is alive for `ttl_s` more seconds, and when that lapses by the store's clock
+        (its last beat: last_beats.py), for the reconciler to judge how long it has been gone."""
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
         """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD), counted as
@@ -732,8 +733,9 @@ class Store(Protocol):
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """When this router holds the reconciler lease, about every `lease_s`: settle, each at its hold, the
-        pending charges of routers whose heartbeat this router has seen missing for `lease_s` (after a store
-        outage every heartbeat has expired, and live routers get that long to renew theirs), and those left
+        pending charges of routers whose heartbeat has been gone for `lease_s`, by the store's clock against their
+        last beat, or as this router saw it for one with none (after a store outage every heartbeat has expired, and
+        live routers get that long to renew theirs), and those left
         pending for over `stale_s` (no request runs that long: its charge was lost); a deferred one (Hold.until)
         only once its hold has lapsed, whatever became of its router. Returns how many were settled."""
 
