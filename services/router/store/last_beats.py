@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ClusterError, TryAgainError
+
 from llmrouter.redis_scripts import Script
 from services.router.store import lua
 from services.router.store.keys import KEEPS_HOLD_TOTALS, WRITES_LAST_BEAT, alive_key, last_beat_key
@@ -24,6 +26,9 @@ from services.router.store.keys import KEEPS_HOLD_TOTALS, WRITES_LAST_BEAT, aliv
 # How long a router's last beat is kept after its heartbeat lapses: far past ROUTER_PENDING_STALE_S (an hour by
 # default), by when its pending charges are charged whatever became of it; one gone, its router is judged by sightings.
 LAST_BEAT_KEPT_S = 24 * 3600
+# A script of two keys of a migrating slot found on two masters: TRYAGAIN, which the cluster client retries until its
+# redirections are exhausted (ClusterError), while single-key commands follow their redirection.
+_SLOT_MOVING = (TryAgainError, ClusterError)
 
 
 @dataclass(frozen=True)
@@ -42,19 +47,33 @@ class BeatsRead:
 
 class LastBeats:
     def __init__(self, redis: Any) -> None:
+        self._redis = redis
         self._beat = Script(redis, lua.BEAT)
         self._read = Script(redis, lua.BEATS_READ)
 
     async def beat(self, router: str, ttl_s: float) -> None:
         value = f"{time.time()} {KEEPS_HOLD_TOTALS} {WRITES_LAST_BEAT}"
-        kept_ms = LAST_BEAT_KEPT_S * 1000
-        await self._beat(keys=[alive_key(router), last_beat_key(router)], args=[value, int(ttl_s * 1000), kept_ms])
+        kept_ms, ttl_ms = LAST_BEAT_KEPT_S * 1000, int(ttl_s * 1000)
+        try:
+            await self._beat(keys=[alive_key(router), last_beat_key(router)], args=[value, ttl_ms, kept_ms])
+        except _SLOT_MOVING:
+            # The GLOBAL slot migrating, the two keys on two masters: beaten as a version before beat, key by key
+            # (each follows its redirection), its last beat dropped first: kept, it would date the router's lapse by
+            # a beat before this one, early. The router is judged by sightings until its next beat by the script.
+            await self._redis.delete(last_beat_key(router))
+            await self._redis.set(alive_key(router), value, px=ttl_ms)
 
     async def read(self, routers: list[str]) -> BeatsRead:
         if not routers:
             return BeatsRead(None, {}, {})
         names = [*map(alive_key, routers), *map(last_beat_key, routers)]
-        now_ms, found, lapsed = await self._read(keys=names, args=[WRITES_LAST_BEAT])
+        try:
+            now_ms, found, lapsed = await self._read(keys=names, args=[WRITES_LAST_BEAT])
+        except _SLOT_MOVING:  # the GLOBAL slot migrating: the heartbeats read key by key, no last beat (sightings)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for router in routers:
+                    pipe.exists(alive_key(router))
+                found, now_ms, lapsed = await pipe.execute(), None, [None] * len(routers)
         alive = {router: bool(each) for router, each in zip(routers, found, strict=True)}
         known = {router: _ms(each) for router, each in zip(routers, lapsed, strict=True)}
         return BeatsRead(_ms(now_ms), alive, {router: ms for router, ms in known.items() if ms is not None})
