@@ -9,7 +9,9 @@ in every round. Two promises (README, "Every router keeps a heartbeat"):
 - never much late: its requests are charged by the first round begun a TTL or more after that first read, at the next
   sweep, not one later.
 
-Real Redis, the reconciler's own clock: each promise is checked against the times its reads were made."""
+Real Redis, the reconciler's own clock: each promise is checked against the times its reads were made. Those are the
+promises for a router with no last beat (of the version before); one with its last beat (last_beats.py) is judged by
+the store's clock, over the same pauses (the second table)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class HeartbeatRead:
     began: float  # the earliest the keys could have been read
     read_by: float  # the latest (the reply in, before any pause after it)
     missing: set[str]
+    gone_s: float | None  # how long router-dead's heartbeat had been gone by the store's clock, by its last beat
 
 
 class PausingStore(RedisStore):
@@ -69,7 +72,8 @@ class PausingStore(RedisStore):
         beats = await super()._beats_read(routers)
         read_by = time.monotonic()
         await self.pause(IN_HEARTBEATS)
-        self.reads.append(HeartbeatRead(began, read_by, {r for r, found in beats.alive.items() if not found}))
+        missing = {r for r, found in beats.alive.items() if not found}
+        self.reads.append(HeartbeatRead(began, read_by, missing, beats.gone_s("router-dead")))
         return beats
 
 
@@ -96,7 +100,7 @@ async def test_a_dead_router_is_taken_for_dead_neither_early_nor_a_sweep_late(
         for router in ("router-dead", "router-live"):
             hold = Hold(f"r-{router}", 6_000_000_000, DAY, router, "n1")
             assert (await routers.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
-        assert not await routers.redis.exists(alive_key("router-dead"))  # never beat: gone
+        assert not await routers.redis.exists(alive_key("router-dead"))  # never beat: gone, no last beat
 
         assert await reconciler.reconcile("rec", TTL_S, 3600.0) == 0  # the first sweep: seen missing
         [first] = reconciler.reads
@@ -120,6 +124,41 @@ async def test_a_dead_router_is_taken_for_dead_neither_early_nor_a_sweep_late(
         assert charging.began - first.read_by >= TTL_S
         # Never much late: every round but the last began less than a TTL after the first sighting.
         assert all(at < first_seen + TTL_S for at in begun[:-1])
+    finally:
+        for store in (routers, reconciler):
+            await store.close()
+
+
+@pytest.mark.parametrize(
+    ("point", "share", "every"),
+    CASES,
+    ids=[f"{point}, {share} TTL, {'every time' if every else 'once'}" for point, share, every in CASES],
+)
+async def test_a_dead_router_with_its_last_beat_is_taken_for_dead_by_the_stores_clock_neither_early_nor_late(
+    redis_url: str, point: str, share: float, every: bool
+) -> None:
+    """A router that wrote its last beat (last_beats.py) is judged by the store's clock, whatever the pauses: never
+    before its heartbeat has been gone a whole TTL by it, and at the first sweep that reads it gone so long."""
+    routers, reconciler = RedisStore(redis_url), PausingStore(redis_url, point, share * TTL_S, every)
+    pending = AccountKeys.of(ACCOUNT).pending
+    try:
+        await routers.heartbeat("router-live", 3600.0)
+        await routers.heartbeat("router-dead", TTL_S)  # its last beat
+        for router in ("router-dead", "router-live"):
+            hold = Hold(f"r-{router}", 6_000_000_000, DAY, router, "n1")
+            assert (await routers.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        settled = 0
+        while not settled and len(reconciler.reads) < 20:
+            await asyncio.sleep(INTERVAL_S)
+            await reconciler.pause(BEFORE_ROUND)
+            settled = await reconciler.reconcile("rec", TTL_S, 3600.0)
+
+        assert settled == 1
+        left = [json.loads(field)[-1] for field in await routers.redis.hkeys(pending)]
+        assert left == ["r-router-live"]
+        *before, charging = reconciler.reads
+        assert charging.gone_s is not None and charging.gone_s >= TTL_S  # never early, by the store's clock
+        assert all(read.gone_s is None or read.gone_s < TTL_S for read in before)  # nor a sweep late
     finally:
         for store in (routers, reconciler):
             await store.close()

@@ -7,7 +7,8 @@ So each beat also writes, in the same script, when that heartbeat lapses by the 
 kept long past it (LAST_BEAT_KEPT_S); the reconciler reads it beside the heartbeat and the store's clock at one instant
 (lua.py, BEATS_READ), and takes a router for dead once gone a whole grace by that clock, whatever its own sweeps saw:
 never one that beat lately, and a dead one at the first sweep past its grace, however long the rounds. A router with no
-last beat (of a version before, or its record gone) is judged by the reconciler's sightings (RedisStore.reconcile).
+last beat (of a version before, its store's TIME renamed away, or its last beat dropped: lua.py, BEATS_READ; beat) is
+judged by the reconciler's sightings (RedisStore.reconcile).
 The store's clock is the heartbeats' own (their TTLs lapse by it): a failover to a replica whose clock is ahead lapses
 both as early."""
 
