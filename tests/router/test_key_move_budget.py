@@ -343,6 +343,23 @@ async def test_a_hold_past_its_expiry_is_carried_into_each_day_within_the_pendin
     assert await admitted(store, NEW, "r3", 400) == ""
 
 
+async def test_a_batch_line_held_past_26_hours_is_carried_into_each_day_it_is_held_in(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """ROUTER_PROVIDER_BATCH_HOLD_S may be up to a week: a line held three days at the move may be charged on day four,
+    in the old tenant's shard. The move took no hold to last past DEFERRED_HOLD_S (26 h), carried the line into day one
+    and day two alone, and under its new tenant the key spent its limit again on day four."""
+    binding = await store.bind_key(KEY, OLD)
+    line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + 3 * 86400)
+    assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
+    clock[0] = DAY_ONE + 64 * 3600  # 00:00 UTC, day four: the line still held
+    assert await store.charge(Account(OLD, KEY), line, 600, {})
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day four
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""
+
+
 @pytest.mark.parametrize("any_redis_url", ["redis"], indirect=True)  # refused before any Redis is used
 @pytest.mark.parametrize(
     "asked", [["--pending-stale-s", "0"], ["--pending-stale-s", "nan"], ["--pending-stale-s", "604801"]]

@@ -53,7 +53,6 @@ from services.router.store.keys import (
 from services.router.store.last_beats import BeatsRead, LastBeats
 from services.router.store.limits import Limits
 from services.router.store.model import (
-    DEFERRED_HOLD_S,
     GIVEN_BACK,
     HOLD_S,
     HOLDS_LINGER_S,
@@ -610,16 +609,13 @@ class RedisStore:
         kind and the next: its spend there in every other shard, and all it holds in them now (a request in flight
         there may still be charged up to its hold). Set, not added to: a key moved back, or moved again, carries what
         the other shards have, never what it carried before (the spend of the shard it is moved to is its own there).
-        A hold counts in the next period only if it may still be charged as that starts: held past its start or ending
+        A hold counts in a later period only if it may still be charged as that starts: held past its start or ending
         less than CHARGED_LATE_S before it (a batch line never collected is charged by the reconciler after its hold
-        ends), or past its expiry already (its charge open, settled whenever the reconciler comes); one that ends
+        ends; ROUTER_PROVIDER_BATCH_HOLD_S holds one up to a week), or, past its expiry already (its charge open, its
+        router alive), starting within `pending_stale_s` (the routers' ROUTER_PENDING_STALE_S, at most HOLDS_LINGER_S)
+        and CHARGED_LATE_S of the move: the reconciler charges it by its first sweep after it is that old. One that ends
         earlier is no spend of it, and a move early in a period would otherwise take it from the key's whole next
-        period. A provider batch line's hold (DEFERRED_HOLD_S) may be held, and charged, past the next period too: each
-        period it may be charged in is carried as well. One past its expiry may be charged by the reconciler as late as
-        `pending_stale_s` (the routers' ROUTER_PENDING_STALE_S, at most HOLDS_LINGER_S) after its admission (its router
-        alive, its charge lost or waiting in an outbox), and its first sweep after: it is carried into each period that
-        starts within that of the move. What a move before carried into a later period that no hold reaches now is
-        dropped."""
+        period. What a move before carried into a later period that no hold reaches now is dropped."""
         now, here = money_now(), shard_of(tenant)
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
@@ -631,17 +627,17 @@ class RedisStore:
                     # One gone meanwhile was settled: its charge is in the spend read below, counted twice, never less.
                     held_until = zip(members, expiries, strict=True)
                     holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
-            # When the last of them may be charged (one gone meanwhile, inf, was settled): one held, by its expiry and
-            # the reconciler's time to charge it after (CHARGED_LATE_S), within a batch line's hold, the longest; one
-            # past its expiry (its charge open), by when the reconciler charges it at the latest: its first sweep
-            # after it is pending_stale_s old, its admission before now. A move before may have carried as far as the
-            # longest pending_stale_s, HOLDS_LINGER_S, allows: `reach`.
-            reach = now + max(DEFERRED_HOLD_S, HOLDS_LINGER_S) + CHARGED_LATE_S
-            held_to = now + DEFERRED_HOLD_S + CHARGED_LATE_S
-            ends = [min(expiry + CHARGED_LATE_S, held_to) for _, expiry in holds if now < expiry != math.inf]
-            if any(expiry <= now for _, expiry in holds):
-                ends.append(now + pending_stale_s + CHARGED_LATE_S)
-            last = max([now, *ends])
+            # When each may be charged at the latest (one gone meanwhile, inf, was settled: counted in every period):
+            # one held, by its expiry and the reconciler's time to charge it after (CHARGED_LATE_S), a batch line's
+            # within the longest hold, HOLDS_LINGER_S (ROUTER_PROVIDER_BATCH_HOLD_S, at most a week); one past its
+            # expiry (its charge open), by the reconciler's first sweep after it is pending_stale_s old, its admission
+            # before now. A move before may have carried as far as `reach`.
+            reach = now + HOLDS_LINGER_S + CHARGED_LATE_S
+            stale_by = now + pending_stale_s + CHARGED_LATE_S
+            ends = [
+                (p, e if e == math.inf else stale_by if e <= now else min(e + CHARGED_LATE_S, reach)) for p, e in holds
+            ]
+            last = max([now, *(end for _, end in ends if end != math.inf)])
             periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
             # A move before this one may have carried a hold into a later period than any hold now reaches (one charged
             # since): what it carried there is dropped, not counted against the key all that period.
@@ -657,7 +653,7 @@ class RedisStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for period, pico in spent.items():
                     start = period_start(period)
-                    held = sum(each for each, expiry in holds if expiry <= now or expiry + CHARGED_LATE_S > start)
+                    held = sum(each for each, end in ends if end > start)
                     if pico + held:
                         # As long as the period's spend from its start (a later period's starts after the move).
                         kept = spend_ttl_s(period) + max(math.ceil(start - now), 0)
