@@ -4,10 +4,11 @@ to (services/router/key_tenants.py). For a key file line whose tenant changed. O
 key for the new tenant alone (the move's key-moves token: store/keys.py, key_moves_key); a request admitted before may
 still finish, charged to the old one. The key's spend so far stays in its old tenant's shard, and what it spent and
 holds in every other shard is carried into the new tenant's for the rest of the period, counted against its key budget
-alone (RedisStore.move_key; README, *A key serves one tenant*). A hold past its expiry at the move (its charge lost or
-waiting in an outbox) is carried into each period the reconciler may charge it in: within the routers'
-ROUTER_PENDING_STALE_S of the move (`--pending-stale-s`, by default ROUTER_PENDING_STALE_S as the routers read it,
-unset the longest it may be, a week: the move cannot tell the routers' default from a longer value it does not see).
+alone (RedisStore.move_key; README, *A key serves one tenant*). A hold at the move (its charge may yet be lost, or
+wait in an outbox) is carried into each period the reconciler may charge it in: within the routers'
+ROUTER_PENDING_STALE_S of the move, the longest any router runs with (`--pending-stale-s`, by default
+ROUTER_PENDING_STALE_S as the routers read it, unset the longest it may be, a week: the move cannot tell the routers'
+default from a longer value it does not see).
 
 With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
 master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would
@@ -63,8 +64,9 @@ async def main(argv: list[str]) -> int:
         "--pending-stale-s",
         type=float,
         default=None,
-        help="the routers' ROUTER_PENDING_STALE_S: a hold past its expiry at the move is carried into each period that"
-        f" starts within it (above 0, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else {HOLDS_LINGER_S},"
+        help="the routers' ROUTER_PENDING_STALE_S (the longest, if they differ): a hold at the move, whose charge may"
+        " yet be lost, is carried into each period that starts within it"
+        f" (above 0, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else {HOLDS_LINGER_S},"
         " the longest it may be)",
     )
     args = parser.parse_args(argv)

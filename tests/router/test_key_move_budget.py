@@ -201,9 +201,9 @@ async def test_a_hold_carried_at_the_move_is_not_carried_into_the_next_period(
 ) -> None:
     """A request in flight under the old tenant at a move early in the day holds 600 for minutes, and is charged 100
     within the day: the next day, the key's budget under its new tenant is whole again (its hold, gone long before,
-    is no spend of that day)."""
+    is no spend of that day; at the routers' hour, its charge lost, the reconciler would charge it that day too)."""
     assert await admitted(store, OLD, "r1", 600) == ""
-    assert await key_move.main([KEY, NEW]) == 0
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
     hold = Hold("r1", 600, period_id("day"), "router-1", "n-r1")
     assert await store.charge(Account(OLD, KEY), hold, 100, {})
     clock[0] = DAY_ONE + 17 * 3600  # the next day
@@ -343,6 +343,25 @@ async def test_a_hold_past_its_expiry_is_carried_into_each_day_within_the_pendin
     assert await admitted(store, NEW, "r3", 400) == ""
 
 
+async def test_a_hold_held_at_the_move_whose_charge_is_then_lost_is_carried_into_the_day_the_reconciler_charges_it(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """A request in flight at the move (23:30 on day one, its hold still held) whose charge is then lost (store and
+    outbox both failed, its router alive) is charged its hold by the reconciler ROUTER_PENDING_STALE_S after its
+    admission, at the default hour: 00:30 on day two, in the old tenant's shard. The move counted a hold still held
+    only in the periods starting before its expiry (and CHARGED_LATE_S), day one alone, and under its new tenant the
+    key spent its limit again on day two beside that charge."""
+    clock[0] = DAY_ONE + 15.5 * 3600  # 23:30 UTC, day one
+    assert await admitted(store, OLD, "r1", 600) == ""  # held HOLD_S: to 23:40
+    clock[0] += 60
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
+    clock[0] = DAY_ONE + 16.5 * 3600 + 1  # 00:30 UTC, day two
+    assert await store.reconcile("router-2", 5.0, 3600) == 1  # charged at its hold, as stale
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day two
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""
+
+
 async def test_a_batch_line_held_past_26_hours_is_carried_into_each_day_it_is_held_in(
     store: RedisStore, clock: list[float]
 ) -> None:
@@ -464,7 +483,7 @@ async def test_what_a_move_carries_is_kept_to_its_periods_end_and_for_total_for_
     binding = await store.bind_key(KEY, OLD)
     line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
     assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
-    assert await key_move.main([KEY, NEW]) == 0
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
     destination = AccountKeys(shard_of(NEW), "", KEY.encode().hex())
     for period in ["20270131", "20270201", "20270202", "202701", "202702"]:  # the line is held into 2 February
         kept_s = await store.redis.ttl(destination.carried(period))

@@ -611,11 +611,12 @@ class RedisStore:
         the other shards have, never what it carried before (the spend of the shard it is moved to is its own there).
         A hold counts in a later period only if it may still be charged as that starts: held past its start or ending
         less than CHARGED_LATE_S before it (a batch line never collected is charged by the reconciler after its hold
-        ends; ROUTER_PROVIDER_BATCH_HOLD_S holds one up to a week), or, past its expiry already (its charge open, its
-        router alive), starting within `pending_stale_s` (the routers' ROUTER_PENDING_STALE_S, at most HOLDS_LINGER_S)
-        and CHARGED_LATE_S of the move: the reconciler charges it by its first sweep after it is that old. One that ends
-        earlier is no spend of it, and a move early in a period would otherwise take it from the key's whole next
-        period. What a move before carried into a later period that no hold reaches now is dropped."""
+        ends; ROUTER_PROVIDER_BATCH_HOLD_S holds one up to a week), or starting within `pending_stale_s` (the routers'
+        ROUTER_PENDING_STALE_S, at most HOLDS_LINGER_S) and CHARGED_LATE_S of the move: any hold, held still or past its
+        expiry, whose charge is lost (its router alive; store and outbox both failed) is charged by the reconciler's
+        first sweep after it is that old. One that ends earlier is no spend of it, and a move early in a period would
+        otherwise take it from the key's whole next period. What a move before carried into a later period that no hold
+        reaches now is dropped."""
         now, here = money_now(), shard_of(tenant)
         elsewhere = [keys for keys in key_everywhere(key) if keys.shard != here]
         async with self._call():
@@ -628,15 +629,13 @@ class RedisStore:
                     held_until = zip(members, expiries, strict=True)
                     holds += [(_held_sum([m]), math.inf if e is None else e) for m, e in held_until]
             # When each may be charged at the latest (one gone meanwhile, inf, was settled: counted in every period):
-            # one held, by its expiry and the reconciler's time to charge it after (CHARGED_LATE_S), a batch line's
-            # within the longest hold, HOLDS_LINGER_S (ROUTER_PROVIDER_BATCH_HOLD_S, at most a week); one past its
-            # expiry (its charge open), by the reconciler's first sweep after it is pending_stale_s old, its admission
-            # before now. A move before may have carried as far as `reach`.
+            # by its expiry and the reconciler's time to charge it after (CHARGED_LATE_S), a batch line's within the
+            # longest hold, HOLDS_LINGER_S (ROUTER_PROVIDER_BATCH_HOLD_S, at most a week); and any, held still or past
+            # its expiry, its charge lost (store and outbox both failed), by the reconciler's first sweep after it is
+            # pending_stale_s old, its admission before now. A move before may have carried as far as `reach`.
             reach = now + HOLDS_LINGER_S + CHARGED_LATE_S
             stale_by = now + pending_stale_s + CHARGED_LATE_S
-            ends = [
-                (p, e if e == math.inf else stale_by if e <= now else min(e + CHARGED_LATE_S, reach)) for p, e in holds
-            ]
+            ends = [(p, e if e == math.inf else max(min(e + CHARGED_LATE_S, reach), stale_by)) for p, e in holds]
             last = max([now, *(end for _, end in ends if end != math.inf)])
             periods = {period for kind in ("day", "month", "total") for period in _carried_periods(kind, now, last)}
             # A move before this one may have carried a hold into a later period than any hold now reaches (one charged
