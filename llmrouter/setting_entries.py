@@ -9,15 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def uncommented(line: str) -> str:
+    """The line up to its comment."""
+    return line.split("#", 1)[0]
+
+
 def bare_entry(entry: str) -> str:
     """The entry without its comment and the blanks around it: '' for a comment or a blank line."""
-    return entry.split("#", 1)[0].strip()
+    return uncommented(entry).strip()
 
 
 def setting_entries(variable: str, text: str, path: Path | None) -> list[tuple[str, str]]:
     """(where, entry) for each entry of the variable and then of its file, comments and blank entries dropped, each
-    placed as an operator finds it: `EDGE_API_KEYS entry 2`, `EDGE_API_KEYS_FILE line 3` (the file's own lines)."""
-    given = enumerate(text.replace(",", "\n").splitlines(), 1)
+    placed as an operator finds it: `EDGE_API_KEYS entry 2`, `EDGE_API_KEYS_FILE line 3` (the file's own lines). The
+    variable's comments are cut from its lines before they are split at commas: a comment runs to the end of its line,
+    entries and commas in it too."""
+    given = enumerate((entry for line in text.splitlines() for entry in uncommented(line).split(",")), 1)
     entries = [(f"{variable} entry {number}", entry) for number, entry in given]
     if path is not None:
         read = enumerate(path.read_text().splitlines(), 1)

@@ -94,3 +94,21 @@ def test_a_tokens_file_of_comments_alone_gives_no_token(tmp_path) -> None:
     tokens_file.write_text("# no service may call yet\n\n")
     with pytest.raises(ValidationError, match="auth=token needs auth_tokens or auth_tokens_file"):
         RouterSettings(auth="token", auth_tokens_file=tokens_file)
+
+
+def test_a_comment_in_the_tokens_variable_ends_at_its_line_not_at_a_comma(tmp_path) -> None:
+    """`#` starts a comment to the end of its line (llmrouter/setting_entries.py): a line of the variable commented out
+    with two entries on it stays out. Split at commas before the comment was cut, the second entry was read as a
+    token, and its holder called as that identity, nothing said. A commented line is one entry of the variable's,
+    dropped."""
+    retired, other = token_digest("sk-retired"), token_digest("sk-other")
+    variable = f"{TOKEN}=batch\n# retired: {retired}=edge, {other}=svc\n{token_digest('sk-edge')}=edge"
+    settings = RouterSettings(auth="token", auth_tokens=variable)
+    assert parse_tokens(settings.token_entries()) == {
+        bytes.fromhex(TOKEN): "batch",
+        bytes.fromhex(token_digest("sk-edge")): "edge",
+    }
+    assert [place for place, _ in settings.token_entries()] == [
+        "ROUTER_AUTH_TOKENS entry 1",
+        "ROUTER_AUTH_TOKENS entry 3",
+    ]

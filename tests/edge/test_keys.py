@@ -14,7 +14,7 @@ from pydantic import SecretStr, ValidationError
 from llmrouter.settings import load_settings
 from services.edge import keys
 from services.edge.keys import key_line, parse_keys
-from services.edge.settings import EdgeSettings
+from services.edge.settings import EdgeSettings, key_ring
 from tests.conftest import ROOT
 
 ODD_KEYS = ["c2stYWNtZQ==", "a,b=c", "=acme", "k#not-a-comment", "ключ-ü"]
@@ -225,3 +225,13 @@ def test_a_large_ring_serves_exactly_its_keys_ids_for_their_tenants() -> None:
     assert not any(ring.serves("t1", f"{i:016x}") for i in range(2_000))
     assert ring.serves("t7", hashlib.sha256(b"7").hexdigest()[:16])
     assert not ring.serves("t8", hashlib.sha256(b"7").hexdigest()[:16])
+
+
+def test_a_comment_in_the_keys_variable_ends_at_its_line_not_at_a_comma() -> None:
+    """A line of EDGE_API_KEYS commented out, two keys on it, opens the edge to neither: the comment runs to the end of
+    its line, as the module says, where the comma after the first key ended it and the second was a key again."""
+    variable = f"{key_line('acme', 'sk-a')}\n# retired: {key_line('acme', 'sk-old')}, {key_line('globex', 'sk-g')}"
+    ring = key_ring(SecretStr(variable), None)
+    assert ring.tenant_for("sk-a") == "acme"
+    assert ring.tenant_for("sk-g") is None
+    assert ring.tenant_for("sk-old") is None
