@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tenant", type=tenant_argument, help="the tenant the key belongs to")
     args = parser.parse_args(argv)
     try:  # utf-8-sig: a byte order mark an editor began the key file with is the file's, not the key's
-        key = sys.stdin.buffer.read().decode("utf-8-sig").strip()
+        # Blanks a key file's line may end with, no more: any other character at either end is the key's, refused below.
+        key = sys.stdin.buffer.read().decode("utf-8-sig").strip(" \t\r\n")
     except UnicodeDecodeError:
         parser.error("the key on stdin is not UTF-8")
     if not key:

@@ -179,6 +179,11 @@ def test_the_key_tool_says_how_to_use_it() -> None:
         (("acme",), b"sk-a\x7f", "the key on stdin has a control character"),
         # The edge reads it, but OpenAI's Python SDK cannot send it (tests/edge/test_key_bytes.py): a new key is ASCII.
         (("acme",), "sk-ключ-ü".encode(), "the key on stdin has a character past ASCII"),
+        # At either end too: stripped as blanks, they gave the line of another key than the one read.
+        (("acme",), "sk-a\u00a0\n".encode(), "the key on stdin has a character past ASCII"),
+        (("acme",), "\u3000sk-a".encode(), "the key on stdin has a character past ASCII"),
+        (("acme",), "sk-a\u2028".encode(), "the key on stdin has a character past ASCII"),
+        (("acme",), b"sk-a\x1c\n", "the key on stdin has a control character"),
     ],
 )
 def test_bad_arguments_to_the_key_tool_are_a_usage_error(args: tuple[str, ...], key: bytes, said: str) -> None:
