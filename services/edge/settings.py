@@ -109,7 +109,7 @@ class EdgeSettings(ServiceSettings):
     @field_validator("api_keys")
     @classmethod
     def _keys_parse(cls, text: SecretStr) -> SecretStr:
-        parse_keys(text.get_secret_value().replace(",", "\n"))
+        parse_key_entries(setting_entries("EDGE_API_KEYS", text.get_secret_value(), None))
         return text
 
     @field_validator("api_keys_file")

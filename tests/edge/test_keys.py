@@ -200,7 +200,7 @@ def test_a_key_in_the_old_format_is_refused_without_echoing_it(monkeypatch: pyte
     with pytest.raises(SystemExit):
         load_settings(EdgeSettings)
     err = capsys.readouterr().err
-    assert "EDGE_API_KEYS" in err and "line 1 is not '<tenant> <sha256 hex of the key> [admin]'" in err
+    assert "EDGE_API_KEYS" in err and "EDGE_API_KEYS entry 1 is not '<tenant> <sha256 hex of the key> [admin]'" in err
     assert "sk-live-secret" not in err
 
 
@@ -240,3 +240,10 @@ def test_a_comment_in_the_keys_variable_ends_at_its_line_not_at_a_comma() -> Non
     assert ring.tenant_for("sk-a") == "acme"
     assert ring.tenant_for("sk-g") is None
     assert ring.tenant_for("sk-old") is None
+
+
+def test_the_edge_starts_with_a_comment_holding_a_comma_in_its_keys_variable() -> None:
+    """EDGE_API_KEYS was checked alone split at every comma, its comments' too: a comment with a comma in it stopped
+    the edge, naming a line that is none of the variable's, where the key ring reads it as a comment."""
+    settings = EdgeSettings(api_keys=SecretStr(f"{key_line('acme', 'sk-a')}\n# rotated monthly, by ops"))
+    assert settings.key_ring().tenant_for("sk-a") == "acme"
