@@ -33,7 +33,7 @@ from llmrouter.settings import load_settings
 from services.ledger.settings import MAX_KEY_MOVE_REPLICAS
 from services.router.admission import MAX_ID_CHARS
 from services.router.money_check import money_store
-from services.router.settings import PendingStaleSettings
+from services.router.settings import CHARGE_LANDS_S, PendingStaleSettings
 from services.router.store import (
     HOLDS_LINGER_S,
     KeyMoveUnrecorded,
@@ -66,12 +66,14 @@ async def main(argv: list[str]) -> int:
         default=None,
         help="the routers' ROUTER_PENDING_STALE_S (the longest, if they differ): a hold at the move, whose charge may"
         " yet be lost, is carried into each period that starts within it"
-        f" (above 0, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else {HOLDS_LINGER_S},"
+        f" (above {CHARGE_LANDS_S}, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else {HOLDS_LINGER_S},"
         " the longest it may be)",
     )
     args = parser.parse_args(argv)
-    if args.pending_stale_s is not None and not 0 < args.pending_stale_s <= HOLDS_LINGER_S:
-        parser.error(f"--pending-stale-s must be above 0 and at most {HOLDS_LINGER_S}, as ROUTER_PENDING_STALE_S")
+    if args.pending_stale_s is not None and not CHARGE_LANDS_S < args.pending_stale_s <= HOLDS_LINGER_S:
+        parser.error(
+            f"--pending-stale-s must be above {CHARGE_LANDS_S} and at most {HOLDS_LINGER_S}, as ROUTER_PENDING_STALE_S"
+        )
     if not 0 <= (args.replicas or 0) <= MAX_KEY_MOVE_REPLICAS or not 0 < args.wait_s <= MAX_WAIT_S:
         parser.error(f"--replicas must be 0 to {MAX_KEY_MOVE_REPLICAS}, --wait-s above 0 and at most {MAX_WAIT_S:g}")
     if not KEY_ID.fullmatch(args.key_id):

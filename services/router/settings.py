@@ -50,7 +50,9 @@ class BudgetPeriodSettings(BaseSettings):
 
 
 # ROUTER_PENDING_STALE_S: how old a live router's pending charge may grow before the reconciler charges it its hold.
-PendingStaleS = Annotated[float, Field(gt=0, le=HOLDS_LINGER_S)]
+# Above CHARGE_LANDS_S, as no router runs with less (request_timeout_s and CHARGE_LANDS_S at least): a key move told 60,
+# an hour in minutes, is refused rather than carrying too little.
+PendingStaleS = Annotated[float, Field(gt=CHARGE_LANDS_S, le=HOLDS_LINGER_S)]
 
 
 class PendingStaleSettings(BaseSettings):

@@ -381,7 +381,13 @@ async def test_a_batch_line_held_past_26_hours_is_carried_into_each_day_it_is_he
 
 @pytest.mark.parametrize("any_redis_url", ["redis"], indirect=True)  # refused before any Redis is used
 @pytest.mark.parametrize(
-    "asked", [["--pending-stale-s", "0"], ["--pending-stale-s", "nan"], ["--pending-stale-s", "604801"]]
+    "asked",
+    [
+        ["--pending-stale-s", "0"],
+        ["--pending-stale-s", "nan"],
+        ["--pending-stale-s", "604801"],
+        ["--pending-stale-s", "60"],  # an hour in minutes: no router runs with it (request_timeout_s and 60 s at least)
+    ],
 )
 async def test_a_move_given_a_pending_stale_s_no_router_takes_is_refused_before_it_writes(
     store: RedisStore, asked: list[str], capsys: pytest.CaptureFixture[str]
@@ -389,12 +395,12 @@ async def test_a_move_given_a_pending_stale_s_no_router_takes_is_refused_before_
     with pytest.raises(SystemExit) as exited:
         await key_move.main([KEY, NEW, *asked])
     assert exited.value.code == 2
-    assert "--pending-stale-s must be above 0 and at most 604800" in capsys.readouterr().err
+    assert "--pending-stale-s must be above 60 and at most 604800" in capsys.readouterr().err
     assert await store.key_tenant(KEY) is None, "nothing written"
 
 
 @pytest.mark.parametrize("any_redis_url", ["redis"], indirect=True)  # refused before any Redis is used
-@pytest.mark.parametrize("variable", ["0", "604801", "an hour"])
+@pytest.mark.parametrize("variable", ["0", "604801", "an hour", "60"])
 async def test_a_move_reading_a_pending_stale_s_no_router_takes_is_refused_before_it_writes(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str
 ) -> None:
