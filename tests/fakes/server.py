@@ -85,6 +85,9 @@ class Received:
     headers: dict[str, str]
     body: bytes
     disconnected: threading.Event = field(default_factory=threading.Event)
+    # What the fake wrote of its answer, as it went out: a reply's body whole, or a stream's events one by one (a stream
+    # cut short has those written before the cut). An auditor compares what was charged with what was served.
+    sent: list[bytes] = field(default_factory=list)
 
     @property
     def json(self) -> Any:
@@ -258,11 +261,13 @@ class FakeServer:
         elif reply.raw is not None:
             await _send(writer, 200, "application/octet-stream", reply.raw)
         elif reply.body is not None:
-            await self._send_body(writer, reply.body, fault)
+            await self._send_body(writer, request, reply.body, fault)
         else:
-            await self._send_events(writer, reply.events, fault, watch)
+            await self._send_events(writer, request, reply.events, fault, watch)
 
-    async def _send_body(self, writer: asyncio.StreamWriter, body: dict[str, Any], fault: Fault | None) -> None:
+    async def _send_body(
+        self, writer: asyncio.StreamWriter, request: Received, body: dict[str, Any], fault: Fault | None
+    ) -> None:
         raw = json.dumps(body).encode()
         if fault and fault.kind == "malformed":
             await _send(writer, 200, "application/json", raw[: len(raw) // 2])  # valid HTTP, truncated JSON
@@ -273,9 +278,15 @@ class FakeServer:
             writer.transport.abort()
         else:
             await _send(writer, 200, "application/json", raw)
+            request.sent.append(raw)
 
     async def _send_events(
-        self, writer: asyncio.StreamWriter, events: list[bytes], fault: Fault | None, watch: asyncio.Future[bytes]
+        self,
+        writer: asyncio.StreamWriter,
+        request: Received,
+        events: list[bytes],
+        fault: Fault | None,
+        watch: asyncio.Future[bytes],
     ) -> None:
         headers = {"content-type": "text/event-stream", "cache-control": "no-cache", "transfer-encoding": "chunked"}
         writer.write(_head(200, headers))
@@ -294,6 +305,7 @@ class FakeServer:
                 await _sleep_or_disconnect(self.chunk_delay, watch)
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
+            request.sent.append(event)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
