@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
@@ -308,10 +308,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return response
 
     async def _charge_partial(
-        self, routed: Routed, stream: StreamState, outcome: str, measured: Mapping[str, str]
+        self, routed: Routed, stream: StreamState, outcome: str, failed: ServiceError | None
     ) -> None:
-        """An interrupted or abandoned stream charged what reached its caller."""
-        partial = await stream.partial(routed, measured)
+        """An interrupted or abandoned stream charged what reached its caller; cut in transit, its worst case."""
+        partial = await stream.partial(routed, failed.metadata if failed is not None else {})
+        stream.owe_unknown_rest(routed, failed, partial)
         await self.charger.settle(routed, charging.response(routed, partial), outcome, partial)
 
     async def _after_turn(
@@ -374,11 +375,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 await self.charger.settle(routed, charging.response(routed, stream.served), outcome, stream.served)
             # Failed or abandoned mid-stream: what reached the caller was served and is charged once.
             elif stream.delivered and stream.served is None:
-                measured = failed.metadata if failed is not None else {}
                 # Counting what was delivered takes turns of the event loop: run to its end, shielded, and nothing
                 # else may settle the request (at what it owes alone) while it runs.
                 routed.settled = True
-                routed.charging = self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured))
+                routed.charging = self.charger.run_to_end(self._charge_partial(routed, stream, outcome, failed))
                 await asyncio.shield(routed.charging)
             elif not stream.delivered and stream.served is None and not isinstance(exc, ServiceError):
                 routed.failure = "cancelled"

@@ -91,6 +91,13 @@ class StreamState:
         self.worst, self.consumed, self.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
         self.input, self.cue.unreached, self.cue.failure = None, False, None
 
+    def owe_unknown_rest(self, routed: Routed, failed: ServiceError | None, partial: Served) -> None:
+        """A stream whose providers call broke in transit after some of it was delivered (that service died, or drained
+        past its grace): what its upstream generated past what reached the router is unknown, and billed. The attempt
+        owes its worst case, as any of unknown outcome, of which `partial`, charged, is part."""
+        if failed is not None and cut_in_transit(failed):
+            routed.owed += max(self.worst + self.consumed_usd - partial.cost, Decimal(0))
+
     async def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
         """What an interrupted stream served: as the provider measured it, else counted here."""
         text, refusal = "".join(self.parts), "".join(self.refusal)
