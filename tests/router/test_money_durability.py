@@ -41,6 +41,7 @@ from services.router.store.keys import shard_of
 from services.router.upkeep import Upkeep
 from tests.conftest import ROOT, ledger_records
 from tests.redis_servers import RedisCluster, RedisServer, cache_redis, money_redis
+from tests.router.held_store import ChargeHeldStore
 
 DAY = period_id("day")
 
@@ -258,27 +259,12 @@ async def test_the_ledger_command_exports_then_trims(money: RedisServer, tmp_pat
         await client.aclose()
 
 
-class SlowStore(RedisStore):
-    """A real store whose charges take a while, so another router can append to the outbox meanwhile; `charging` is
-    set as the first one starts."""
+class SlowStore(ChargeHeldStore):
+    """Charges take a while, so another router can append to the outbox meanwhile; `charging` is set as the first
+    one starts."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.charging = asyncio.Event()
-
-    async def charge(
-        self,
-        account: Account,
-        hold: Hold,
-        pico: int,
-        record: dict,
-        late: bool = False,
-        charge_id: str = "",
-        release: bool = False,
-    ) -> bool:
-        self.charging.set()
+    async def held_up(self, first: bool) -> None:
         await asyncio.sleep(0.3)
-        return await super().charge(account, hold, pico, record, late, charge_id, release)
 
 
 async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_path: Path) -> None:

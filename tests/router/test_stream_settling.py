@@ -12,7 +12,7 @@ from typing import Any
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.store import Account, Hold, MemoryStore, StoreUnavailable, period_id, to_pico
+from services.router.store import Account, MemoryStore, StoreUnavailable, period_id, to_pico
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
 
@@ -39,21 +39,12 @@ class Unreachable(MemoryStore):
         self.down = False
         self.charging = asyncio.Event()
 
-    async def charge(
-        self,
-        account: Account,
-        hold: Hold,
-        pico: int,
-        record: dict,
-        late: bool = False,
-        charge_id: str = "",
-        release: bool = False,
-    ) -> bool:
+    async def charge(self, *args: Any, **kwargs: Any) -> bool:
         if self.down:
             self.charging.set()
             await asyncio.sleep(0.5)
             raise StoreUnavailable()
-        return await super().charge(account, hold, pico, record, late, charge_id, release)
+        return await super().charge(*args, **kwargs)
 
 
 async def test_a_caller_leaving_while_its_stream_is_charged_never_has_the_hold_released_beside_it(

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -20,29 +19,13 @@ from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import alive_key
 from services.router.upkeep import Upkeep
+from tests.router.held_store import ChargeHeldStore
 from tests.router.test_admission import ACCOUNT
 from tests.waiting import eventually
 
 DAY = period_id("day")
 INTERVAL_S = 0.05
 TTL_S = 0.3  # at least 3 x the interval, as the settings require
-
-
-class ChargeHeldStore(RedisStore):
-    """A real store whose every charge first waits on `held_up` (the test's hold-up); `charging` is set at the first."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.charging = asyncio.Event()
-
-    async def held_up(self, first: bool) -> None:
-        raise NotImplementedError
-
-    async def charge(self, *args: Any, **kwargs: Any) -> bool:
-        first = not self.charging.is_set()
-        self.charging.set()
-        await self.held_up(first)
-        return await super().charge(*args, **kwargs)
 
 
 class HeldStore(ChargeHeldStore):

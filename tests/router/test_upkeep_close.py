@@ -11,33 +11,19 @@ import pytest
 
 from services.router import upkeep as upkeep_module
 from services.router.outbox import Outbox, OutboxCharge
-from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+from services.router.store import Allowance, Hold, RedisStore, period_id
 from services.router.upkeep import Upkeep
+from tests.router.held_store import ChargeHeldStore
 from tests.router.test_admission import ACCOUNT
 
 DAY = period_id("day")
 
 
-class SilentStore(RedisStore):
-    """A real store whose charges never get an answer (a server that took the command and hangs)."""
+class SilentStore(ChargeHeldStore):
+    """Charges never get an answer (a server that took the command and hangs)."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.charging = asyncio.Event()
-
-    async def charge(
-        self,
-        account: Account,
-        hold: Hold,
-        pico: int,
-        record: dict,
-        late: bool = False,
-        charge_id: str = "",
-        release: bool = False,
-    ) -> bool:
-        self.charging.set()
+    async def held_up(self, first: bool) -> None:
         await asyncio.Event().wait()  # never answered
-        raise AssertionError("unreachable")
 
 
 async def test_a_store_that_never_answers_holds_the_shutdown_replay_no_longer_and_the_charge_stays(
