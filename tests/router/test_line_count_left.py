@@ -15,6 +15,7 @@ import pytest
 from llmrouter.auth import acting_as
 from llmrouter.v1 import router_pb2
 from services.router.store import (
+    Account,
     AccountKeys,
     Allowance,
     Hold,
@@ -40,12 +41,12 @@ KEYS = AccountKeys.of(ACCOUNT)
 PICO = 700_000_000  # $0.0007
 
 
-async def charged_line(store: RedisStore) -> Hold:
+async def charged_line(store: RedisStore, account: Account = ACCOUNT) -> Hold:
     """A provider batch line admitted, its batch recorded, and charged by its collect (charge id 'made'), as a collect
     charges it; its count not taken."""
     hold = Hold(f"line-{uuid.uuid4().hex}", 1_000_000_000, DAY, "router-1", uuid.uuid4().hex, money_now() + 3_600)
-    assert (await store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
-    assert await store.record_provider_batch(ACCOUNT, hold, "pbatch-1")
+    assert (await store.admit(account, Allowance("day"), hold, model="strong")).refused == ""
+    assert await store.record_provider_batch(account, hold, "pbatch-1")
     record = {
         "request_id": hold.request_id,
         "model": "strong",
@@ -53,7 +54,7 @@ async def charged_line(store: RedisStore) -> Hold:
         "outcome": "ok",
         "cost_usd": "0.0007",
     }
-    assert await store.charge(ACCOUNT, hold, PICO, record, late=True, charge_id="made")
+    assert await store.charge(account, hold, PICO, record, late=True, charge_id="made")
     return hold
 
 

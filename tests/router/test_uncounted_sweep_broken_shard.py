@@ -9,23 +9,20 @@ Cluster."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from prometheus_client import REGISTRY
 
-from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, period_id
-from services.router.store.clock import money_now
+from services.router.store import Account, AccountKeys, RedisStore
 from services.router.store.keys import uncounted_reconciled_key
 from services.router.store.redis_store import TAKE_PAGE, UNCOUNTED_PAGE
 from tests.router.test_charge_counted_once import counted
+from tests.router.test_line_count_left import PICO, charged_line
 from tests.router.test_reconcile_reply_lost import leased_elsewhere
 from tests.waiting import eventually
 
-DAY = period_id("day")
 BROKEN_SHARD = 0  # swept first
 SOUND = Account("globex", "key")  # of shard 7, swept after it
-PICO = 700_000_000  # $0.0007
 
 
 def failures() -> float:
@@ -36,29 +33,13 @@ def dropped(why: str) -> float:
     return REGISTRY.get_sample_value("llmrouter_router_uncounted_entries_dropped_total", {"why": why}) or 0.0
 
 
-async def line_left_uncounted(store: RedisStore) -> Hold:
-    """A provider batch line charged by a collect that died before it took the count: left for the sweep."""
-    hold = Hold(f"line-{uuid.uuid4().hex}", 1_000_000_000, DAY, "router-1", uuid.uuid4().hex, money_now() + 3_600)
-    assert (await store.admit(SOUND, Allowance("day"), hold, model="strong")).refused == ""
-    assert await store.record_provider_batch(SOUND, hold, "pbatch-1")
-    record = {
-        "request_id": hold.request_id,
-        "model": "strong",
-        "reason": "batch",
-        "outcome": "ok",
-        "cost_usd": "0.0007",
-    }
-    assert await store.charge(SOUND, hold, PICO, record, late=True, charge_id="made")
-    return hold
-
-
 async def test_a_shards_list_of_another_type_holds_up_no_other_shard(
     any_redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert AccountKeys.of(SOUND).shard > BROKEN_SHARD
     store = RedisStore(any_redis_url)
     try:
-        await line_left_uncounted(store)
+        await charged_line(store, SOUND)  # left for the sweep: its collect died before it took the count
         await store.redis.set(uncounted_reconciled_key(BROKEN_SHARD), "hand-edited")
         before, failed_before = counted("strong"), failures()
         await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")
@@ -86,7 +67,7 @@ async def test_entries_no_router_wrote_are_dropped_and_hold_up_none_of_the_other
         b"no-field",
     ]
     try:
-        await line_left_uncounted(store)
+        await charged_line(store, SOUND)  # left for the sweep: its collect died before it took the count
         await store.redis.zadd(keys.uncounted_reconciled, {entry: 0 for entry in unreadable})  # listed first
         before, failed_before = counted("strong"), failures()
         dropped_before = {why: dropped(why) for why in ("unreadable", "other_shard")}
@@ -116,7 +97,7 @@ async def test_a_page_of_entries_whose_own_keys_hold_another_type_holds_up_none_
     entries = {f"skipped-{n} " + json.dumps([SOUND.tenant, request_id]): 0 for n, request_id in enumerate(mistyped)}
     store, next_reconciler = RedisStore(any_redis_url), RedisStore(any_redis_url)
     try:
-        await line_left_uncounted(store)
+        await charged_line(store, SOUND)  # left for the sweep: its collect died before it took the count
         async with store.redis.pipeline(transaction=False) as pipe:
             for request_id in mistyped:
                 pipe.hset(keys.counted(request_id), "hand", "edited")
