@@ -34,7 +34,7 @@ from services.router.store import (
 )
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, USAGE, BatchProvider
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, USAGE, BatchProvider, send_line
 
 COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
 
@@ -79,7 +79,7 @@ async def test_a_line_is_charged_at_the_batch_prices_it_was_admitted_with(
 ) -> None:
     servicer, store, registry_path = router
     with acting_as(TENANT_CALLER):
-        (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(servicer)
         assert sent.deferred and sent.provider_batch_id == "pbatch-1"
         reprice(servicer, registry_path)  # a price change within the provider's window
         collected = await servicer.CollectBatch(COLLECT, NoDeadline())

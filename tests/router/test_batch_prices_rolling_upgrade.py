@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from llmrouter.auth import acting_as
-from llmrouter.v1 import router_pb2
 from services.router.servicer import RouterServicer
 from services.router.store import Prices, RedisStore
 from tests.router.old_version import checkout, run
-from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
+from tests.router.servicer_kit import router_servicer
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, send_line
 
 BEFORE = "c7d916a"
 OLD_PRICES = """
@@ -47,7 +46,7 @@ async def test_a_router_of_the_version_before_reads_the_batch_prices_a_line_was_
 ) -> None:
     servicer, store = router
     with acting_as(TENANT_CALLER):
-        (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(servicer)
     assert sent.deferred
     batch_in, batch_out = Decimal("2.50"), Decimal("7.50")  # the strong model's batch prices
     pending = await store.pending_charge(ACCOUNT, LINE.request_id)

@@ -23,7 +23,7 @@ from services.router.deferred import CHARGED_UNANSWERED, OVER_REPORTED
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, Account, MemoryStore, Pending, RedisStore, Store, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, send_line
 
 
 class EndedBatch(BatchProvider):
@@ -64,7 +64,7 @@ async def test_a_line_charged_its_hold_and_collected_again_is_told_that_charge(
 ) -> None:
     collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
     with acting_as(TENANT_CALLER):
-        (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(router)
         (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
         (again,) = (await router.CollectBatch(collect, NoDeadline())).lines
     spent, _ = await store.spent(ACCOUNT, period_id("day"))
@@ -107,7 +107,7 @@ async def test_a_line_the_reconciler_charged_during_its_collect_is_told_that_cha
         provider = ArmingProvider(store)
         async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=1.0) as servicer:
             with acting_as(TENANT_CALLER):
-                (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(servicer)
                 (line,) = (await servicer.CollectBatch(collect, NoDeadline())).lines
         spent, _ = await store.spent(ACCOUNT, period_id("day"))
     finally:

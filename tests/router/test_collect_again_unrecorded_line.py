@@ -30,7 +30,7 @@ from services.router.store import (
     period_id,
 )
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, send_line
 from tests.router.test_collect_other_keys_lines import Running
 from tests.waiting import eventually
 
@@ -76,7 +76,7 @@ async def spent(store: Store) -> Decimal:
 
 async def test_an_unrecorded_line_collected_again_is_told_its_hold(router: RouterServicer, store: Store) -> None:
     with acting_as(TENANT_CALLER):
-        (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(router)
         assert sent.deferred and sent.provider_batch_id == "pbatch-1", sent  # the caller collects that batch
         (first,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
         (again,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
@@ -90,7 +90,7 @@ async def test_an_unrecorded_line_the_reconciler_charged_is_told_its_hold(redis_
     try:
         async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY, provider_batch_hold_s=1.0) as router:
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 pending = await store.pending_charge(ACCOUNT, "line-1")
                 assert pending is not None and pending.provider_batch == ""
                 await eventually(lambda: money_now() > pending.until, "the line's hold (1 s) lapsed")

@@ -26,7 +26,7 @@ from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_charge_reply_lost import COLLECT, ChargeReplyLost
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 from tests.router.test_collect_unreadable_batch import polls, served
@@ -67,7 +67,7 @@ async def test_an_answer_whose_collect_reply_was_lost_is_told_through_a_provider
         async with served(tmp_path, store, upstream) as router:  # type: ignore[arg-type]
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 collect = router_pb2.CollectBatchRequest(
                     model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
                 )

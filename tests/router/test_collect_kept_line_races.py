@@ -33,7 +33,7 @@ from services.router.store import (
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE, ForgettingAfterOnePoll
 from tests.router.test_collect_told_as_ledger import FirstChargeCut, ReconciledMeanwhile
@@ -70,7 +70,7 @@ async def test_a_kept_line_that_is_no_answer_is_not_charged_as_one_when_the_batc
         ) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 assert held is not None
                 collect = router_pb2.CollectBatchRequest(
@@ -137,7 +137,7 @@ async def test_a_line_charged_its_answer_by_another_collect_meanwhile_is_told_it
             router_servicer(tmp_path / "b", other_store, BatchProvider(), REGISTRY, provider_batch_hold_s=HOLD_S) as b,
         ):
             with acting_as(TENANT_CALLER):
-                (sent,) = (await a.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(a)
                 store.another, store.collect = (
                     b,
                     router_pb2.CollectBatchRequest(
@@ -183,7 +183,7 @@ async def test_a_line_with_no_batch_recorded_is_charged_its_hold_not_an_answer_k
     try:
         async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY, provider_batch_hold_s=HOLD_S) as router:
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before
                     assert await store.redis.hdel(recorded, first_field) == 1
                 collect = router_pb2.CollectBatchRequest(
@@ -244,7 +244,7 @@ async def test_a_line_reconciled_while_its_answer_was_read_is_told_so_by_every_c
         ) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 collect = router_pb2.CollectBatchRequest(
                     model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
@@ -278,7 +278,7 @@ async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadabl
         ) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 collect = router_pb2.CollectBatchRequest(
                     model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
                 )
@@ -385,7 +385,7 @@ async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_
         ):
             a.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await a.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(a)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 assert held is not None
                 store.another, store.collect = (
@@ -426,7 +426,7 @@ async def test_a_line_of_the_version_before_keeps_its_answer_for_the_batch_that_
         async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before
                     assert await store.redis.hdel(recorded, field) == 1
                 collect = router_pb2.CollectBatchRequest(

@@ -62,6 +62,12 @@ def batch_cost(model: str) -> int:
     return to_pico(priced.cost_usd(USAGE.input_tokens, USAGE.output_tokens))  # type: ignore[union-attr]
 
 
+async def send_line(router: RouterServicer) -> router_pb2.DeferredLine:
+    """LINE sent alone (by the caller acting at the time): the one line the router tells of it."""
+    (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+    return sent
+
+
 class BatchProvider(provider_pb2_grpc.ProviderServicer):
     """One provider's Batch API: a batch is created, has ended when polled, and every line answered with USAGE. As
     the real one, it finds a batch by its id alone (the model only picks the provider's Batch API)."""

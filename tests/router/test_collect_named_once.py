@@ -16,7 +16,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.v1 import router_pb2
 from services.router.store import RedisStore, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER
+from tests.router.test_collect_model import ACCOUNT, REGISTRY, TENANT_CALLER, send_line
 from tests.router.test_collect_other_keys_lines import Running
 
 
@@ -27,7 +27,7 @@ async def test_a_collect_naming_a_line_twice_or_none_is_refused(
     async with router_servicer(tmp_path, redis_store, Running(), REGISTRY) as router:
         router.deferred.give_up_s = 10**9  # every line's window is ending: a collect would charge its hold
         with acting_as(TENANT_CALLER):
-            (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+            sent = await send_line(router)
             assert sent.deferred
             collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=ids)
             with pytest.raises(ServiceError) as refused:

@@ -18,7 +18,7 @@ from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.servicer import RouterServicer
 from services.router.store import RedisStore, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
+from tests.router.test_collect_model import ACCOUNT, REGISTRY, TENANT_CALLER, BatchProvider, send_line
 
 COLLEAGUE = Identity("reports-service", "acme")  # ROUTER_CALLERS reports-service=acme: another key of acme
 
@@ -44,7 +44,7 @@ async def test_another_keys_line_is_neither_read_nor_settled_nor_named(
     servicer: RouterServicer, redis_store: RedisStore
 ) -> None:
     with acting_as(TENANT_CALLER):
-        (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(servicer)
     assert sent.deferred and sent.model == "strong" and sent.provider_batch_id == "pbatch-1"
     no_line = "no line of this account in provider batch 'pbatch-1' (request id line-1)"
     for model in ("cheap", "strong"):  # the line's model is not told, nor its answer read
@@ -72,7 +72,7 @@ async def test_another_key_cannot_have_a_line_given_up_at_its_hold(redis_store: 
     async with router_servicer(tmp_path, redis_store, Running(), REGISTRY) as running:
         running.deferred.give_up_s = 10**9  # every line's window is ending
         with acting_as(TENANT_CALLER):
-            (sent,) = (await running.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+            sent = await send_line(running)
         assert sent.deferred
         with acting_as(COLLEAGUE):
             reply = await running.CollectBatch(collect("strong"), NoDeadline())

@@ -30,7 +30,7 @@ from services.router.store import PICO, RedisStore, money_now, period_id
 from tests.conftest import ledger_records
 from tests.router.money_time import HeldMoneyClock
 from tests.router.servicer_kit import NoDeadline, router_servicer, router_servicer_to
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost, send_line
 
 HOLD_S = 1000.0  # ROUTER_PROVIDER_BATCH_HOLD_S: give_up_s is a quarter of it, 250 s
 COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
@@ -102,7 +102,7 @@ async def sent_line(
     """LINE sent in provider batch pbatch-1, the clock moved to `before_end_s` before its hold ends: when it ends.
     The collect's waits pass on the clock, unless `waits_on_clock` is False: then they take their time."""
     with acting_as(TENANT_CALLER):
-        (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(router)
     assert sent.deferred and sent.provider_batch_id == "pbatch-1", sent
     pending = await store.pending_charge(ACCOUNT, "line-1")
     assert pending is not None and pending.until

@@ -32,7 +32,7 @@ from tests.router.old_version import checkout, serving
 from tests.router.servicer_kit import NoDeadline, router_servicer, router_servicer_to
 from tests.router.test_batch_admitted_prices import reprice, without_batch_price
 from tests.router.test_collect_again_unrecorded_line import RedisRecordingRefused
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost, send_line
 from tests.router.test_collect_passing_failures import (
     COLLECT,
     HOLD_S,
@@ -57,7 +57,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> WaitingClock:
 async def sent_and_reconciled(router: RouterServicer, store: RedisStore, clock: WaitingClock) -> int:
     """LINE sent in provider batch pbatch-1, then charged its hold by the reconciler as it lapsed: that hold."""
     with acting_as(TENANT_CALLER):
-        (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(router)
     assert sent.deferred and sent.provider_batch_id == "pbatch-1", sent
     return await reconciled(router, store, clock)
 
@@ -142,7 +142,7 @@ async def test_a_line_answered_by_a_collect_whose_reply_was_lost_is_told_its_cha
     async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
         router.deferred.wait = clock.wait
         with acting_as(TENANT_CALLER):
-            (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+            sent = await send_line(router)
             assert sent.provider_batch_id == "pbatch-1"
             lost = await router.CollectBatch(COLLECT, NoDeadline())  # its reply never reaches the caller
             assert lost.lines[0].succeeded
@@ -235,7 +235,7 @@ async def test_a_line_charged_with_no_batch_recorded_is_told_its_hold_once_unrea
         ) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 assert sent.provider_batch_id == "pbatch-1"
                 (lost,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines  # its reply never reaches the caller
                 assert lost.error == UNRECORDED.format("line-1") and lost.charged_usd, lost

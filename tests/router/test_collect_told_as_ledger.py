@@ -26,7 +26,7 @@ from services.router.store import PICO, Account, Pending, RedisStore, period_id
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 
@@ -71,7 +71,7 @@ async def test_a_line_charged_its_hold_before_its_answer_was_charged_is_told_as_
         ) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 collect = router_pb2.CollectBatchRequest(
                     model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
@@ -128,7 +128,7 @@ async def test_a_kept_answer_whose_charge_never_landed_is_not_told_for_the_hold_
         async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
-                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 assert held is not None
                 collect = router_pb2.CollectBatchRequest(

@@ -27,7 +27,7 @@ from services.router.servicer import RouterServicer
 from services.router.store import PICO, RedisStore, period_id
 from tests.fakes import FakeOpenAI
 from tests.router.servicer_kit import NoDeadline, router_servicer_to
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, WaitingClock
 
 
@@ -58,7 +58,7 @@ async def served(tmp_path: Path, store: RedisStore, upstream: FakeOpenAI) -> Asy
 async def sent_and_forgotten(router: RouterServicer, upstream: FakeOpenAI) -> router_pb2.CollectBatchRequest:
     """LINE sent in a provider batch the provider then forgets (its GET answers 404): the collect of it."""
     with acting_as(TENANT_CALLER):
-        (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        sent = await send_line(router)
     assert sent.deferred and sent.provider_batch_id in upstream.batches.batches, sent
     del upstream.batches.batches[sent.provider_batch_id]
     upstream.clear()

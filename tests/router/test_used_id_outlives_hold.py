@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from llmrouter.auth import acting_as
-from llmrouter.v1 import router_pb2
 from services.router.store import (
     UNRECORDED_BATCH,
     Account,
@@ -31,7 +30,7 @@ from services.router.store import (
     period_id,
 )
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
+from tests.router.test_collect_model import ACCOUNT, REGISTRY, TENANT_CALLER, BatchProvider, send_line
 from tests.router.test_collect_other_keys_lines import COLLEAGUE, collect
 
 ID_TTL_S = 2  # the request id TTL (a day in production), shorter than the line's hold (26 h by default)
@@ -49,7 +48,7 @@ async def test_a_settled_line_is_read_by_its_own_key_alone_past_the_id_ttl(
 ) -> None:
     async with router_servicer(tmp_path, short_ids, BatchProvider(), REGISTRY) as servicer:
         with acting_as(TENANT_CALLER):
-            (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+            sent = await send_line(servicer)
         admitted = time.time()  # admitted by now: a request id TTL from here is past its admission's, however slow
         assert sent.deferred and sent.provider_batch_id == "pbatch-1"
         # The provider batch runs a while: collected just before its admission's TTL, so the charged marker (a request
