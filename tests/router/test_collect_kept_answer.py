@@ -26,7 +26,7 @@ from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_charge_reply_lost import COLLECT, ChargeReplyLost
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, send_line
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, collect_of, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 from tests.router.test_collect_unreadable_batch import polls, served
@@ -68,9 +68,7 @@ async def test_an_answer_whose_collect_reply_was_lost_is_told_through_a_provider
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 lost = await collected(router, collect)  # its reply never reaches the caller
                 (answered,) = lost.lines
                 assert answered.succeeded and answered.response.content, lost

@@ -18,7 +18,16 @@ from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.deferred import kept_line
 from services.router.store import RedisStore
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, USAGE, BatchProvider, send_line
+from tests.router.test_collect_model import (
+    ACCOUNT,
+    LINE,
+    REGISTRY,
+    TENANT_CALLER,
+    USAGE,
+    BatchProvider,
+    collect_of,
+    send_line,
+)
 
 
 def long_answer(tokens: int, top: int) -> str:
@@ -65,9 +74,7 @@ async def test_a_long_answer_is_kept_without_holding_the_routers_loop(redis_stor
     async with router_servicer(tmp_path, redis_store, LongAnswers(), REGISTRY) as router:
         with acting_as(TENANT_CALLER):
             sent = await send_line(router)
-            collect = router_pb2.CollectBatchRequest(
-                model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-            )
+            collect = collect_of(sent)
             watcher = asyncio.create_task(watch_the_loop())
             try:
                 reply = await router.CollectBatch(collect, NoDeadline())

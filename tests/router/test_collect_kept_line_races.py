@@ -33,7 +33,16 @@ from services.router.store import (
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost, send_line
+from tests.router.test_collect_model import (
+    ACCOUNT,
+    LINE,
+    REGISTRY,
+    TENANT_CALLER,
+    BatchProvider,
+    batch_cost,
+    collect_of,
+    send_line,
+)
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE, ForgettingAfterOnePoll
 from tests.router.test_collect_told_as_ledger import FirstChargeCut, ReconciledMeanwhile
@@ -73,9 +82,7 @@ async def test_a_kept_line_that_is_no_answer_is_not_charged_as_one_when_the_batc
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 assert held is not None
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 with pytest.raises(ServiceError) as failed:
                     await router.CollectBatch(collect, NoDeadline())
                 assert failed.value.code == grpc.StatusCode.UNAVAILABLE
@@ -138,12 +145,7 @@ async def test_a_line_charged_its_answer_by_another_collect_meanwhile_is_told_it
         ):
             with acting_as(TENANT_CALLER):
                 sent = await send_line(a)
-                store.another, store.collect = (
-                    b,
-                    router_pb2.CollectBatchRequest(
-                        model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                    ),
-                )
+                store.another, store.collect = b, collect_of(sent)
                 (first,) = (await a.CollectBatch(store.collect, NoDeadline())).lines
         ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
     finally:
@@ -186,9 +188,7 @@ async def test_a_line_with_no_batch_recorded_is_charged_its_hold_not_an_answer_k
                 sent = await send_line(router)
                 for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before
                     assert await store.redis.hdel(recorded, first_field) == 1
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
             assert first.succeeded
             # Kept as the router of the version before this one (d5593eb) kept a line of the version before it: under
@@ -246,9 +246,7 @@ async def test_a_line_reconciled_while_its_answer_was_read_is_told_so_by_every_c
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
                 (again,) = (await router.CollectBatch(collect, NoDeadline())).lines
         ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
@@ -279,9 +277,7 @@ async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadabl
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 (lost,) = (await router.CollectBatch(collect, NoDeadline())).lines  # its reply never reaches the caller
                 marker = (await store.redis.get(charged)).decode()
                 assert await store.redis.set(charged, marker.rsplit(" ", 1)[0], keepttl=True)  # its amount dropped
@@ -388,12 +384,7 @@ async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_
                 sent = await send_line(a)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 assert held is not None
-                store.another, store.collect = (
-                    b,
-                    router_pb2.CollectBatchRequest(
-                        model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                    ),
-                )
+                store.another, store.collect = b, collect_of(sent)
                 forgetting.forgetting, store.armed = True, True
                 clock.at = held.until - 100  # within the window's last quarter: a batch no try reads is given up
                 (given_up,) = (await a.CollectBatch(store.collect, Deadline(60.0))).lines
@@ -429,9 +420,7 @@ async def test_a_line_of_the_version_before_keeps_its_answer_for_the_batch_that_
                 sent = await send_line(router)
                 for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before
                     assert await store.redis.hdel(recorded, field) == 1
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 (lost,) = (await router.CollectBatch(collect, NoDeadline())).lines  # its reply never reaches the caller
                 provider.forgetting = True
                 (again,) = (await router.CollectBatch(collect, Deadline(60.0))).lines

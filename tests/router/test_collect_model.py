@@ -68,6 +68,13 @@ async def send_line(router: RouterServicer) -> router_pb2.DeferredLine:
     return sent
 
 
+def collect_of(sent: router_pb2.DeferredLine) -> router_pb2.CollectBatchRequest:
+    """A collect of LINE, for its own model, from the provider batch it was sent in."""
+    return router_pb2.CollectBatchRequest(
+        model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+    )
+
+
 class BatchProvider(provider_pb2_grpc.ProviderServicer):
     """One provider's Batch API: a batch is created, has ended when polled, and every line answered with USAGE. As
     the real one, it finds a batch by its id alone (the model only picks the provider's Batch API)."""

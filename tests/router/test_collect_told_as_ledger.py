@@ -20,13 +20,13 @@ import pytest
 
 from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
-from llmrouter.v1 import provider_pb2, router_pb2
+from llmrouter.v1 import provider_pb2
 from services.router.deferred import CHARGED_UNANSWERED
 from services.router.store import PICO, Account, Pending, RedisStore, period_id
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, send_line
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, collect_of, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 
@@ -73,9 +73,7 @@ async def test_a_line_charged_its_hold_before_its_answer_was_charged_is_told_as_
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 first = await router.CollectBatch(collect, NoDeadline())
                 again = await router.CollectBatch(collect, Deadline(60.0))  # the provider forgot the batch
         spent, _ = await store.spent(ACCOUNT, period_id("day", clock.at))
@@ -131,9 +129,7 @@ async def test_a_kept_answer_whose_charge_never_landed_is_not_told_for_the_hold_
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
                 assert held is not None
-                collect = router_pb2.CollectBatchRequest(
-                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-                )
+                collect = collect_of(sent)
                 with pytest.raises(ServiceError) as failed:
                     await router.CollectBatch(collect, NoDeadline())
                 assert failed.value.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again

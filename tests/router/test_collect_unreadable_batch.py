@@ -27,7 +27,7 @@ from services.router.servicer import RouterServicer
 from services.router.store import PICO, RedisStore, period_id
 from tests.fakes import FakeOpenAI
 from tests.router.servicer_kit import NoDeadline, router_servicer_to
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, send_line
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, collect_of, send_line
 from tests.router.test_collect_passing_failures import HOLD_S, WaitingClock
 
 
@@ -62,9 +62,7 @@ async def sent_and_forgotten(router: RouterServicer, upstream: FakeOpenAI) -> ro
     assert sent.deferred and sent.provider_batch_id in upstream.batches.batches, sent
     del upstream.batches.batches[sent.provider_batch_id]
     upstream.clear()
-    return router_pb2.CollectBatchRequest(
-        model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-    )
+    return collect_of(sent)
 
 
 def polls(upstream: FakeOpenAI) -> int:

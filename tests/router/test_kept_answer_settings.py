@@ -19,7 +19,16 @@ from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.settings import RouterSettings
 from services.router.store import AccountKeys, RedisStore
 from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, USAGE, BatchProvider, send_line
+from tests.router.test_collect_model import (
+    ACCOUNT,
+    LINE,
+    REGISTRY,
+    TENANT_CALLER,
+    USAGE,
+    BatchProvider,
+    collect_of,
+    send_line,
+)
 
 # Random hex: compressed, still ~4.7 KB kept, past the least bound a deployment may set and far within the default.
 ANSWER = provider_pb2.GenerateResponse(content=secrets.token_hex(4096), usage=USAGE, finish_reason="stop")
@@ -66,9 +75,7 @@ async def collected(redis_store: RedisStore, tmp_path: Path, **settings: Any) ->
     async with router_servicer(tmp_path, redis_store, Answering(), REGISTRY, **settings) as router:
         with acting_as(TENANT_CALLER):
             sent = await send_line(router)
-            collect = router_pb2.CollectBatchRequest(
-                model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
-            )
+            collect = collect_of(sent)
             (line,) = (await router.CollectBatch(collect, NoDeadline())).lines
     return line
 
