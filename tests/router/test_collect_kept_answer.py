@@ -24,10 +24,10 @@ from services.router.store import PICO, MemoryStore, RedisStore, Store, period_i
 from tests.conftest import ledger_records
 from tests.fakes import FakeOpenAI, Fault
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.servicer_kit import NoDeadline
 from tests.router.test_collect_charge_reply_lost import COLLECT, ChargeReplyLost
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, collect_of, send_line
-from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
+from tests.router.test_collect_model import ACCOUNT, LINE, TENANT_CALLER, batch_cost, collect_of, send_line
+from tests.router.test_collect_passing_failures import Deadline, WaitingClock, clocked_router
 from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 from tests.router.test_collect_unreadable_batch import polls, served
 
@@ -153,8 +153,7 @@ async def test_an_answer_whose_charges_reply_was_lost_is_told_through_a_provider
     store = ChargeReplyLost(proxy.url_for(redis_url))
     provider = ForgettingAfterOnePoll()
     try:
-        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, provider, clock) as router:
             with acting_as(TENANT_CALLER):
                 await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
                 store.proxy = proxy

@@ -43,7 +43,7 @@ from tests.router.test_collect_model import (
     collect_of,
     send_line,
 )
-from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
+from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock, clocked_router
 from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE, ForgettingAfterOnePoll
 from tests.router.test_collect_told_as_ledger import FirstChargeCut, ReconciledMeanwhile
 
@@ -74,10 +74,7 @@ async def test_a_kept_line_that_is_no_answer_is_not_charged_as_one_when_the_batc
     store.proxy = proxy
     clock = WaitingClock(monkeypatch)
     try:
-        async with router_servicer(
-            tmp_path, store, FailingThenForgetting(), REGISTRY, provider_batch_hold_s=HOLD_S
-        ) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, FailingThenForgetting(), clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
@@ -239,10 +236,7 @@ async def test_a_line_reconciled_while_its_answer_was_read_is_told_so_by_every_c
     store = ReconciledMeanwhile(redis_url)
     store.clock = clock = WaitingClock(monkeypatch)
     try:
-        async with router_servicer(
-            tmp_path, store, ArmingAtItsFirstPoll(store), REGISTRY, provider_batch_hold_s=HOLD_S
-        ) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, ArmingAtItsFirstPoll(store), clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
@@ -271,10 +265,7 @@ async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadabl
     clock = WaitingClock(monkeypatch)
     charged = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
     try:
-        async with router_servicer(
-            tmp_path, store, ForgettingAfterOnePoll(), REGISTRY, provider_batch_hold_s=HOLD_S
-        ) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, ForgettingAfterOnePoll(), clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 collect = collect_of(sent)
@@ -320,10 +311,7 @@ async def test_a_request_id_used_again_keeps_its_new_lines_answer_over_the_one_k
     provider = BatchAfterBatch()
     keys = AccountKeys.of(ACCOUNT)
     try:
-        async with router_servicer(
-            tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S, batch_answer_kept_s=7 * 86_400
-        ) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, provider, clock, batch_answer_kept_s=7 * 86_400) as router:
             with acting_as(TENANT_CALLER):
                 for sent_in in ("pbatch-1", "pbatch-2"):
                     (sent,) = (
@@ -414,8 +402,7 @@ async def test_a_line_of_the_version_before_keeps_its_answer_for_the_batch_that_
     keys, field = AccountKeys.of(ACCOUNT), pending_field(ACCOUNT, LINE.request_id)
     provider = BatchAfterBatch()
     try:
-        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, provider, clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before

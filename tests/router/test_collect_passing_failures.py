@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,21 @@ class WaitingClock(HeldMoneyClock):
             await self.on_wait()
         self.at += seconds
         return True
+
+
+@asynccontextmanager
+async def clocked_router(
+    tmp_path: Path,
+    store: RedisStore,
+    provider: provider_pb2_grpc.ProviderServicer,
+    clock: WaitingClock,
+    **settings: Any,
+) -> AsyncIterator[RouterServicer]:
+    """The router's servicer over `store` and `provider` (REGISTRY, lines held HOLD_S), its collects' waits moving
+    `clock`, for the block. settings: the router's others."""
+    async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S, **settings) as router:
+        router.deferred.wait = clock.wait
+        yield router
 
 
 def cut(code: grpc.StatusCode, message: str) -> ServiceError:

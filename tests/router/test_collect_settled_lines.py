@@ -39,6 +39,7 @@ from tests.router.test_collect_passing_failures import (
     Deadline,
     FailingFirst,
     WaitingClock,
+    clocked_router,
     spent,
 )
 from tests.router.test_collect_unreadable_batch import sent_and_forgotten, served
@@ -139,8 +140,7 @@ async def test_a_line_answered_by_a_collect_whose_reply_was_lost_is_told_its_cha
     ends the line with that answer (kept by the collect that charged it), at its charge: neither charged again, nor
     told at nothing, nor without the answer it was charged for."""
     provider = ForgettingAfterOnePoll()
-    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-        router.deferred.wait = clock.wait
+    async with clocked_router(tmp_path, redis_store, provider, clock) as router:
         with acting_as(TENANT_CALLER):
             sent = await send_line(router)
             assert sent.provider_batch_id == "pbatch-1"
@@ -230,10 +230,7 @@ async def test_a_line_charged_with_no_batch_recorded_is_told_its_hold_once_unrea
     any."""
     store = RedisRecordingRefused(redis_url)
     try:
-        async with router_servicer(
-            tmp_path, store, ForgettingAfterOnePoll(), REGISTRY, provider_batch_hold_s=HOLD_S
-        ) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, ForgettingAfterOnePoll(), clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 assert sent.provider_batch_id == "pbatch-1"

@@ -25,9 +25,9 @@ from services.router.deferred import CHARGED_UNANSWERED
 from services.router.store import PICO, Account, Pending, RedisStore, period_id
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.servicer_kit import NoDeadline, router_servicer
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost, collect_of, send_line
-from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
+from tests.router.servicer_kit import NoDeadline
+from tests.router.test_collect_model import ACCOUNT, LINE, TENANT_CALLER, batch_cost, collect_of, send_line
+from tests.router.test_collect_passing_failures import Deadline, WaitingClock, clocked_router
 from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 
 
@@ -66,10 +66,7 @@ async def test_a_line_charged_its_hold_before_its_answer_was_charged_is_told_as_
     store = ReconciledMeanwhile(redis_url)
     store.clock = clock = WaitingClock(monkeypatch)
     try:
-        async with router_servicer(
-            tmp_path, store, ArmingOnce(store), REGISTRY, provider_batch_hold_s=HOLD_S
-        ) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, ArmingOnce(store), clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
@@ -123,8 +120,7 @@ async def test_a_kept_answer_whose_charge_never_landed_is_not_told_for_the_hold_
     clock = WaitingClock(monkeypatch)
     try:
         provider = ForgettingAfterOnePoll()
-        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-            router.deferred.wait = clock.wait
+        async with clocked_router(tmp_path, store, provider, clock) as router:
             with acting_as(TENANT_CALLER):
                 sent = await send_line(router)
                 held = await store.pending_charge(ACCOUNT, LINE.request_id)
