@@ -142,12 +142,23 @@ async def providers_service(
         await running.stop(0)
 
 
-@pytest.fixture
-async def stub(
-    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
-) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url) as s:
-        yield s
+def stub_serving(extra_models: Sequence[dict[str, Any]], name: str = "stub") -> Any:
+    """A fixture (`name`) of the providers service before the session's fakes, `extra_models` beside the registry's:
+    a test module's `stub = stub_serving(ITS_MODELS)`."""
+
+    @pytest.fixture(name=name)
+    async def serving(
+        tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+    ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
+        async with providers_service(
+            tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=extra_models
+        ) as s:
+            yield s
+
+    return serving
+
+
+stub = stub_serving(())
 
 
 @pytest.fixture(scope="module")

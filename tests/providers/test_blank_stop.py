@@ -5,8 +5,6 @@ before any upstream call, never dropped; to a model that takes it, and as any ot
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,20 +12,13 @@ import pytest
 
 from llmrouter.v1 import provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import model_entry, stub_serving
 from tests.providers.helpers import collect, error_of, request
 
 EXTRA_MODELS = [model_entry("claude-strict", "fakeanthropic", "premium", "3", "15", blank_stop=False)]
 
 
-@pytest.fixture
-async def stub(
-    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
-) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    async with providers_service(
-        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=EXTRA_MODELS
-    ) as s:
-        yield s
+stub = stub_serving(EXTRA_MODELS)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])

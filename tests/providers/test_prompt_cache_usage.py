@@ -6,7 +6,6 @@ service against fakes speaking each provider's wire format, unary and streamed, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from llmrouter.v1 import provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI, Fault
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import model_entry, providers_service, stub_serving
 from tests.providers.helpers import collect, request, stream_to_failure
 from tests.providers.test_hostile_upstream import RawUpstream, events, openai_chunk
 
@@ -45,14 +44,7 @@ def priced(input_tokens: int, read: int, written: int, output_tokens: int, price
     return format(value.normalize(), "f")
 
 
-@pytest.fixture
-async def cached_stub(
-    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
-) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    async with providers_service(
-        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=CACHED_MODELS
-    ) as stub:
-        yield stub
+cached_stub = stub_serving(CACHED_MODELS, "cached_stub")
 
 
 @pytest.mark.parametrize("stream", [False, True])

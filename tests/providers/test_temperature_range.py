@@ -4,28 +4,18 @@ upstream's 400 (the fake refuses it as api.anthropic.com does). Within the range
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
 
 from llmrouter.v1 import provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import model_entry, stub_serving
 from tests.providers.helpers import collect, error_of, request
 
 EXTRA_MODELS = [model_entry("claude-capped", "fakeanthropic", "premium", "3", "15", max_temperature=1)]
 
 
-@pytest.fixture
-async def stub(
-    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
-) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    async with providers_service(
-        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=EXTRA_MODELS
-    ) as s:
-        yield s
+stub = stub_serving(EXTRA_MODELS)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])

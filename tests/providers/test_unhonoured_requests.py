@@ -6,16 +6,14 @@ would drop it (Anthropic's response_format, logit_bias) and answer plain text wh
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from llmrouter.v1 import provider_pb2, provider_pb2_grpc
+from llmrouter.v1 import provider_pb2
 from tests.fakes import FakeAnthropic, FakeOpenAI
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import model_entry, stub_serving
 from tests.providers.helpers import collect, error_of, request
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
@@ -62,14 +60,7 @@ UNHONOURED_IDS = [
 LEFT_OUT: dict[str, Any] = {"response_format": None, "logprobs": False, "top_logprobs": None, "logit_bias": {}}
 
 
-@pytest.fixture
-async def stub(
-    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
-) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    async with providers_service(
-        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=EXTRA_MODELS
-    ) as s:
-        yield s
+stub = stub_serving(EXTRA_MODELS)
 
 
 def ask(model: str, passthrough: dict[str, Any]) -> provider_pb2.GenerateRequest:
