@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import uvicorn
 import yaml
@@ -184,6 +185,25 @@ async def served_edge(settings: EdgeSettings) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         await channel.close()
+
+
+@asynccontextmanager
+async def batch_edge(
+    router_addr: str, store_url: str | None, timeout_s: float = 10, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An edge (no access log, no metrics port) calling the router at `router_addr` and keeping its batches in the
+    Redis at `store_url` (None: in process), served on loopback for the block: a client of its API. settings: the
+    edge's others."""
+    edge_settings = EdgeSettings(
+        port=free_port(),
+        router_addr=router_addr,
+        batch_redis_url=RedisUrl(store_url) if store_url else None,
+        access_log="off",
+        metrics_port=0,
+        **settings,
+    )
+    async with served_edge(edge_settings) as base, httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
+        yield client
 
 
 @asynccontextmanager

@@ -14,11 +14,9 @@ import grpc
 import httpx
 import redis
 
-from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import batch_key, file_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.conftest import batch_edge, served_router
 from tests.integration.test_batches import small_file
 from tests.redis_servers import RedisServer
 
@@ -60,22 +58,13 @@ async def status_of(client: httpx.AsyncClient, batch_id: str, wanted: str, timeo
 async def one_place_taken(store_url: str | None) -> AsyncIterator[tuple[httpx.AsyncClient, HoldingRouter, str]]:
     """An edge with one running place, taken by a batch whose lines the router holds: (client, router, its id)."""
     router = HoldingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            batch_redis_url=RedisUrl(store_url) if store_url else None,
-            batch_max_running=1,
-            access_log="off",
-            metrics_port=0,
-        )
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-            running = await create(client, "running")
-            await status_of(client, running, "in_progress", 10)
-            try:
-                yield client, router, running
-            finally:
-                router.released.set()  # or the edge, stopping, waits for the lines in flight
+    async with served_router(router) as router_addr, batch_edge(router_addr, store_url, batch_max_running=1) as client:
+        running = await create(client, "running")
+        await status_of(client, running, "in_progress", 10)
+        try:
+            yield client, router, running
+        finally:
+            router.released.set()  # or the edge, stopping, waits for the lines in flight
 
 
 async def waiting(client: httpx.AsyncClient) -> str:

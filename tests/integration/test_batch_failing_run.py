@@ -15,11 +15,9 @@ import httpx
 import pytest
 import redis
 
-from llmrouter.redis_url import RedisUrl
 from services.batches.runner import FAILED_FIRST_S, LEASE_S
 from services.batches.store import PREFIX, batch_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import batch_edge
 from tests.integration.test_batches import small_file
 from tests.redis_servers import RedisServer
 from tests.waiting import eventually
@@ -40,15 +38,7 @@ async def store(tmp_path: Path) -> AsyncIterator[RedisServer]:
 async def edge(store: RedisServer, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An anonymous edge on the store; no router (a run that does not fail first ends there, to be resumed).
     settings: the edge's other settings (batch_window_s...)."""
-    edge_settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        batch_redis_url=RedisUrl(store.url),
-        access_log="off",
-        metrics_port=0,
-        **settings,
-    )
-    async with served_edge(edge_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+    async with batch_edge("127.0.0.1:1", store.url, **settings) as client:
         yield client
 
 

@@ -13,21 +13,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
-import httpx
 import pytest
 import redis.asyncio as redis
 
 from llmrouter import overload
 from llmrouter.errors import overloaded
-from llmrouter.redis_url import RedisUrl
 from llmrouter.server import start_server
 from llmrouter.settings import GrpcServiceSettings
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import runner
 from services.batches.deferral import OFFER_IN_DOUBT
 from services.batches.store import batch_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import batch_edge
 from tests.integration.test_batch_cancel_waiting import create, status_of
 from tests.integration.test_batch_offer_refusals import (
     CUT_MID_CALL,
@@ -90,27 +87,22 @@ async def test_an_offer_refused_overloaded_parks_the_batch_for_the_routers_delay
     router = OnePlaceRouter()
     store = redis.from_url(redis_url)
     try:
-        async with router_held_full(router) as router_addr:
-            settings = EdgeSettings(
-                port=free_port(),
-                router_addr=router_addr,
-                batch_redis_url=RedisUrl(redis_url),
-                batch_concurrency=1,  # the lines one at a time: none is refused at the router's one place
-                access_log="off",
-                metrics_port=0,
-            )
-            async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-                before = time.time()
-                batch_id = await create(client, "overloaded")
-                deadline = time.monotonic() + 10
-                while not await store.hexists(batch_key(batch_id), "parked_until"):
-                    assert time.monotonic() < deadline, "the batch was not parked"
-                    await asyncio.sleep(0.02)
-                seen = time.time()
-                parked = await store.hgetall(batch_key(batch_id))
-                router.released.set()  # the router has room again: the batch runs at its park's end
-                done = await status_of(client, batch_id, "completed", ROUTER_DELAY_S + 10)
-                ended = await store.hgetall(batch_key(batch_id))
+        async with (
+            router_held_full(router) as router_addr,
+            # the lines one at a time: none is refused at the router's one place
+            batch_edge(router_addr, redis_url, batch_concurrency=1) as client,
+        ):
+            before = time.time()
+            batch_id = await create(client, "overloaded")
+            deadline = time.monotonic() + 10
+            while not await store.hexists(batch_key(batch_id), "parked_until"):
+                assert time.monotonic() < deadline, "the batch was not parked"
+                await asyncio.sleep(0.02)
+            seen = time.time()
+            parked = await store.hgetall(batch_key(batch_id))
+            router.released.set()  # the router has room again: the batch runs at its park's end
+            done = await status_of(client, batch_id, "completed", ROUTER_DELAY_S + 10)
+            ended = await store.hgetall(batch_key(batch_id))
     finally:
         await store.aclose()
     parked_until = float(parked[b"parked_until"])
@@ -135,30 +127,22 @@ async def test_a_cancelled_batch_asking_an_overloaded_router_waits_for_the_route
     router = AskedRouter()
     store = redis.from_url(redis_url)
     try:
-        async with refusing_router(refusals, router) as router_addr:
-            settings = EdgeSettings(
-                port=free_port(),
-                router_addr=router_addr,
-                batch_redis_url=RedisUrl(redis_url),
-                access_log="off",
-                metrics_port=0,
-            )
-            async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-                batch_id = await create(client, "asking")
-                deadline = time.monotonic() + 10
-                while not await store.hexists(batch_key(batch_id), runner.UNREACHED):
-                    assert time.monotonic() < deadline, "the offer did not fail"
-                    await asyncio.sleep(0.02)
-                refusals[FIND_DEFERRED] = explained(overloaded("router", ROUTER_DELAY_S))
-                before = time.time()
-                await client.post(f"/batches/{batch_id}/cancel")
-                while not await store.hexists(batch_key(batch_id), runner.OVERLOADED):
-                    assert time.monotonic() < deadline, "the ask was not refused"
-                    await asyncio.sleep(0.02)
-                seen = time.time()
-                parked = await store.hgetall(batch_key(batch_id))
-                del refusals[FIND_DEFERRED]  # the router has room again
-                cancelled = await status_of(client, batch_id, "cancelled", ROUTER_DELAY_S + 10)
+        async with refusing_router(refusals, router) as router_addr, batch_edge(router_addr, redis_url) as client:
+            batch_id = await create(client, "asking")
+            deadline = time.monotonic() + 10
+            while not await store.hexists(batch_key(batch_id), runner.UNREACHED):
+                assert time.monotonic() < deadline, "the offer did not fail"
+                await asyncio.sleep(0.02)
+            refusals[FIND_DEFERRED] = explained(overloaded("router", ROUTER_DELAY_S))
+            before = time.time()
+            await client.post(f"/batches/{batch_id}/cancel")
+            while not await store.hexists(batch_key(batch_id), runner.OVERLOADED):
+                assert time.monotonic() < deadline, "the ask was not refused"
+                await asyncio.sleep(0.02)
+            seen = time.time()
+            parked = await store.hgetall(batch_key(batch_id))
+            del refusals[FIND_DEFERRED]  # the router has room again
+            cancelled = await status_of(client, batch_id, "cancelled", ROUTER_DELAY_S + 10)
     finally:
         await store.aclose()
     parked_until = float(parked[b"parked_until"])
@@ -174,23 +158,18 @@ async def parked_by_overloaded_offers(redis_url: str, retry_delay_s: int, refusa
     router = AskedRouter()
     store = redis.from_url(redis_url)
     try:
-        async with refusing_router({SUBMIT_BATCH: explained(overloaded("router", retry_delay_s))}, router) as address:
-            settings = EdgeSettings(
-                port=free_port(),
-                router_addr=address,
-                batch_redis_url=RedisUrl(redis_url),
-                access_log="off",
-                metrics_port=0,
-            )
-            async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-                created = time.time()
-                batch_id = await create(client, "refused")
-                deadline = time.monotonic() + 10
-                while int(await store.hget(batch_key(batch_id), runner.OVERLOADED) or 0) < refusals:
-                    assert time.monotonic() < deadline, "the batch was not refused"
-                    await asyncio.sleep(0.01)
-                seen = time.time()
-                parked = await store.hgetall(batch_key(batch_id))
+        async with (
+            refusing_router({SUBMIT_BATCH: explained(overloaded("router", retry_delay_s))}, router) as address,
+            batch_edge(address, redis_url) as client,
+        ):
+            created = time.time()
+            batch_id = await create(client, "refused")
+            deadline = time.monotonic() + 10
+            while int(await store.hget(batch_key(batch_id), runner.OVERLOADED) or 0) < refusals:
+                assert time.monotonic() < deadline, "the batch was not refused"
+                await asyncio.sleep(0.01)
+            seen = time.time()
+            parked = await store.hgetall(batch_key(batch_id))
     finally:
         await store.aclose()
     assert parked[runner.OVERLOADED.encode()] == str(refusals).encode(), parked

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 import redis.asyncio as redis
 from google.protobuf import any_pb2
@@ -23,13 +22,11 @@ from google.rpc import error_details_pb2, status_pb2
 from llmrouter.errors import OVERLOADED, ServiceError, overloaded
 from llmrouter.interceptors import Continuation
 from llmrouter.overload import RETRY_DELAY_S
-from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached
 from services.batches.runner import UNREACHED
 from services.batches.store import RedisStore, batch_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import batch_edge
 from tests.integration.test_batch_cancel_waiting import create, status_of
 from tests.router.test_resubmitted_batch_lines import BATCH, BATCH_ID, LINES
 
@@ -155,23 +152,18 @@ async def test_a_batch_whose_offers_were_shed_is_cancelled_at_once_without_askin
     router = AskedRouter()
     admin = redis.from_url(redis_url)
     try:
-        async with refusing_router({SUBMIT_BATCH: SHED}, router) as router_addr:
-            settings = EdgeSettings(
-                port=free_port(),
-                router_addr=router_addr,
-                batch_redis_url=RedisUrl(redis_url),
-                access_log="off",
-                metrics_port=0,
-            )
-            async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-                batch_id = await create(client, "shed")
-                deadline = time.monotonic() + 10
-                while int(await admin.hget(batch_key(batch_id), UNREACHED) or 0) < 2:  # parked 2 s now
-                    assert time.monotonic() < deadline, "the batch did not back off"
-                    await asyncio.sleep(0.02)
-                marked = await admin.hexists(batch_key(batch_id), OFFER_IN_DOUBT)
-                await client.post(f"/batches/{batch_id}/cancel")
-                cancelled = await status_of(client, batch_id, "cancelled", 1)  # not at the park's end
+        async with (
+            refusing_router({SUBMIT_BATCH: SHED}, router) as router_addr,
+            batch_edge(router_addr, redis_url) as client,
+        ):
+            batch_id = await create(client, "shed")
+            deadline = time.monotonic() + 10
+            while int(await admin.hget(batch_key(batch_id), UNREACHED) or 0) < 2:  # parked 2 s now
+                assert time.monotonic() < deadline, "the batch did not back off"
+                await asyncio.sleep(0.02)
+            marked = await admin.hexists(batch_key(batch_id), OFFER_IN_DOUBT)
+            await client.post(f"/batches/{batch_id}/cancel")
+            cancelled = await status_of(client, batch_id, "cancelled", 1)  # not at the park's end
     finally:
         await admin.aclose()
     assert not marked

@@ -7,15 +7,12 @@ from __future__ import annotations
 import time
 
 import grpc
-import httpx
 import pytest
 
-from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import runner
 from services.batches.runner import LEASE_S
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.conftest import batch_edge, served_router
 from tests.integration.test_batch_cancel_waiting import create, status_of
 
 
@@ -48,17 +45,9 @@ async def test_a_batch_whose_router_is_out_of_reach_is_run_again_after_a_short_b
     # for, doubled each time, and no longer (the batch runs again at its end, not at the next adoption pass).
     monkeypatch.setattr(runner, "UNREACHED_FIRST_S", 0.5)
     router = ComingBackRouter(down=3)
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            batch_redis_url=RedisUrl(store_url) if store_url else None,
-            access_log="off",
-            metrics_port=0,
-        )
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-            batch_id = await create(client, "back")
-            done = await status_of(client, batch_id, "completed", LEASE_S / 2 - 2)  # before the next adoption pass
+    async with served_router(router) as router_addr, batch_edge(router_addr, store_url) as client:
+        batch_id = await create(client, "back")
+        done = await status_of(client, batch_id, "completed", LEASE_S / 2 - 2)  # before the next adoption pass
     assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
     gaps = [later - sooner for sooner, later in zip(router.offers, router.offers[1:], strict=False)]
     assert len(gaps) == 3, gaps

@@ -14,10 +14,8 @@ import httpx
 import pytest
 import redis
 
-from llmrouter.redis_url import RedisUrl
 from services.batches.store import ACTIVE, RedisStore, batch_key, file_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import batch_edge
 from tests.redis_servers import RedisServer
 
 
@@ -41,14 +39,7 @@ async def batch_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 @pytest.fixture
 async def edge(batch_redis: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
     """An anonymous edge with its batches in batch_redis; no router (files need none)."""
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        batch_redis_url=RedisUrl(batch_redis.url),
-        access_log="off",
-        metrics_port=0,
-    )
-    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+    async with batch_edge("127.0.0.1:1", batch_redis.url) as client:
         yield client
 
 

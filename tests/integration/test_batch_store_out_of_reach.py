@@ -17,9 +17,7 @@ import httpx
 import pytest
 import redis
 
-from llmrouter.redis_url import RedisUrl
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import batch_edge
 from tests.redis_servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.heavy  # make test-heavy: a Redis Cluster out of reach
@@ -80,32 +78,24 @@ async def upload(client: httpx.AsyncClient) -> httpx.Response:
 
 @pytest.mark.parametrize("kind", ["server stopped", "server denied (ACL)", "cluster stopped", "cluster denied (ACL)"])
 async def test_a_batch_store_out_of_reach_is_a_503_to_retry(kind: str, tmp_path: Path) -> None:
-    async with outage(kind, tmp_path / "store") as store:
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr="127.0.0.1:1",
-            batch_redis_url=RedisUrl(store.url),
-            access_log="off",
-            metrics_port=0,
-        )
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
-            kept = await upload(client)
-            assert kept.status_code == 200, kept.text
-            file_id = kept.json()["id"]
-            creation = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
-            store.begin()
-            for refused in [
-                await client.get("/files"),
-                await upload(client),
-                await client.get(f"/files/{file_id}"),
-                await client.post("/batches", json=creation),
-                await client.get("/batches"),
-            ]:
-                assert refused.status_code == 503, refused.text
-                assert refused.json() == {"error": UNAVAILABLE}
-                assert refused.headers["retry-after"] == "1"
-            store.end()
-            again = await upload(client)
-            assert again.status_code == 200, again.text
-            listed = (await client.get("/files")).json()["data"]
-            assert again.json()["id"] in [f["id"] for f in listed]
+    async with outage(kind, tmp_path / "store") as store, batch_edge("127.0.0.1:1", store.url, timeout_s=30) as client:
+        kept = await upload(client)
+        assert kept.status_code == 200, kept.text
+        file_id = kept.json()["id"]
+        creation = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        store.begin()
+        for refused in [
+            await client.get("/files"),
+            await upload(client),
+            await client.get(f"/files/{file_id}"),
+            await client.post("/batches", json=creation),
+            await client.get("/batches"),
+        ]:
+            assert refused.status_code == 503, refused.text
+            assert refused.json() == {"error": UNAVAILABLE}
+            assert refused.headers["retry-after"] == "1"
+        store.end()
+        again = await upload(client)
+        assert again.status_code == 200, again.text
+        listed = (await client.get("/files")).json()["data"]
+        assert again.json()["id"] in [f["id"] for f in listed]
