@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.edge.settings import EdgeSettings
+from tests.edge.conftest import recorded_edge
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_edge, served_router
 
 BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hello"}]}).encode()
 GZIPPED = gzip.compress(BODY, mtime=0)
@@ -22,11 +21,8 @@ GZIPPED = gzip.compress(BODY, mtime=0)
 
 @pytest.fixture
 async def edge() -> AsyncIterator[tuple[httpx.AsyncClient, RecordingRouter]]:
-    router = RecordingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
-            yield http, router
+    async with recorded_edge() as served, served.client() as http:
+        yield http, served.router
 
 
 @pytest.mark.parametrize(

@@ -10,21 +10,17 @@ from typing import Any
 import httpx
 import pytest
 
-from services.edge.settings import EdgeSettings
+from tests.edge.conftest import recorded_edge
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_edge, served_router
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
 SESSION = "café-☕-セッション"
 
 
 async def decide(headers: dict[bytes, bytes], **fields: Any) -> tuple[httpx.Response, RecordingRouter]:
-    router = RecordingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
-            reply = await http.post("/router/decide", json={**BODY, **fields}, headers=headers)
-    return reply, router
+    async with recorded_edge() as edge, edge.client() as http:
+        reply = await http.post("/router/decide", json={**BODY, **fields}, headers=headers)
+    return reply, edge.router
 
 
 async def test_a_session_id_header_in_utf8_is_the_same_session_as_the_body_field() -> None:
