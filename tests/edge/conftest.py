@@ -20,7 +20,7 @@ from services.batches.store import Store, open_store
 from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.conftest import quiet_edge_settings, served_edge, served_router
 
 
 @dataclass
@@ -41,9 +41,7 @@ async def recorded_edge(**settings: Any) -> AsyncIterator[Edge]:
     over these (no access log, no metrics port)."""
     router = RecordingRouter()
     async with served_router(router) as router_addr:
-        edge_settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, **settings
-        )
+        edge_settings = quiet_edge_settings(router_addr, **settings)
         async with served_edge(edge_settings) as base_url:
             yield Edge(base_url, router, edge_settings)
 
@@ -65,9 +63,7 @@ async def proxied_redis(redis_url: str) -> AsyncIterator[tuple[LossyProxy, Redis
 async def keyed_edge_without_router(keys: str, key: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client calling with `key` a real edge that knows `keys` (EDGE_API_KEYS lines) and whose router is out of
     reach: what the edge refuses is a 400, what it passes on a 503."""
-    settings = EdgeSettings(
-        port=free_port(), router_addr="127.0.0.1:1", access_log="off", metrics_port=0, api_keys=SecretStr(keys)
-    )
+    settings = quiet_edge_settings("127.0.0.1:1", api_keys=SecretStr(keys))
     headers = {"authorization": f"Bearer {key}"}
     async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         yield client

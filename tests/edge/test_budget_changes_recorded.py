@@ -19,7 +19,6 @@ from pydantic import SecretStr
 from llmrouter.server import start_server
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.operator_servicer import OperatorServicer
@@ -27,7 +26,7 @@ from services.router.settings import RouterSettings
 from services.router.store import Allowance, MemoryStore, RedisStore, key_id
 from services.router.store.keys import limits_key, shard_of
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 
 ADMIN_KEY = "sk-budget-admin"
 
@@ -51,9 +50,7 @@ async def router(tmp_path: Path) -> AsyncIterator[int]:
 async def admin(router: int) -> AsyncIterator[httpx.AsyncClient]:
     """A client calling, with an admin key, a real edge in front of the router's Operator service."""
     keys = SecretStr(key_line("ops", ADMIN_KEY) + " admin")
-    edge = EdgeSettings(
-        port=free_port(), router_addr=f"127.0.0.1:{router}", access_log="off", metrics_port=0, api_keys=keys
-    )
+    edge = quiet_edge_settings(f"127.0.0.1:{router}", api_keys=keys)
     headers = {"authorization": f"Bearer {ADMIN_KEY}"}
     async with served_edge(edge) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         yield client
@@ -109,9 +106,7 @@ async def test_a_change_not_every_shard_confirmed_tells_the_admin_so(tmp_path: P
         settings = RouterSettings(port=0, data_dir=tmp_path / "data")
         running = await start_server("router", settings, {"llmrouter.v1.Operator": lambda s: add(servicer, s)})
         keys = SecretStr(key_line("ops", ADMIN_KEY) + " admin")
-        edge = EdgeSettings(
-            port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
-        )
+        edge = quiet_edge_settings(f"127.0.0.1:{running.port}", api_keys=keys)
         headers = {"authorization": f"Bearer {ADMIN_KEY}"}
         try:
             async with served_edge(edge) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as c:

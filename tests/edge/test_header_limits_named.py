@@ -14,9 +14,8 @@ import openai
 import pytest
 import yaml
 
-from services.edge.settings import EdgeSettings
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.integration.conftest import free_port, model, provider, served_edge, served_stack
+from tests.integration.conftest import model, provider, quiet_edge_settings, served_edge, served_stack
 
 USER = {"role": "user", "content": "hi"}
 # cheap-model: a 2,000 ms SLO, ~0.0000144 USD for "hi" and a short answer; strong-model: 10,000 ms, ~0.00018 USD.
@@ -51,9 +50,7 @@ async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch)
         path = tmp_path / "models.yaml"
         path.write_text(yaml.safe_dump(registry))
         async with served_stack(path, redis_url, None, verifier=False) as servers:
-            settings = EdgeSettings(
-                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", access_log="off", metrics_port=0
-            )
+            settings = quiet_edge_settings(f"127.0.0.1:{servers['router'].port}")
             async with served_edge(settings) as base_url:
                 yield Stack(base_url, (cheap, strong))
 

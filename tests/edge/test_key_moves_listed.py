@@ -18,13 +18,12 @@ from llmrouter.cli.__main__ import main
 from llmrouter.server import start_server
 from llmrouter.v1 import operator_pb2_grpc
 from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.operator_servicer import OperatorServicer
 from services.router.settings import RouterSettings
 from services.router.store import Allowance, RedisStore
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 
 ADMIN_KEY, TENANT_KEY = "sk-moves-admin", "sk-moves-tenant"
 KEY = "0123456789abcdef"
@@ -46,9 +45,7 @@ async def edge(tmp_path: Path, store: RedisStore) -> AsyncIterator[str]:
     settings = RouterSettings(port=0, data_dir=tmp_path / "data")
     running = await start_server("router", settings, {"llmrouter.v1.Operator": lambda server: add(servicer, server)})
     keys = SecretStr(f"{key_line('ops', ADMIN_KEY)} admin\n{key_line('acme', TENANT_KEY)}")
-    settings_edge = EdgeSettings(
-        port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
-    )
+    settings_edge = quiet_edge_settings(f"127.0.0.1:{running.port}", api_keys=keys)
     try:
         async with served_edge(settings_edge) as base:
             yield base

@@ -18,13 +18,12 @@ from llmrouter.cli.__main__ import main
 from llmrouter.server import start_server
 from llmrouter.v1 import operator_pb2
 from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
 from services.ledger.db import LedgerDB
 from services.router.operations import Operations
 from services.router.operator_servicer import OperatorServicer
 from services.router.settings import RouterSettings
 from services.router.store import Allowance, RedisStore
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 
 ADMIN_KEY = "sk-unserved-admin"
 OPERATOR = operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name
@@ -52,9 +51,7 @@ async def edge(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[str, int]]
         "router", settings, {OPERATOR: lambda server: server.add_generic_rpc_handlers([handler])}
     )
     keys = SecretStr(f"{key_line('ops', ADMIN_KEY)} admin")
-    settings_edge = EdgeSettings(
-        port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
-    )
+    settings_edge = quiet_edge_settings(f"127.0.0.1:{running.port}", api_keys=keys)
     try:
         async with served_edge(settings_edge) as base:
             yield base, running.port

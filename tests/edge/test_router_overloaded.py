@@ -25,7 +25,7 @@ from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import batch_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 from tests.router.test_resubmitted_batch_lines import BATCH, BATCH_ID, LINES
 
 KEY = "sk-caller"
@@ -56,10 +56,7 @@ def overloaded_answers(service: str) -> float:
 
 
 def edge_settings(router_addr: str) -> EdgeSettings:
-    return EdgeSettings(
-        port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
-        api_keys=SecretStr(key_line("caller", KEY)),
-    )  # fmt: skip
+    return quiet_edge_settings(router_addr, api_keys=SecretStr(key_line("caller", KEY)))
 
 
 @asynccontextmanager

@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 
 from llmrouter.v1 import router_pb2
-from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_router, start_edge
+from tests.integration.conftest import quiet_edge_settings, served_router, start_edge
 
 
 class HeldRouter(RecordingRouter):
@@ -32,9 +31,7 @@ class HeldRouter(RecordingRouter):
 async def test_a_completion_the_shutdown_cuts_is_a_503_in_openais_body_not_to_be_retried() -> None:
     router = HeldRouter()
     async with served_router(router) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, grace_seconds=1
-        )
+        settings = quiet_edge_settings(router_addr, grace_seconds=1)
         server, serving, channel = await start_edge(settings)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=10) as client:

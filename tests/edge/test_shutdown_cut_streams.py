@@ -20,10 +20,9 @@ import openai
 import pytest
 
 from llmrouter.v1 import common_pb2, router_pb2
-from services.edge.settings import EdgeSettings
 from tests.edge.edge_process import edge_serving
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import free_port, served_router, start_edge
+from tests.integration.conftest import quiet_edge_settings, served_router, start_edge
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -171,9 +170,7 @@ async def test_a_stream_whose_last_event_went_out_before_the_shutdown_cut_ends_a
     router = AnswersLong()
     small_window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)]  # the caller reads nothing the kernel would
     async with served_router(router) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, grace_seconds=1
-        )
+        settings = quiet_edge_settings(router_addr, grace_seconds=1)
         server, serving, channel = await start_edge(settings)
         try:
             async with (

@@ -165,6 +165,12 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def quiet_edge_settings(router_addr: str, **settings: Any) -> EdgeSettings:
+    """An edge's settings on a free loopback port calling the router at `router_addr`, with no access log and no
+    metrics port (a test reads neither). settings: the edge's others."""
+    return EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, **settings)
+
+
 async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
     channel = open_channel(settings.router_addr, settings)  # as the edge opens it: its message limits included
     app = create_app(settings, channel)
@@ -194,13 +200,8 @@ async def batch_edge(
     """An edge (no access log, no metrics port) calling the router at `router_addr` and keeping its batches in the
     Redis at `store_url` (None: in process), served on loopback for the block: a client of its API. settings: the
     edge's others."""
-    edge_settings = EdgeSettings(
-        port=free_port(),
-        router_addr=router_addr,
-        batch_redis_url=RedisUrl(store_url) if store_url else None,
-        access_log="off",
-        metrics_port=0,
-        **settings,
+    edge_settings = quiet_edge_settings(
+        router_addr, batch_redis_url=RedisUrl(store_url) if store_url else None, **settings
     )
     async with served_edge(edge_settings) as base, httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
         yield client

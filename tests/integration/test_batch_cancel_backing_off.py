@@ -25,7 +25,7 @@ from services.batches.deferral import OFFER_IN_DOUBT
 from services.batches.runner import FAILED_FIRST_S, UNREACHED
 from services.batches.store import batch_key
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.conftest import free_port, quiet_edge_settings, served_edge, served_router
 from tests.integration.test_batch_cancel_waiting import create, status_of
 from tests.redis_servers import RedisServer
 
@@ -58,13 +58,7 @@ async def store(tmp_path: Path) -> AsyncIterator[RedisServer]:
 @asynccontextmanager
 async def two_edges(store: RedisServer, router_addr: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     def settings() -> EdgeSettings:
-        return EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            batch_redis_url=RedisUrl(store.url),
-            access_log="off",
-            metrics_port=0,
-        )
+        return quiet_edge_settings(router_addr, batch_redis_url=RedisUrl(store.url))
 
     async with (
         served_edge(settings()) as one,

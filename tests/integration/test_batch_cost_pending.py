@@ -16,10 +16,9 @@ from pydantic import SecretStr
 
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
 from services.router.admission import _duplicate
 from services.router.store import Verdict
-from tests.integration.conftest import free_port, served_router
+from tests.integration.conftest import quiet_edge_settings, served_router
 from tests.integration.test_batch_parking import edge_of, submit
 from tests.integration.test_provider_batches import finished, lines_of
 
@@ -58,10 +57,7 @@ async def batch_through(
         counted("llmrouter_edge_batch_cost_pending_lines_total"),
     )
     async with served_router(router) as router_addr:
-        edge_settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
-            api_keys=SecretStr(key_line(tenant, key)), **settings,
-        )  # fmt: skip
+        edge_settings = quiet_edge_settings(router_addr, api_keys=SecretStr(key_line(tenant, key)), **settings)
         async with edge_of(edge_settings, key) as client:
             done = await finished(client, await submit(client, 3), timeout_s=30)
             answers = await lines_of(client, done.output_file_id)

@@ -21,8 +21,7 @@ import redis
 from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import PREFIX, batch_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_router, start_edge
+from tests.integration.conftest import quiet_edge_settings, served_router, start_edge
 from tests.integration.test_batch_cancel_waiting import create
 from tests.redis_servers import RedisServer
 from tests.waiting import eventually
@@ -62,9 +61,7 @@ async def store(tmp_path: Path) -> AsyncIterator[RedisServer]:
 async def edge_on(router_addr: str, store: RedisServer) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """An edge served by uvicorn in process, and a client of it; the test sets server.should_exit, and the edge's
     shutdown (its drain included) is waited for on the way out."""
-    settings = EdgeSettings(
-        port=free_port(), router_addr=router_addr, batch_redis_url=RedisUrl(store.url), access_log="off", metrics_port=0
-    )
+    settings = quiet_edge_settings(router_addr, batch_redis_url=RedisUrl(store.url))
     server, serving, channel = await start_edge(settings)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=20) as client:

@@ -14,8 +14,7 @@ import redis
 
 from llmrouter.redis_url import RedisUrl
 from services.batches.store import ACTIVE, PREFIX, batch_key
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.conftest import free_port, quiet_edge_settings, served_edge, served_router
 from tests.integration.test_batch_cancel_waiting import create
 from tests.integration.test_batch_router_out_of_reach import ComingBackRouter
 from tests.redis_servers import RedisServer
@@ -25,13 +24,7 @@ async def test_a_cancelled_batch_left_active_is_finished_again_and_sends_nothing
     store = RedisServer(tmp_path, "--save", "").start()
     admin = redis.Redis(port=store.port)
     try:
-        settings = EdgeSettings(
-            port=free_port(),
-            router_addr="127.0.0.1:1",
-            batch_redis_url=RedisUrl(store.url),
-            access_log="off",
-            metrics_port=0,
-        )
+        settings = quiet_edge_settings("127.0.0.1:1", batch_redis_url=RedisUrl(store.url))
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
             batch_id = await create(client, "ended")  # the router out of reach: no line sent
         # Its finish interrupted: `cancelled` written, the batch still active.

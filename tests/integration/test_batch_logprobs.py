@@ -9,8 +9,7 @@ import json
 
 import httpx
 
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, quiet_edge_settings, start_edge
 
 MAX_FILE_BYTES = 16_000  # 4,000 bytes of log-probabilities a line, for the 4 lines here
 SHORT, LONG = "hi", " ".join(f"word{i}" for i in range(150))  # about 10 and 300 tokens echoed
@@ -28,14 +27,8 @@ def line(custom_id: str, content: str) -> str:
 
 
 async def test_a_batch_answers_log_probabilities_stay_within_its_share_of_the_output_file(chain: Chain) -> None:
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr=chain.router_addr,
-        request_timeout_s=20,
-        allow_anonymous=True,
-        access_log="off",
-        metrics_port=0,
-        batch_max_file_bytes=MAX_FILE_BYTES,
+    settings = quiet_edge_settings(
+        chain.router_addr, request_timeout_s=20, allow_anonymous=True, batch_max_file_bytes=MAX_FILE_BYTES
     )
     server, task, channel = await start_edge(settings)
     try:

@@ -20,7 +20,7 @@ from pydantic import SecretStr, ValidationError
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 from tests.integration.test_batch_listing import upload_places_taken
 from tests.waiting import eventually
 
@@ -39,11 +39,8 @@ def batch_file(megabytes: float) -> bytes:
 @pytest.fixture
 async def edge() -> AsyncIterator[tuple[int, httpx.AsyncClient]]:
     """An anonymous edge, its batches in process, taking one upload or download at a time; no router."""
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        access_log="off",
-        metrics_port=0,
+    settings = quiet_edge_settings(
+        "127.0.0.1:1",
         batch_max_concurrent_uploads=1,
         read_timeout_s=STALL_S,
         write_timeout_s=STALL_S,
@@ -241,11 +238,8 @@ def test_the_least_body_rate_settings_are_checked(setting: dict[str, float]) -> 
 
 async def test_one_tenant_holds_at_most_half_the_places(places: list[str]) -> None:
     """With keys, a tenant's stalled uploads take at most half the places: another tenant still finds one."""
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        access_log="off",
-        metrics_port=0,
+    settings = quiet_edge_settings(
+        "127.0.0.1:1",
         api_keys=SecretStr(f"{key_line('mallory', 'sk-m')},{key_line('alice', 'sk-a')}"),
         batch_max_concurrent_uploads=2,
         read_timeout_s=30,

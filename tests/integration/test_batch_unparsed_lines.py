@@ -22,7 +22,7 @@ from services.batches.store import batch_key, file_key, sent_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
-from tests.integration.conftest import Chain, free_port, served_edge
+from tests.integration.conftest import Chain, free_port, quiet_edge_settings, served_edge
 from tests.redis_servers import RedisServer
 from tests.waiting import eventually
 
@@ -116,14 +116,7 @@ async def test_a_stored_line_the_run_cannot_parse_is_its_own_400_and_the_rest_of
 
 def unreached_edge(store: RedisServer, **settings: Any) -> EdgeSettings:
     """An anonymous edge on the store whose router is out of reach: its batches send no line."""
-    return EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        batch_redis_url=RedisUrl(store.url),
-        access_log="off",
-        metrics_port=0,
-        **settings,
-    )
+    return quiet_edge_settings("127.0.0.1:1", batch_redis_url=RedisUrl(store.url), **settings)
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ import pytest
 from llmrouter.registry import load_registry
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.demo import PROMPTS, run_demo
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.conftest import quiet_edge_settings, served_edge, served_router
 
 EXACT = "0.000123"
 REGISTRY = load_registry()
@@ -47,7 +46,7 @@ class FirstPending(router_pb2_grpc.RouterServicer):
 
 async def test_the_demo_says_a_pending_cost_and_counts_it_apart(capsys: pytest.CaptureFixture[str]) -> None:
     async with served_router(FirstPending()) as router_addr:
-        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
+        settings = quiet_edge_settings(router_addr)
         async with served_edge(settings) as base:
             await asyncio.to_thread(run_demo, base.removesuffix("/v1"), REGISTRY)
     out = capsys.readouterr().out

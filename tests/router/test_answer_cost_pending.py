@@ -23,11 +23,10 @@ import redis.asyncio as redis
 
 from llmrouter.cli.__main__ import main
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
-from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore
 from services.router.store.model import CHARGED_TOTAL
 from tests.conftest import ledger_records
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 from tests.router.servicer_kit import served_router, store_on
 from tests.router.test_charge_after_reconcile import Held as HeldUnary
 from tests.waiting import eventually
@@ -56,9 +55,7 @@ async def answered_after_reconciled(
     db: Any = redis.from_url(redis_url)
     try:
         async with store_on(redis_url) as store, served_router(tmp_path, store, held, **router_settings) as running:
-            settings = EdgeSettings(
-                port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
-            )
+            settings = quiet_edge_settings(f"127.0.0.1:{running.port}")
             async with served_edge(settings) as base:
                 asking: asyncio.Task[Any] = asyncio.create_task(ask(base, f"127.0.0.1:{running.port}"))
                 await held.called.wait()

@@ -27,10 +27,9 @@ from llmrouter.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
-from services.edge.settings import EdgeSettings
 from services.router.store import Account, Store, key_id, period_id, to_pico
 from services.router.store import keys as store_keys
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import free_port, quiet_edge_settings, served_edge
 from tests.router.servicer_kit import served_router, store_on
 from tests.router.test_admission import REGISTRY
 
@@ -122,9 +121,7 @@ async def test_the_edge_answers_a_rate_limited_decide_as_a_rate_limited_completi
     tmp_path: Path, store: Store
 ) -> None:
     async with served_router(tmp_path, store, Answering(), classifier=Counting(), rate_limit_rpm=LIMIT) as running:
-        settings = EdgeSettings(
-            port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
-        )
+        settings = quiet_edge_settings(f"127.0.0.1:{running.port}")
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
 
             def body() -> dict[str, Any]:

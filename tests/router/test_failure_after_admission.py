@@ -24,7 +24,6 @@ from prometheus_client import REGISTRY as METRICS
 
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.edge.settings import EdgeSettings
 from services.router import charging, metrics, servicer, serving, undoing
 from services.router.cache import ResponseCache
 from services.router.faults import AT_HOLD, UNSERVED
@@ -36,7 +35,7 @@ from services.router.sessions import Sessions
 from services.router.store import PICO, Account, RedisStore, StoreUnavailable, period_id, to_pico
 from services.router.undoing import Undoing
 from tests.conftest import ledger_records
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import quiet_edge_settings, served_edge
 from tests.router.servicer_kit import router_stub, served_router
 from tests.router.test_admission import REGISTRY
 from tests.router.test_answer_cost_pending import answered_after_reconciled
@@ -130,9 +129,7 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
         with caplog.at_level(logging.ERROR, "llmrouter.router"):
             told = await failure(router, ask("bug-1"), streamed)
         again = await failure(router, ask("bug-1"), streamed)
-        settings = EdgeSettings(
-            port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0
-        )
+        settings = quiet_edge_settings(f"127.0.0.1:{running.port}")
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
             body = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
             edge = await client.post("/chat/completions", json={**body, "stream": streamed})
