@@ -244,6 +244,13 @@ async def sdk_client(settings: EdgeSettings, key: str) -> AsyncIterator[AsyncOpe
         await client.close()
 
 
+@asynccontextmanager
+async def sdk_edge(settings: EdgeSettings, key: str) -> AsyncIterator[AsyncOpenAI]:
+    """The edge served with `settings` and the official SDK calling it with `key`, without retries, for the block."""
+    async with served_edge(settings), sdk_client(settings, key) as client:
+        yield client
+
+
 @pytest.fixture(params=["redis", "memory"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | None]:
     """The edge's batch store, for a test run against both: a Redis of its own (its URL) and in process (None)."""

@@ -18,8 +18,8 @@ from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.keys import key_line
 from services.router.admission import _duplicate
 from services.router.store import Verdict
-from tests.integration.conftest import quiet_edge_settings, served_router
-from tests.integration.test_batch_parking import edge_of, submit
+from tests.integration.conftest import quiet_edge_settings, sdk_edge, served_router
+from tests.integration.test_batch_parking import submit
 from tests.integration.test_provider_batches import finished, lines_of
 
 EXACT = "0.000123"
@@ -58,7 +58,7 @@ async def batch_through(
     )
     async with served_router(router) as router_addr:
         edge_settings = quiet_edge_settings(router_addr, api_keys=SecretStr(key_line(tenant, key)), **settings)
-        async with edge_of(edge_settings, key) as client:
+        async with sdk_edge(edge_settings, key) as client:
             done = await finished(client, await submit(client, 3), timeout_s=30)
             answers = await lines_of(client, done.output_file_id)
             errors = await lines_of(client, done.error_file_id)

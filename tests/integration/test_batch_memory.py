@@ -22,7 +22,7 @@ from llmrouter.redis_url import RedisUrl
 from services.batches.store import RedisStore, file_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, free_port, sdk_edge
 from tests.integration.test_provider_batches import finished
 
 
@@ -52,15 +52,8 @@ async def edge_client(chain: Chain, **settings: Any) -> AsyncIterator[AsyncOpenA
         request_timeout_s=20,
         **settings,
     )
-    server, task, channel = await start_edge(edge)
-    sdk = AsyncOpenAI(base_url=f"http://127.0.0.1:{edge.port}/v1", api_key=key, max_retries=0)
-    try:
+    async with sdk_edge(edge, key) as sdk:
         yield sdk
-    finally:
-        await sdk.close()
-        server.should_exit = True
-        await task
-        await channel.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -23,7 +22,7 @@ from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import PREFIX, batch_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import Chain, free_port, served_router, start_edge
+from tests.integration.conftest import Chain, free_port, sdk_edge, served_router
 from tests.integration.test_batches import small_file
 from tests.integration.test_provider_batches import finished
 from tests.redis_servers import RedisServer
@@ -40,19 +39,6 @@ class RateLimitingRouter(router_pb2_grpc.RouterServicer):
         metadata = {"retry_after_s": self.retry_after_s}
         error = ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "rate limited", metadata)
         await context.abort(error.code, error.message, error.trailing_metadata())
-
-
-@asynccontextmanager
-async def edge_of(settings: EdgeSettings, key: str) -> AsyncIterator[AsyncOpenAI]:
-    server, task, channel = await start_edge(settings)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
-    try:
-        yield client
-    finally:
-        await client.close()
-        server.should_exit = True
-        await task
-        await channel.close()
 
 
 @pytest.fixture
@@ -97,13 +83,13 @@ async def test_a_parked_batch_gives_up_its_lease_and_another_edge_resumes_it_at_
                 api_keys=SecretStr(key_line(tenant, key)),
                 batch_redis_url=RedisUrl(store.url),
             )
-            async with edge_of(settings, key) as client:
+            async with sdk_edge(settings, key) as client:
                 batch_id = await submit(client, 1)
                 until = await parked_until(db, batch_id)
                 # The run has ended: no edge runs it, any may, at its time.
                 await eventually(lambda: lease_given_up(db, batch_id), "the parked run's lease is given up")
         other = settings.model_copy(update={"port": free_port(), "router_addr": chain.router_addr})
-        async with edge_of(other, key) as client:
+        async with sdk_edge(other, key) as client:
             done = await finished(client, batch_id, timeout_s=until - time.time() + 5)
         assert done.status == "completed" and done.request_counts.completed == 1
     finally:

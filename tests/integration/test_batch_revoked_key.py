@@ -24,7 +24,7 @@ from services.batches.store import PREFIX, sent_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, free_port, sdk_edge
 from tests.integration.test_batches import small_file
 from tests.integration.test_provider_batches import finished
 
@@ -38,17 +38,11 @@ async def created_where_no_line_goes_out(chain: Chain, tenant: str, key: str, wi
         batch_redis_url=RedisUrl(chain.redis_url),
         batch_window_s=window_s,
     )
-    edge, task, channel = await start_edge(away)
-    try:
-        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{away.port}/v1", api_key=key, max_retries=0) as client:
-            uploaded = await client.files.create(file=("revoked.jsonl", small_file("revoked", 3)), purpose="batch")
-            return await client.batches.create(
-                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
-    finally:
-        edge.should_exit = True
-        await task
-        await channel.close()
+    async with sdk_edge(away, key) as client:
+        uploaded = await client.files.create(file=("revoked.jsonl", small_file("revoked", 3)), purpose="batch")
+        return await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
 
 
 @asynccontextmanager
@@ -61,14 +55,8 @@ async def edge_keyed(chain: Chain, tenant: str, key: str) -> AsyncIterator[Async
         batch_redis_url=RedisUrl(chain.redis_url),
         request_timeout_s=20,
     )
-    edge, task, channel = await start_edge(settings)
-    try:
-        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0) as client:
-            yield client
-    finally:
-        edge.should_exit = True
-        await task
-        await channel.close()
+    async with sdk_edge(settings, key) as client:
+        yield client
 
 
 async def charged(db: redis.Redis, tenant: str) -> list[dict[str, Any]]:

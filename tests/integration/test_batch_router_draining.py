@@ -17,8 +17,8 @@ from pydantic import SecretStr
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.keys import key_line
 from services.router.shutdown_cut import cut_error
-from tests.integration.conftest import quiet_edge_settings, served_router
-from tests.integration.test_batch_parking import edge_of, submit
+from tests.integration.conftest import quiet_edge_settings, sdk_edge, served_router
+from tests.integration.test_batch_parking import submit
 from tests.integration.test_provider_batches import finished, lines_of
 
 
@@ -44,7 +44,7 @@ async def test_a_line_the_draining_router_refused_unserved_is_sent_again(release
     router = DrainingOnce(Decimal(0 if released else "0.000123"), released)
     async with served_router(router) as router_addr:
         settings = quiet_edge_settings(router_addr, api_keys=SecretStr(key_line(tenant, key)))
-        async with edge_of(settings, key) as client:
+        async with sdk_edge(settings, key) as client:
             done = await finished(client, await submit(client, 1), timeout_s=30)
             answers = await lines_of(client, done.output_file_id)
             errors = await lines_of(client, done.error_file_id)
