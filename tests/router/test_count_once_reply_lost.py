@@ -66,6 +66,16 @@ async def lose_the_next_reply(money: Proxied, line: Hold, then_down: bool = Fals
     money.proxy.lose_next_reply(then_down)
 
 
+async def adopted_elsewhere(any_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLAIM_ADOPTED_AFTER_S on, another router's reconciler runs a round, adopting the takes unheard that long."""
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+    other = RedisStore(any_redis_url)
+    try:
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+    finally:
+        await other.close()
+
+
 async def test_a_take_whose_reply_was_lost_is_answered_to_its_taker_when_sent_again(proxied: Proxied) -> None:
     line = await charged_line(proxied)
     await lose_the_next_reply(proxied, line)
@@ -176,12 +186,7 @@ async def test_a_take_another_router_adopted_is_no_failure_of_its_taker_cut_off_
     with pytest.raises(StoreUnavailable):
         await proxied.store.count_once(ACCOUNT, line.request_id, "made")
     before = counted("strong")
-    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
-    other = RedisStore(any_redis_url)
-    try:
-        await other.reconcile("router-2", LEASE_S, 3600.0)
-    finally:
-        await other.close()
+    await adopted_elsewhere(any_redis_url, monkeypatch)
     assert counted("strong")[0] - before[0] == 1, "counted by no router"
     monkeypatch.setattr(redis_store, "TAKEN_KEPT_S", 0)  # its time up
     proxied.proxy.come_back()
@@ -210,12 +215,7 @@ async def test_a_take_its_taker_hears_back_as_another_router_adopts_it_is_counte
     reply = proxied.proxy.hold_next_reply()
     resending = asyncio.create_task(proxied.store.reconcile("router-1", 3600.0, 3600.0))
     await reply.arrived.wait()  # the resend ran
-    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
-    other = RedisStore(any_redis_url)
-    try:
-        await other.reconcile("router-2", LEASE_S, 3600.0)
-    finally:
-        await other.close()
+    await adopted_elsewhere(any_redis_url, monkeypatch)
     assert counted("strong")[0] - before[0] == 1, "the adopter counted nothing"
     reply.released.set()
     await resending
@@ -239,12 +239,7 @@ async def test_a_take_heard_by_its_taker_after_the_adopter_counted_it_and_the_st
     reply = proxied.proxy.hold_next_reply()
     taking = asyncio.create_task(proxied.store.count_once(ACCOUNT, line.request_id, "made"))
     await reply.arrived.wait()  # the take ran
-    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
-    other = RedisStore(any_redis_url)
-    try:
-        await other.reconcile("router-2", LEASE_S, 3600.0)
-    finally:
-        await other.close()
+    await adopted_elsewhere(any_redis_url, monkeypatch)
     assert counted("strong")[0] - before[0] == 1, "the adopter counted nothing"
     await proxied.direct.delete(KEYS.counted(line.request_id))  # TAKEN_KEPT_S on: the store let it go
     reply.released.set()
