@@ -197,3 +197,51 @@ async def test_a_router_of_the_version_before_reads_outbox_lines_of_a_held_line(
     checkout(BEFORE, old_tree)
     assert await run(old_tree, OLD_OUTBOX, charge, undo) == "line-1\nline-1"
     assert entry_from_json(undo).hold == replace(line, max_tokens=None)
+
+
+class Sent(Reporting):
+    """Reporting, keeping the max_tokens each line was sent to the provider with."""
+
+    def __init__(self, output_tokens: int) -> None:
+        super().__init__(output_tokens)
+        self.sent: dict[str, int] = {}
+
+    async def SubmitBatch(self, request: Any, context: Any) -> provider_pb2.SubmitBatchResponse:
+        self.sent.update({r.request_id: r.max_tokens for r in request.requests})
+        return await super().SubmitBatch(request, context)
+
+
+async def test_a_line_whose_max_tokens_the_budget_lowered_records_the_max_tokens_it_was_sent(
+    tmp_path: Path, redis_store: RedisStore
+) -> None:
+    """The tenant's budget leaves room for a few tokens past MAX_TOKENS: the second line, asking for far more, is
+    admitted with its max_tokens lowered to fit. Its pending charge records that lowered max_tokens, the one the
+    provider was sent, not the caller's; an output reported past it is charged the lowered max_tokens."""
+    (probed := tmp_path / "probe").mkdir()
+    async with router_servicer(probed, redis_store, Sent(0), REGISTRY) as router:
+        with acting_as(TENANT_CALLER):
+            await submitted(router)
+    held = await redis_store.pending_charge(ACCOUNT, "line-1")
+    assert held is not None
+    per_token = REGISTRY.get("strong").at_batch_price().output_usd_per_mtok / 1_000_000  # type: ignore[union-attr]
+    room = 30
+    # What the first line holds, and a second like it writing `room` tokens more.
+    budget = 2 * Decimal(held.hold_pico) / 10**12 + room * per_token
+    asked = MAX_TOKENS * 100
+    provider = Sent(asked)
+    second = router_pb2.CompleteRequest()
+    second.CopyFrom(LINE)
+    second.request_id, second.max_tokens = "line-2", asked
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, tenant_budget_usd=budget) as router:
+        with acting_as(TENANT_CALLER):
+            (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[second]), NoDeadline())).lines
+            assert sent.deferred
+            pending = await redis_store.pending_charge(ACCOUNT, "line-2")
+            collect = router_pb2.CollectBatchRequest(
+                model="strong", provider_batch_id="pbatch-1", request_ids=["line-2"]
+            )
+            (line,) = (await router.CollectBatch(collect, NoDeadline())).lines
+    assert pending is not None and pending.max_tokens is not None
+    lowered = pending.max_tokens
+    assert MAX_TOKENS < lowered < asked and provider.sent == {"line-2": lowered}
+    assert line.succeeded and line.response.usage.output_tokens == lowered and line.response.usage.estimated
