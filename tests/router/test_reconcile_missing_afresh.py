@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
-from services.router.store.keys import LEASE, alive_key
+from services.router.store.keys import LEASE, alive_key, last_beat_key
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.lease import lease_holder
 from tests.router.old_beats import beat_as_the_version_before
@@ -105,6 +105,43 @@ async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_thro
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
         assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
         assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
+    finally:
+        for store in (live, reconciler):
+            await store.close()
+
+
+@pytest.mark.parametrize("lose_sight", [lost_by_ping, lost_by_heartbeat], ids=["ping", "heartbeat"])
+async def test_a_router_whose_last_beat_lapsed_in_an_outage_gets_its_grace_from_when_the_store_is_back(
+    redis_url: str, proxy: LossyProxy, lose_sight: Callable[[RedisStore], Awaitable[None]]
+) -> None:
+    """The store out of every router's reach for longer than two TTLs: the live router, which writes its last beat
+    (last_beats.py), could not beat meanwhile, and by the store's clock its beat lapsed over a grace ago. Its requests
+    run on, their charges waiting in its outbox. The reconciler's first round after the outage comes before the live
+    router's first beat: its grace counts from when the reconciler could read the heartbeats again, not at its holds
+    at once."""
+    live, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
+    try:
+        await live.heartbeat("router-live", LEASE_S)
+        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
+        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0  # alive
+
+        async def gone_past_its_grace() -> bool:
+            seconds, micros = await live.redis.time()
+            lapsed_ms = int(await live.redis.get(last_beat_key("router-live")))
+            return seconds * 1000 + micros // 1000 - lapsed_ms >= 2 * LEASE_S * 1000
+
+        proxy.go_down()
+        await lose_sight(reconciler)  # the upkeep's round: the store away, no reconcile
+        await eventually(gone_past_its_grace, "the live router's beat lapsed a grace ago by the store's clock")
+        proxy.come_back()
+        assert await reconciler.ping()
+        assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
+        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
+        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
+        # Missing a whole TTL since the store came back, it is dead: its request is charged at its hold, once.
+        await eventually(lambda: reconciler.reconcile("rec", LEASE_S, 3600.0), "the router taken for dead")
+        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 1
     finally:
         for store in (live, reconciler):
             await store.close()

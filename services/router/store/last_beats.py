@@ -6,7 +6,9 @@ meanwhile and gone again a moment ago, and took the second for dead at once, its
 So each beat also writes, in the same script, when that heartbeat lapses by the store's clock (lua.py, BEAT), to a key
 kept long past it (LAST_BEAT_KEPT_S); the reconciler reads it beside the heartbeat and the store's clock at one instant
 (lua.py, BEATS_READ), and takes a router for dead once gone a whole grace by that clock, whatever its own sweeps saw:
-never one that beat lately, and a dead one at the first sweep past its grace, however long the rounds. A router with no
+never one that beat lately, and a dead one at the first sweep past its grace, however long the rounds; after the store
+was out of the reconciler's sight a while, every router's gone from the reconciler's first read after it at the
+earliest (RedisStore.reconcile): it too may have been cut off, its requests running on. A router with no
 last beat (of a version before, its store's TIME renamed away, or its last beat dropped: lua.py, BEATS_READ; beat) is
 judged by the reconciler's sightings (RedisStore.reconcile).
 The store's clock is the heartbeats' own (their TTLs lapse by it): a failover to a replica whose clock is ahead lapses
@@ -40,10 +42,11 @@ class BeatsRead:
     alive: dict[str, bool]
     lapsed_ms: dict[str, int]  # of those missing, when their heartbeat lapsed, by their last beat (none: not known)
 
-    def gone_s(self, router: str) -> float | None:
-        """How long the router's heartbeat has been gone by the store's clock; None when alive or not known."""
+    def gone_s(self, router: str, watched_from_ms: int = 0) -> float | None:
+        """How long the router's heartbeat has been gone by the store's clock, counted from `watched_from_ms` at the
+        earliest (the store's time from which the reconciler could read the heartbeats); None: alive, or not known."""
         lapsed = self.lapsed_ms.get(router)
-        return None if lapsed is None or self.now_ms is None else (self.now_ms - lapsed) / 1000
+        return None if lapsed is None or self.now_ms is None else (self.now_ms - max(lapsed, watched_from_ms)) / 1000
 
 
 class LastBeats:

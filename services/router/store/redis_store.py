@@ -395,11 +395,12 @@ def _carried(keys: AccountKeys, period: str) -> list[str]:
     return [keys.carried(each) for each in _this_and_next(period)]
 
 
-def _gone_for_good(beats: BeatsRead, router: str, seen_missing_s: float, grace_s: float) -> bool:
+def _gone_for_good(beats: BeatsRead, router: str, seen_missing_s: float, grace_s: float, watched_from_ms: int) -> bool:
     """Whether a router missing at this sweep is taken for dead: by its last beat, gone a whole grace by the store's
-    clock, whatever this reconciler saw before; with none (a router of a version before), seen missing at sweeps a
-    grace apart (`seen_missing_s` since the first)."""
-    gone_s = beats.gone_s(router)
+    clock since it lapsed or since `watched_from_ms` (the reconciler's first read after the store was out of its
+    sight: no router could beat meanwhile), whatever this reconciler saw before; with none (a router of a version
+    before), seen missing at sweeps a grace apart (`seen_missing_s` since the first)."""
+    gone_s = beats.gone_s(router, watched_from_ms)
     return (seen_missing_s if gone_s is None else gone_s) >= grace_s
 
 
@@ -450,6 +451,10 @@ class RedisStore:
         self._raise_spend = Script(self.redis, lua.RAISE_SPEND)
         self._last_beats = LastBeats(self.redis)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
+        # The store's time (Unix ms) from which last beats count: that of the first read after the store was out of
+        # this router's sight (reconcile), and whether the next read sets it.
+        self._beats_watched_from_ms = 0
+        self._beats_watched_afresh = False
         self._in_sight_at = float("-inf")  # when the store last answered this router's PING or heartbeat (monotonic)
         self._sight_lost_at: float | None = None  # when it answered last before a loss of sight, until a round reads it
         self._sight_back_at: float | None = None  # when it answered first after that loss, none while it lasts
@@ -1268,7 +1273,10 @@ class RedisStore:
         # replay), and one beat failing far into it forgot all, as though the store had been away the whole round.
         lost_until = time.monotonic() if back_at is None else back_at
         if lost_at is not None and lost_until - lost_at >= lease_s * SIGHT_LOST_FORGETS:
-            missing = {}
+            # Every router may have been cut off as this one was, unable to beat: their last beats lapsed in the
+            # outage, their requests running on (their charges in their outboxes), they get their grace from the
+            # first read after it, by the store's clock, as those judged by sightings do.
+            missing, self._beats_watched_afresh = {}, True
         async with _reachable():
             keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
             away = {shard for shard in range(SHARDS) if pending_key(shard) in keys_away}  # passed over (_apart)
@@ -1302,6 +1310,8 @@ class RedisStore:
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
             beats = await self._beats_read(others)
+            if self._beats_watched_afresh and beats.now_ms is not None:
+                self._beats_watched_from_ms, self._beats_watched_afresh = beats.now_ms, False
             # Dated from the heartbeats' read, not the sweep's clock reading before the pending charges were read: a
             # reconciler paused in between (SIGSTOP, a host frozen, a long read) took a router for dead at its next
             # sweep, a moment after it first saw it missing. Dead is judged by `now`, before this read: never early.
@@ -1310,7 +1320,12 @@ class RedisStore:
             # The next sweep a TTL after this read, not after `now`: one a long read brought nearer found a router
             # first seen missing here not yet a TTL missing, and charged it a sweep later, two TTLs after this read.
             self._last_sweep = seen
-            dead = {r for r, since in self._missing_since.items() if _gone_for_good(beats, r, now - since, lease_s)}
+            watched_from_ms = self._beats_watched_from_ms
+            dead = {
+                r
+                for r, since in self._missing_since.items()
+                if _gone_for_good(beats, r, now - since, lease_s, watched_from_ms)
+            }
             stale_before = money_now() - stale_s
             settled = resent
             left = len(records) - len(swept)  # unreadable: no router will ever settle them
