@@ -8,6 +8,7 @@ Redis."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -129,6 +130,49 @@ async def test_a_last_beat_is_dropped_once_a_router_of_the_version_before_beats_
             return len(reconciler.reads) == 2
 
         await eventually(swept_again, "the reconciler's next sweep")
+        assert await charged(router) == (1, 0)
+    finally:
+        for store in (router, reconciler):
+            await store.close()
+
+
+class LeapingStore(RedisStore):
+    """A reconciler whose store's clock leaps ahead by `leap_ms` at its reads (recorded, as ReadingStore's): a failover
+    to a replica whose clock is ahead, or the master's host stepping its clock, by what the store's TIME says. Its
+    heartbeats lapse as early."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.leap_ms = 0
+        self.reads: list[BeatsRead] = []
+
+    async def _beats_read(self, routers: list[str]) -> BeatsRead:
+        beats = await super()._beats_read(routers)
+        if beats.now_ms is not None:
+            beats = dataclasses.replace(beats, now_ms=beats.now_ms + self.leap_ms)
+        self.reads.append(beats)
+        return beats
+
+
+async def test_a_live_router_gets_its_grace_when_the_stores_clock_leaps_ahead_between_sweeps(redis_url: str) -> None:
+    """The store's clock leaps ahead far past a grace, the reconciler in sight of it throughout: the live router's
+    heartbeat lapses at once, and by its last beat it was gone long ago. The reconciler's sweep before its next beat
+    gives it its grace from that sweep, as one judged by sightings gets it, not its requests charged at their holds."""
+    router, reconciler = RedisStore(redis_url), LeapingStore(redis_url)
+    try:
+        await router.heartbeat(ROUTER, 10 * TTL_S)
+        await admitted(router)
+        assert await reconciler.reconcile("rec", TTL_S, 3600.0) == 0  # alive
+        reconciler.leap_ms = int(30 * TTL_S * 1000)
+        await router.redis.delete(alive_key(ROUTER))  # lapsed by the clock that leapt
+
+        async def swept_again() -> bool:
+            assert await reconciler.reconcile("rec", TTL_S, 3600.0) == 0
+            return len(reconciler.reads) == 2
+
+        await eventually(swept_again, "the reconciler's next sweep")
+        gone = reconciler.reads[-1].gone_s(ROUTER)
+        assert gone is not None and gone >= TTL_S  # by its last beat alone, gone past its grace
         assert await charged(router) == (1, 0)
     finally:
         for store in (router, reconciler):

@@ -12,7 +12,8 @@ earliest (RedisStore.reconcile): it too may have been cut off, its requests runn
 last beat (of a version before, its store's TIME renamed away, or its last beat dropped: lua.py, BEATS_READ; beat) is
 judged by the reconciler's sightings (RedisStore.reconcile).
 The store's clock is the heartbeats' own (their TTLs lapse by it): a failover to a replica whose clock is ahead lapses
-both as early."""
+both as early, so a leap of that clock ahead of the reconciler's between its reads counts them from then on, as after
+an outage (RedisStore._watch_beats)."""
 
 from __future__ import annotations
 

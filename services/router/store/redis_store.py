@@ -452,9 +452,10 @@ class RedisStore:
         self._last_beats = LastBeats(self.redis)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         # The store's time (Unix ms) from which last beats count: that of the first read after the store was out of
-        # this router's sight (reconcile), and whether the next read sets it.
+        # this router's sight, or of a read its clock leapt ahead before (reconcile), and whether the next read sets it.
         self._beats_watched_from_ms = 0
         self._beats_watched_afresh = False
+        self._beats_last_read: tuple[int, float] | None = None  # the last read's: the store's time (ms), when asked
         self._in_sight_at = float("-inf")  # when the store last answered this router's PING or heartbeat (monotonic)
         self._sight_lost_at: float | None = None  # when it answered last before a loss of sight, until a round reads it
         self._sight_back_at: float | None = None  # when it answered first after that loss, none while it lasts
@@ -1309,13 +1310,13 @@ class RedisStore:
             records = [record async for record in self._pending(away)]
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
+            asked = time.monotonic()
             beats = await self._beats_read(others)
-            if self._beats_watched_afresh and beats.now_ms is not None:
-                self._beats_watched_from_ms, self._beats_watched_afresh = beats.now_ms, False
             # Dated from the heartbeats' read, not the sweep's clock reading before the pending charges were read: a
             # reconciler paused in between (SIGSTOP, a host frozen, a long read) took a router for dead at its next
             # sweep, a moment after it first saw it missing. Dead is judged by `now`, before this read: never early.
             seen = time.monotonic()
+            self._watch_beats(beats, asked, seen, lease_s)
             self._missing_since = {r: missing.get(r, seen) for r in others if not beats.alive[r]}
             # The next sweep a TTL after this read, not after `now`: one a long read brought nearer found a router
             # first seen missing here not yet a TTL missing, and charged it a sweep later, two TTLs after this read.
@@ -1498,6 +1499,22 @@ class RedisStore:
             if shard not in away:
                 for record in records:
                     yield record
+
+    def _watch_beats(self, beats: BeatsRead, asked: float, answered: float, lease_s: float) -> None:
+        """Last beats counted from this read (asked and answered at those monotonic times) on, when the store was out
+        of this router's sight before it, or its clock leapt ahead of this router's since the read before (a failover
+        to a replica whose clock is ahead, its host stepping its clock) by a third of the TTL or more: the heartbeats
+        lapsed that much early, their routers unable to beat since, and by their last beats gone that much longer than
+        they were. The store's clock is leaping only when it went on further than the most that could have passed
+        between its two readings (from the first read's asking to this one's answer): a late reply is no leap."""
+        if beats.now_ms is None:
+            return
+        last, self._beats_last_read = self._beats_last_read, (beats.now_ms, asked)
+        leapt = (
+            last is not None and (beats.now_ms - last[0]) / 1000 - (answered - last[1]) >= lease_s * SIGHT_LOST_FORGETS
+        )
+        if self._beats_watched_afresh or leapt:
+            self._beats_watched_from_ms, self._beats_watched_afresh = beats.now_ms, False
 
     async def _beats_read(self, routers: list[str]) -> BeatsRead:
         async with self._calls:
