@@ -6,9 +6,10 @@ still finish, charged to the old one. The key's spend so far stays in its old te
 holds in every other shard is carried into the new tenant's for the rest of the period, counted against its key budget
 alone (RedisStore.move_key; README, *A key serves one tenant*). A hold at the move (its charge may yet be lost, or
 wait in an outbox) is carried into each period the reconciler may charge it in: within the routers'
-ROUTER_PENDING_STALE_S of the move, the longest any router runs with (`--pending-stale-s`, by default
-ROUTER_PENDING_STALE_S as the routers read it, unset the longest it may be, a week: the move cannot tell the routers'
-default from a longer value it does not see).
+ROUTER_PENDING_STALE_S of the move, the longest any router runs with. Routers publish theirs at each heartbeat
+(store/pending_stale.py); the move takes the longest of those of routers seen lately and of `--pending-stale-s` (by
+default ROUTER_PENDING_STALE_S as the routers read it), saying so when a router's is longer than the one given; with
+neither, the longest it may be, a week: the move cannot tell the routers' default from a longer value it does not see.
 
 With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
 master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would
@@ -36,6 +37,7 @@ from services.router.money_check import money_store
 from services.router.settings import CHARGE_LANDS_S, PendingStaleSettings
 from services.router.store import (
     HOLDS_LINGER_S,
+    KeyMoved,
     KeyMoveUnrecorded,
     MoneyClockUnread,
     StoreRefusing,
@@ -65,9 +67,9 @@ async def main(argv: list[str]) -> int:
         type=float,
         default=None,
         help="the routers' ROUTER_PENDING_STALE_S (the longest, if they differ): a hold at the move, whose charge may"
-        " yet be lost, is carried into each period that starts within it"
-        f" (above {CHARGE_LANDS_S}, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else {HOLDS_LINGER_S},"
-        " the longest it may be)",
+        " yet be lost, is carried into each period that starts within it, or within the longer value a router"
+        f" published (above {CHARGE_LANDS_S}, at most {HOLDS_LINGER_S}; default: ROUTER_PENDING_STALE_S, else the"
+        f" routers' published values, else {HOLDS_LINGER_S}, the longest it may be)",
     )
     args = parser.parse_args(argv)
     if args.pending_stale_s is not None and not CHARGE_LANDS_S < args.pending_stale_s <= HOLDS_LINGER_S:
@@ -114,6 +116,7 @@ async def main(argv: list[str]) -> int:
     finally:
         await store.close()
     was = "bound to no tenant before" if moved.before is None else f"moved from {moved.before!r}"
+    _say_pending_stale(args.key_id, args.pending_stale_s, moved)
     if not recorded:
         # Run again, it would be recorded as a move from the tenant it now has: the terminal keeps where it was from.
         print(
@@ -147,6 +150,17 @@ async def main(argv: list[str]) -> int:
         " (a request admitted before may still finish, charged to the tenant that admitted it)"
     )
     return 0
+
+
+def _say_pending_stale(key_id: str, given: float | None, moved: KeyMoved) -> None:
+    """A router's published ROUTER_PENDING_STALE_S longer than the one given is the one the move carried by: said, so
+    that the operator's shell (or flag) is set right for the next."""
+    if given is not None and moved.published_s is not None and moved.published_s > given:
+        print(
+            f"key {key_id}: a router runs with ROUTER_PENDING_STALE_S={moved.published_s:g}, longer than the"
+            f" {given:g} s given: holds in flight were carried as far as {moved.published_s:g} s",
+            file=sys.stderr,
+        )
 
 
 def _user() -> str:

@@ -57,12 +57,13 @@ PendingStaleS = Annotated[float, Field(gt=CHARGE_LANDS_S, le=HOLDS_LINGER_S)]
 
 class PendingStaleSettings(BaseSettings):
     """ROUTER_PENDING_STALE_S as a key move reads it (key_move.py: how far it carries a hold past its expiry), validated
-    as the router's. Unset, the longest it may be: the move, often run where the routers' settings are not, cannot tell
-    their default from a longer value it does not see, and carrying too little lets a key spend its limit twice."""
+    as the router's. Unset (None), the move goes by the values routers publish, else by the longest it may be: run where
+    the routers' settings are not, it cannot tell their default from a longer value, and carrying too little lets a key
+    spend its limit twice."""
 
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
-    pending_stale_s: PendingStaleS = HOLDS_LINGER_S
+    pending_stale_s: PendingStaleS | None = None
 
 
 class RequestIdSettings(BaseSettings):

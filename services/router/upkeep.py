@@ -194,7 +194,7 @@ class Upkeep:
     async def _heartbeat(self) -> bool:
         """False when the store answers but takes no writes (full, or a demoted primary): nothing is admitted."""
         try:
-            await self.store.heartbeat(self.router, self.heartbeat_ttl_s)
+            await self.store.heartbeat(self.router, self.heartbeat_ttl_s, self.stale_s)
         except StoreUnavailable:
             return False
         return True

@@ -18,9 +18,12 @@ from services.router import key_move
 from services.router.budget_alerts import use
 from services.router.budgets import budgets
 from services.router.operator_servicer import budget_message
+from services.router.outbox import Outbox
 from services.router.store import DEFERRED_HOLD_S, HOLDS_LINGER_S, Account, Allowance, Hold, RedisStore, period_id
-from services.router.store.keys import GLOBAL_SLOT, AccountKeys, key_tenant_key, shard_of
+from services.router.store.keys import GLOBAL_SLOT, PENDING_STALE, AccountKeys, key_tenant_key, shard_of
 from services.router.store.model import next_period, period_start, spend_ttl_s
+from services.router.store.pending_stale import PendingStale
+from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster, RedisServer, free_port
 from tests.router.servicer_kit import store_on
 from tests.router.test_key_of_two_tenants import KEY, tenants
@@ -377,6 +380,78 @@ async def test_a_batch_line_held_past_26_hours_is_carried_into_each_day_it_is_he
     assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day four
     assert await admitted(store, NEW, "r2", 500) == "key"
     assert await admitted(store, NEW, "r3", 400) == ""
+
+
+async def test_a_hold_past_its_expiry_is_carried_no_further_than_the_pending_stale_s_the_routers_publish(
+    store: RedisStore, clock: list[float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Told nothing, the move went by a week: a hold past its expiry took the key's limit on day three under its new
+    tenant, though the routers charge it within their hour. They publish their ROUTER_PENDING_STALE_S at each beat
+    (store/pending_stale.py), and the move goes by it."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one; held HOLD_S
+    clock[0] = DAY_ONE + 3600  # its hold past its expiry, its charge open
+    await store.heartbeat("router-1", 5.0, 3600.0)  # a live router's upkeep beats
+    assert await key_move.main([KEY, NEW]) == 0
+    assert "ROUTER_PENDING_STALE_S" not in capsys.readouterr().err
+    clock[0] = DAY_ONE + 2 * 3600 + 1
+    assert await store.reconcile("router-2", 5.0, 3600) == 1  # charged at its hold, as stale, on day one
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
+    assert await admitted(store, NEW, "r2", LIMIT) == ""
+
+
+async def test_a_routers_upkeep_publishes_its_pending_stale_s(store: RedisStore, tmp_path: Path) -> None:
+    await Upkeep(store, Outbox(tmp_path), "router-1", 2.0, 5.0, 7200.0).tick()
+    assert await PendingStale(store.redis).longest() == 7200.0
+
+
+async def test_a_pending_stale_s_given_shorter_than_a_routers_is_overruled_and_said(
+    store: RedisStore, clock: list[float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's shell set to an hour while a router runs with 40 h: the move carried the hold by the hour, and the
+    key spent its limit again on day three, when that router's reconciler charges the hold in the old tenant's shard.
+    The move takes the longer, and says so."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one
+    clock[0] = DAY_ONE + 3600
+    await store.heartbeat("router-1", 5.0, 3600.0)
+    await store.heartbeat("router-2", 5.0, 40 * 3600.0)
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
+    assert "ROUTER_PENDING_STALE_S=144000, longer than the 3600 s given" in capsys.readouterr().err
+    clock[0] = DAY_ONE + 40 * 3600 + 1  # 00:00:01 UTC, day three
+    assert await store.reconcile("router-2", 5.0, 40 * 3600) == 1
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""
+
+
+async def test_a_move_that_cannot_read_the_routers_pending_stale_s_carries_a_week(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """The published values unreadable (denied to the operator's user, or the key hand-edited), a router's may be
+    longer than the one given: the move carries by the longest it may be, not by the flag."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one
+    clock[0] = DAY_ONE + 3600
+    await store.redis.set(PENDING_STALE, "3600")
+    assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+
+
+async def test_a_routers_pending_stale_s_counts_no_longer_than_it_may_settle_by_it(
+    store: RedisStore, clock: list[float]
+) -> None:
+    """A router gone a heartbeat TTL and its ROUTER_PENDING_STALE_S settles nothing by it: the move no longer takes
+    it; one that beat within that does."""
+    await store.heartbeat("router-1", 5.0, 40 * 3600.0)
+    await store.heartbeat("router-2", 5.0, 3600.0)
+    stale = PendingStale(store.redis)
+    clock[0] = DAY_ONE + 3600 + 4.9
+    assert await stale.longest() == 40 * 3600.0
+    clock[0] = DAY_ONE + 40 * 3600 + 5.1
+    assert await stale.longest() is None  # both gone: the move goes by a week
+    await store.heartbeat("router-2", 5.0, 3600.0)
+    assert await stale.longest() == 3600.0
+    assert await store.redis.zcard(PENDING_STALE) == 1  # the lapsed value dropped by the beat
+    assert await store.redis.pttl(PENDING_STALE) > 0  # and the key lapses with the last
 
 
 @pytest.mark.parametrize("any_redis_url", ["redis"], indirect=True)  # refused before any Redis is used

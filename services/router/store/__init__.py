@@ -47,6 +47,7 @@ from services.router.store.model import (
 from services.router.store.redis_store import (
     MASTER_ANSWERS_S,
     CounterRead,
+    KeyMoved,
     KeyMoveUnrecorded,
     MoneyClockUnread,
     Raised,
@@ -77,6 +78,7 @@ __all__ = [
     "KeyBinding",
     "KeyMoveRecord",
     "KeyMoveUnrecorded",
+    "KeyMoved",
     "MemoryStore",
     "MoneyClockUnread",
     "PartlyTaken",

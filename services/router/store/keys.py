@@ -163,6 +163,9 @@ LIMIT_CHANGES = f"{GLOBAL}:limits:changes"
 LIMIT_UNCONFIRMED = f"{GLOBAL}:limits:unconfirmed"
 # The record of key moves (key_move.py; store/key_moves.py): a stream, one entry a move, never trimmed (moves are rare).
 KEY_MOVES_RECORD = f"{GLOBAL}:key-moves:record"
+# The routers' ROUTER_PENDING_STALE_S as they publish it at each heartbeat, for key moves (store/pending_stale.py): a
+# sorted set, each value a member, scored by until when (Unix ms by the money's clock) a router running with it counts.
+PENDING_STALE = f"{GLOBAL}:pending-stale"
 
 
 # A holds set's running total (lua.py, _TOTALS) is the set's name and this: the same hash tag, so the same slot.

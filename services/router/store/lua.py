@@ -1312,6 +1312,23 @@ redis.call('SET', KEYS[2], at, 'PXAT', string.format('%d', lapses + tonumber(ARG
 return at
 """
 
+# A router's ROUTER_PENDING_STALE_S published (pending_stale.py). KEYS[1]: PENDING_STALE; ARGV: now and until (Unix ms
+# by the money's clock), the value. A value's score only grows (another router with it may beat later); those past are
+# dropped, and the key lapses with the last. One of another type (hand-edited) is replaced: no heartbeat fails on it.
+PUBLISH_PENDING_STALE = """
+local read, kept = pcall(redis.call, 'ZSCORE', KEYS[1], ARGV[3])
+if not read then
+  redis.call('DEL', KEYS[1])
+  kept = false
+end
+if not kept or tonumber(kept) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2])))
+"""
+
 # Routers' heartbeats as the reconciler reads them (last_beats.py), at one instant of this store's clock. KEYS: each
 # router's heartbeat, then each one's last beat, in the same order, all of the GLOBAL slot; ARGV[1]: what a heartbeat
 # of a router that writes its last beat says. Returns {now, Unix ms; each router's heartbeat found (1) or not (0); each

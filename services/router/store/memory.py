@@ -430,7 +430,7 @@ class MemoryStore:
     async def carried(self, account: Account, period: str) -> int:
         return 0  # no key moves (key_move.py names a Redis)
 
-    async def heartbeat(self, router: str, ttl_s: float) -> None:
+    async def heartbeat(self, router: str, ttl_s: float, pending_stale_s: float | None = None) -> None:
         return None
 
     async def held_pico(self, account: Account) -> tuple[int, int]:

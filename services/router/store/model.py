@@ -696,9 +696,10 @@ class Store(Protocol):
         tenant (key_move.py): its spend and holds under its other tenants then, counted against its key budget beside
         its spend (never against the tenant's). 0 for a keyless account."""
 
-    async def heartbeat(self, router: str, ttl_s: float) -> None:
+    async def heartbeat(self, router: str, ttl_s: float, pending_stale_s: float | None = None) -> None:
         """Say that this router instance is alive for `ttl_s` more seconds, and when that lapses by the store's clock
-        (its last beat: last_beats.py), for the reconciler to judge how long it has been gone."""
+        (its last beat: last_beats.py), for the reconciler to judge how long it has been gone; and, given, the
+        ROUTER_PENDING_STALE_S it runs with, for key moves (pending_stale.py)."""
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
         """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD), counted as

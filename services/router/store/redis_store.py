@@ -88,6 +88,7 @@ from services.router.store.model import (
     spend_ttl_s,
     used_ttl_s,
 )
+from services.router.store.pending_stale import PendingStale
 from services.router.store.replicated import Replicated
 
 log = logging.getLogger("llmrouter.router")
@@ -220,6 +221,8 @@ class KeyMoved(NamedTuple):
     before: str | None
     replicated: list[Replicated]
     record_replicated: Replicated | None = None
+    pending_stale_s: float = HOLDS_LINGER_S  # how far it carried a hold past its expiry (RedisStore.move_key)
+    published_s: float | None = None  # the longest ROUTER_PENDING_STALE_S routers published (None: none did)
 
 
 class MoneyClockUnread(Exception):
@@ -450,6 +453,7 @@ class RedisStore:
         self._ledger_position = Script(self.redis, lua.LEDGER_POSITION)
         self._raise_spend = Script(self.redis, lua.RAISE_SPEND)
         self._last_beats = LastBeats(self.redis)
+        self._pending_stale = PendingStale(self.redis)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         # The store's time (Unix ms) from which last beats count: that of the first read after the store was out of
         # this router's sight, or of a read its clock leapt ahead before (reconcile), and whether the next read sets it.
@@ -561,7 +565,7 @@ class RedisStore:
         replicas: int = 0,
         wait_s: float = 0.0,
         by: str = "",
-        pending_stale_s: float = HOLDS_LINGER_S,
+        pending_stale_s: float | None = None,
     ) -> KeyMoved:
         """Bind an API key id to `tenant` whatever it was bound to (an operator's move, `by` whom: key_move.py), its
         spend and holds elsewhere carried into the tenant's shard (_carry), then give every shard a new key-moves token
@@ -569,7 +573,8 @@ class RedisStore:
         binding was read after the move. Failing between the two, the move is made but routers may not meet it for
         key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many replicas of each master written
         to to have the rebinding and the tokens (replicated.py, WAIT; not what was carried), and says how many did.
-        `pending_stale_s`: the routers' ROUTER_PENDING_STALE_S, how far a hold past its expiry is carried (_carry).
+        A hold past its expiry is carried as far as the routers' ROUTER_PENDING_STALE_S (_carry): the longest of
+        `pending_stale_s` (an operator's) and the values routers publish (pending_stale.py); with neither, a week.
         Then what the key carries is read and set again (_carry), and the move recorded (key_moves.py), last, so that
         its record failing (its own master away) delays no router's meeting it: KeyMoveUnrecorded then, saying what the
         move was. With `replicas`, the record too is waited for, as long again at most, and how many replicas had it
@@ -579,11 +584,23 @@ class RedisStore:
         # by no other (the key could spend its limit again in the routers' period).
         if not await self._follow_clock():
             raise MoneyClockUnread
+        async with self._call():
+            try:
+                published = await self._pending_stale.longest()
+            except ResponseError as unread:
+                # Denied to the operator's user (an ACL of the version before), or hand-edited: a router's may be
+                # longer than any given, so the longest it may be, a week.
+                log.warning(
+                    "the routers' ROUTER_PENDING_STALE_S unread: holds carried a week", extra={"error": str(unread)}
+                )
+                published, pending_stale_s = None, None
+        given = [each for each in (pending_stale_s, published) if each is not None]
+        stale_s = max(given) if given else HOLDS_LINGER_S
         token = secrets.token_hex(8)
         told: list[Replicated] = []
         # Carried before the rebinding too, so no admission under the new tenant meets the key with nothing carried; and
         # again once every shard has the token, when no admission under another tenant can add to what it carries.
-        await self._carry(key, tenant, pending_stale_s)
+        await self._carry(key, tenant, stale_s)
         if replicas:
             writes = [(key_tenant_key(key), tenant), *((key_moves_key(shard), token) for shard in range(SHARDS))]
             async with self._call():
@@ -597,7 +614,7 @@ class RedisStore:
                 for shard in range(SHARDS):
                     pipe.set(key_moves_key(shard), token)
                 await pipe.execute()
-        await self._carry(key, tenant, pending_stale_s)
+        await self._carry(key, tenant, stale_s)
         record_told = None
         try:
             async with self._call():
@@ -607,8 +624,8 @@ class RedisStore:
                 else:
                     await key_moves.record(self.redis, key, before, tenant, by)
         except (StoreUnavailable, ResponseError):  # out of reach, refusing, or its key hand-edited to another type
-            raise KeyMoveUnrecorded(KeyMoved(before, told)) from None
-        return KeyMoved(before, told, record_told)
+            raise KeyMoveUnrecorded(KeyMoved(before, told, None, stale_s, published)) from None
+        return KeyMoved(before, told, record_told, stale_s, published)
 
     async def _carry(self, key: str, tenant: str, pending_stale_s: float) -> None:
         """Set what the key carries into `tenant`'s shard (keys.py, AccountKeys.carried) for the current period of every
@@ -1170,10 +1187,12 @@ class RedisStore:
         async with self._call():
             return await heartbeats.older_routers(self.redis)
 
-    async def heartbeat(self, router: str, ttl_s: float) -> None:
+    async def heartbeat(self, router: str, ttl_s: float, pending_stale_s: float | None = None) -> None:
         try:
             async with self._call():
                 await self._last_beats.beat(router, ttl_s)
+                if pending_stale_s is not None:
+                    await self._pending_stale.publish(pending_stale_s, ttl_s)
         except StoreUnavailable:
             self._lost_sight()
             raise
