@@ -71,7 +71,7 @@ async def build(
     upkeep = Upkeep(
         store,
         outbox,
-        settings.instance_id,
+        settings.router_name,
         settings.upkeep_interval_s,
         settings.heartbeat_ttl_s,
         settings.pending_stale_s,

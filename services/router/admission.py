@@ -225,7 +225,7 @@ class Admission:
             # Its charges marked as long as the store keeps its id used: a charge that finds nothing of it is late past
             # that, by the store's clock, whatever the clock or request id TTL of the router charging it.
             marked = marked_until(self.store.request_id_ttl_s, until, money_now())
-            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until, marked)
+            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.router_name, nonce, until, marked)
             if until:  # the max_tokens it is sent with: its collect charges no output past it
                 hold = dataclasses.replace(hold, max_tokens=routed.max_tokens[model.name])
             prices = _prices(model) if until else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -97,7 +98,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     allow_evicting_money_store: bool = False
     # The response cache's own Redis (may evict: allkeys-lru). Unset: an in-process cache per router.
     cache_redis_url: RedisUrl | None = None
-    # This router instance's id in pending charges and heartbeats (default: host name and a random suffix).
+    # This router instance's id, which names it in pending charges, heartbeats and the reconciler's lease with a suffix
+    # of its process's (router_name; default: host name and a random suffix).
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     # Where charges wait (an append-only file) when the money store is unreachable. The default, in this user's own
     # directory under the temp directory (<tempdir>/llmrouter-<uid>/router, made 0700), survives container restarts
@@ -215,6 +217,16 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # confirm a guessed end-user id. The same on every replica; changing it gives the providers new end users and cold
     # prompt-cache buckets. Unset: keyed by the tenant's name alone (a warning at start).
     end_user_hash_secret: SecretStr | None = None
+
+    @cached_property
+    def router_name(self) -> str:
+        """This process's name in pending charges, heartbeats and the reconciler's lease: the instance id and a random
+        suffix of its own. A router restarted under the same ROUTER_INSTANCE_ID (a pod's name, which a container
+        restart keeps) so takes its previous process for another router, dead once its heartbeat has lapsed a TTL, and
+        the reconciler settles the pending charges that process left at their holds, not ROUTER_PENDING_STALE_S later
+        as its own (a live router's charges lost). Routers of the version before, which name themselves by the id
+        alone, take it for any other router."""
+        return f"{self.instance_id}.{uuid.uuid4().hex[:8]}"
 
     @field_validator("end_user_hash_secret")
     @classmethod

@@ -363,3 +363,8 @@ async def chain(
                 await keyed_task
                 await channel.close()
                 await keyed_channel.close()
+
+
+def instance_of(router_name: str) -> str:
+    """The instance id a router process's name (RouterSettings.router_name: the id, '.', a suffix) begins with."""
+    return router_name.rpartition(".")[0]

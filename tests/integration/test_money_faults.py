@@ -29,7 +29,7 @@ from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
 from services.router.store import SHARDS, Account, AccountKeys, Pending, pending_key, period_id
 from tests.conftest import ROOT, ledger_records
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, free_port, instance_of, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import RedisServer, cache_redis, money_redis
 
@@ -174,10 +174,11 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
 
 
 async def pending_of(db: Any, router: str) -> list[bytes]:
-    """The pending charges a router left, from every shard."""
+    """The pending charges a router left, from every shard: those of each of its processes (RouterSettings.router_name,
+    its instance id and a suffix)."""
     found = []
     for shard in range(SHARDS):
-        found += [v for v in await db.hvals(pending_key(shard)) if json.loads(v)["router"] == router]
+        found += [v for v in await db.hvals(pending_key(shard)) if instance_of(json.loads(v)["router"]) == router]
     return found
 
 
