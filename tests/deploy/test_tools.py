@@ -96,6 +96,7 @@ def test_a_broken_ledger_trim_cronjob_record_fails_its_tests(tmp_path: Path, lab
 PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
 BACKLOG_AGE = f"llmrouter_router_ledger_sink_backlog_age_seconds{{{PROD}}}"
 ROUND_STARTED = f"llmrouter_router_upkeep_round_started_timestamp_seconds{{{PROD}}}"
+ROUTER_UP = f'job="llmrouter-router",{PROD}}}'
 
 
 @pytest.mark.parametrize(
@@ -137,6 +138,13 @@ ROUND_STARTED = f"llmrouter_router_upkeep_round_started_timestamp_seconds{{{PROD
         ("LLMRouterUpkeepRoundHung", "for", "5m", "0m"),  # a long outbox replay that ends fires
         # read at the instant, a failed scrape (the series stale) restarts the wait: the hung round fires late
         ("LLMRouterUpkeepRoundHung", "expr", f"last_over_time({ROUND_STARTED}[5m])", ROUND_STARTED),
+        # a pod replaced mid-round, its last start kept 5 minutes by last_over_time, taken for a router still hung
+        (
+            "LLMRouterUpkeepRoundHung",
+            "expr",
+            f"and on (namespace, release, instance) up{{{ROUTER_UP}",
+            'unless on () up{job="none"}',
+        ),
     ],
 )
 def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, before: str, after: str) -> None:
