@@ -109,8 +109,9 @@ PER_SECOND = "($__rate_interval_ms / 1000)"  # the seconds of $__rate_interval, 
 def counted(metric: str, by: str = "", window: str = RATE) -> str:
     """What a money counter labelled by model counted within `window`, as the chart's recording rules count it: a
     router's series is born at its first charge (or give-back), already holding it, which increase() and rate() never
-    see, so one born within the window (none of its samples in the day before it) counts whole."""
-    fresh = f"({s(metric)} unless present_over_time({s(metric)}[1d] offset {window[1:-1]}))"
+    see, so one born within the window (none of its samples in the day before it) counts whole: its last value in the
+    window, as its router may be gone since."""
+    fresh = f"(last_over_time({s(metric)}{window}) unless present_over_time({s(metric)}[1d] offset {window[1:-1]}))"
     return f"sum{f' by ({by})' if by else ''} ({fresh} or increase({s(metric)}{window}))"
 
 

@@ -174,17 +174,25 @@ def seen_before(counter: str) -> str:
         # a router's first give-back, on a series born holding it, unseen by increase(): the same
         (
             "llmrouter:cost_usd_per_hour:rate1h",
-            f"({GIVEN_BACK} unless {seen_before(GIVEN_BACK)}1h))",
+            f"(last_over_time({GIVEN_BACK}[1h]) unless {seen_before(GIVEN_BACK)}1h))",
             f"({GIVEN_BACK} unless {GIVEN_BACK})",
         ),
         (
             "llmrouter:cost_usd_per_hour:rate5m",
-            f"({GIVEN_BACK} unless {seen_before(GIVEN_BACK)}5m))",
+            f"(last_over_time({GIVEN_BACK}[5m]) unless {seen_before(GIVEN_BACK)}5m))",
             f"({GIVEN_BACK} unless {GIVEN_BACK})",
         ),
         # a router's first charge of a model, a reconciled hold, unseen by increase(): its give-back is negative spend
-        ("llmrouter:cost_usd_per_hour:rate1h", f"({COST} unless {seen_before(COST)}1h))", f"({COST} unless {COST})"),
-        ("llmrouter:cost_usd_per_hour:rate5m", f"({COST} unless {seen_before(COST)}5m))", f"({COST} unless {COST})"),
+        (
+            "llmrouter:cost_usd_per_hour:rate1h",
+            f"(last_over_time({COST}[1h]) unless {seen_before(COST)}1h))",
+            f"({COST} unless {COST})",
+        ),
+        (
+            "llmrouter:cost_usd_per_hour:rate5m",
+            f"(last_over_time({COST}[5m]) unless {seen_before(COST)}5m))",
+            f"({COST} unless {COST})",
+        ),
         # a series unscraped a while at the window's start taken for newborn: its whole history given back in it
         ("llmrouter:cost_usd_per_hour:rate1h", f"{seen_before(GIVEN_BACK)}1h)", f"{GIVEN_BACK} offset 1h"),
         ("llmrouter:cost_usd_per_hour:rate5m", f"{seen_before(GIVEN_BACK)}5m)", f"{GIVEN_BACK} offset 5m"),
