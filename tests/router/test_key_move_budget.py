@@ -436,6 +436,28 @@ async def test_a_move_that_cannot_read_the_routers_pending_stale_s_carries_a_wee
     assert await admitted(store, NEW, "r2", 500) == "key"
 
 
+@pytest.mark.parametrize("written", ["3456000.0", "-86400.0", "0.0"])
+async def test_a_pending_stale_s_no_router_may_run_with_counts_as_the_longest_a_move_carries(
+    store: RedisStore, clock: list[float], written: str
+) -> None:
+    """A value in the published set that no router may run with (hand-edited, or another tool's): one past a week
+    carried the hold into every day up to it (one far past, 1e12, counted days to the end of the calendar and never
+    returned); none, or a negative one, carried it by its expiry alone, and the key spent its limit again on day three.
+    Any is taken as a week, the longest a router may run with and a move carries."""
+    assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one
+    clock[0] = DAY_ONE + 3600
+    await store.redis.zadd(PENDING_STALE, {written: (DAY_ONE + 60 * 86400) * 1000})
+    assert await key_move.main([KEY, NEW]) == 0
+    assert not await store.redis.exists(AccountKeys(shard_of(NEW), "", KEY.encode().hex()).carried(day(10)))
+    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
+    assert await admitted(store, NEW, "r2", 500) == "key"
+
+
+def day(n: int) -> str:
+    """Day n's period id (day one: DAY_ONE's)."""
+    return period_id("day", DAY_ONE + (n - 1) * 86400)
+
+
 async def test_a_routers_pending_stale_s_counts_no_longer_than_it_may_settle_by_it(
     store: RedisStore, clock: list[float]
 ) -> None:

@@ -16,6 +16,7 @@ from llmrouter.redis_scripts import Script
 from services.router.store import lua
 from services.router.store.clock import money_now
 from services.router.store.keys import PENDING_STALE
+from services.router.store.model import HOLDS_LINGER_S
 
 
 class PendingStale:
@@ -35,9 +36,13 @@ class PendingStale:
 
 
 def _seconds(value: bytes | str) -> float | None:
-    """A published value; None for one no router wrote (hand-edited)."""
+    """A published value; None for one no router wrote (hand-edited). One no router may run with (none, negative, or
+    past a week: hand-edited, or another tool's) counts as the longest it may be, a week: past it, the move counted
+    periods up to it (to the calendar's end, never returning); none or below carried a hold by its expiry alone."""
     try:
         seconds = float(value)
     except ValueError:
         return None
-    return seconds if math.isfinite(seconds) else None
+    if math.isnan(seconds):
+        return None
+    return seconds if 0 < seconds <= HOLDS_LINGER_S else HOLDS_LINGER_S
