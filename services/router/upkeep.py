@@ -56,10 +56,13 @@ class Upkeep:
         self.round: asyncio.Task[None] | None = None  # the round under way (_beating_through), or the last one
         self.look: asyncio.Task[None] | None = None  # the look at the heartbeats under way, or the last one
         self.finishing: asyncio.Task[None] | None = None  # limit changes left unconfirmed being finished, or the last
+        self.round_started = 0.0  # Unix time the round under way began, 0 while none runs
 
     def start(self, report: HealthReport | None = None) -> None:
         self.report = report
         metrics.HEARTBEAT_TTL.set(self.heartbeat_ttl_s)
+        # Read at each scrape, from this upkeep (a process's last started): another's round, ending, resets nothing.
+        metrics.UPKEEP_ROUND_STARTED.set_function(lambda: self.round_started)
         self._task = asyncio.create_task(self._run())
 
     async def looked(self) -> None:
@@ -113,7 +116,7 @@ class Upkeep:
         (its outbox unreplayed, no sweep), and its router's pending charges wait for ROUTER_PENDING_STALE_S. Its start
         is a metric too, for the alert LLMRouterUpkeepRoundHung."""
         began = time.monotonic()
-        metrics.UPKEEP_ROUND_STARTED.set(time.time())
+        self.round_started = time.time()
         try:
             self.round = round_ = asyncio.create_task(work)
             while not (await asyncio.wait({round_}, timeout=self.interval_s))[0]:
@@ -129,7 +132,7 @@ class Upkeep:
                     log.exception("router heartbeat failed while a round ran")
             round_.result()
         finally:
-            metrics.UPKEEP_ROUND_STARTED.set(0)
+            self.round_started = 0.0
 
     async def tick(self) -> None:
         await self._settle_money()

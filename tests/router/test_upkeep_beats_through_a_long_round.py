@@ -209,11 +209,15 @@ def metric(name: str) -> float | None:
 
 async def test_a_round_running_is_a_metric_of_its_start_and_none_running_is_0(redis_url: str, tmp_path: Path) -> None:
     """The log's warning is one line a beat; the alert LLMRouterUpkeepRoundHung reads the round's start (its age past
-    a few heartbeat TTLs, the TTL a metric too): set while the round is held, however long, and 0 once it ended."""
+    a few heartbeat TTLs, the TTL a metric too): set while the round is held, however long, and 0 once it ended. An
+    upkeep started before in the same process (a test's, left running), its short rounds ending, resets nothing."""
     store = HeldStore(redis_url)
     outbox = Outbox(tmp_path / "data")
     waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
     upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    earlier_store = RedisStore(redis_url)
+    earlier = Upkeep(earlier_store, Outbox(tmp_path / "earlier"), "router-0", INTERVAL_S, TTL_S, 3600)
+    earlier.start()
     try:
         assert (await store.admit(ACCOUNT, Allowance("day"), waiting)).refused == ""
         record = {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}
@@ -234,4 +238,6 @@ async def test_a_round_running_is_a_metric_of_its_start_and_none_running_is_0(re
     finally:
         store.answer.set()
         await upkeep.close()
+        await earlier.close()
         await store.close()
+        await earlier_store.close()
