@@ -8,36 +8,19 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 from llmrouter.auth import ANONYMOUS, acting_as
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from llmrouter.v1 import common_pb2, router_pb2
 from tests.router.servicer_kit import NearScores, NoDeadline, router_servicer_to, serve_providers, store_on
-from tests.router.test_admission import REGISTRY
+from tests.router.test_cache_unverified_for_want_of_time import Answering
 
 REFUSAL = "I cannot assist with that."
-
-
-class Answering(provider_pb2_grpc.ProviderServicer):
-    """The cheap model declines (a weak answer in auto), the strong one answers."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
-
-    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
-        self.asked.append(request.model)
-        content = REFUSAL if request.model == "cheap" else "Paris is the capital of France."
-        usage = common_pb2.Usage(input_tokens=10, output_tokens=5)
-        return provider_pb2.GenerateResponse(content=content, usage=usage, model=request.model, finish_reason="stop")
 
 
 async def test_routers_of_other_default_modes_sharing_a_cache_do_not_serve_each_others_answers(
     tmp_path: Path, redis_url: str
 ) -> None:
-    provider = Answering()
+    provider = Answering(REFUSAL)  # the cheap model declines: a weak answer in auto
     prompt = f"What is Paris? {uuid.uuid4().hex}"
     providers, port = await serve_providers(provider, NearScores())
     for replica in ("off", "auto"):

@@ -38,9 +38,10 @@ class Doubting(NearScores):
 
 
 class Answering(provider_pb2_grpc.ProviderServicer):
-    """Each model answers at once, in its own words."""
+    """Each model answers at once: the cheap one `cheap_answer`, the strong one right."""
 
-    def __init__(self) -> None:
+    def __init__(self, cheap_answer: str = WEAK) -> None:
+        self.cheap_answer = cheap_answer
         self.asked: list[str] = []
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
@@ -48,7 +49,7 @@ class Answering(provider_pb2_grpc.ProviderServicer):
 
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
         self.asked.append(request.model)
-        content = WEAK if request.model == "cheap" else "Paris is the capital of France."
+        content = self.cheap_answer if request.model == "cheap" else "Paris is the capital of France."
         usage = common_pb2.Usage(input_tokens=10, output_tokens=5)
         return provider_pb2.GenerateResponse(content=content, usage=usage, model=request.model, finish_reason="stop")
 
