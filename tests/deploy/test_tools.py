@@ -56,9 +56,17 @@ def write_rules(rules: dict, tmp_path: Path) -> Path:
     return path
 
 
-def run_tests(rules: Path, tmp_path: Path, tests: Path = TESTS) -> subprocess.CompletedProcess[str]:
+def run_tests(
+    rules: Path, tmp_path: Path, tests: Path = TESTS, naming: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """promtool's verdict on the suite, or on its cases naming `naming` alone: a broken rule must fail a case that
+    names it (the mutation tests assert its name in the output), and the whole suite, run once per mutation, took
+    most of lint-deploy."""
     suite = yaml.safe_load(tests.read_text())
     suite["rule_files"] = [str(rules)]
+    if naming:
+        suite["tests"] = [case for case in suite["tests"] if naming in yaml.safe_dump(case)]
+        assert suite["tests"], f"no case of {tests.name} names {naming}"
     test_file = tmp_path / "suite_test.yaml"
     test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
     return subprocess.run([tool("promtool"), "test", "rules", str(test_file)], capture_output=True, text=True)
@@ -87,7 +95,7 @@ def test_a_broken_ledger_trim_cronjob_record_fails_its_tests(tmp_path: Path, lab
     (group,) = rules["groups"]
     (rule,) = [r for r in group["rules"] if r["record"] == "llmrouter:ledger_trim_cronjob_info"]
     rule["labels"][label] = value
-    result = run_tests(write_rules(rules, tmp_path), tmp_path, PARAMETER_TESTS)
+    result = run_tests(write_rules(rules, tmp_path), tmp_path, PARAMETER_TESTS, "llmrouter:ledger_trim_cronjob_info")
     assert result.returncode != 0
     assert "llmrouter:ledger_trim_cronjob_info" in result.stdout + result.stderr
 
@@ -152,7 +160,7 @@ def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, 
     (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == alert]
     assert before in rule[field]
     rule[field] = rule[field].replace(before, after, 1)
-    result = run_tests(write_rules(rules, tmp_path), tmp_path)
+    result = run_tests(write_rules(rules, tmp_path), tmp_path, naming=alert)
     assert result.returncode != 0
     assert alert in result.stdout + result.stderr
 
@@ -204,7 +212,7 @@ def test_a_broken_cost_record_fails_its_tests(tmp_path: Path, record: str, befor
     (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("record") == record]
     assert before in rule["expr"]
     rule["expr"] = rule["expr"].replace(before, after, 1)
-    result = run_tests(write_rules(rules, tmp_path), tmp_path)
+    result = run_tests(write_rules(rules, tmp_path), tmp_path, naming=record)
     assert result.returncode != 0
     assert record in result.stdout + result.stderr
 
