@@ -56,9 +56,7 @@ def write_rules(rules: dict, tmp_path: Path) -> Path:
     return path
 
 
-def run_tests(
-    rules: Path, tmp_path: Path, tests: Path = TESTS, naming: str = ""
-) -> subprocess.CompletedProcess[str]:
+def run_tests(rules: Path, tmp_path: Path, tests: Path = TESTS, naming: str = "") -> subprocess.CompletedProcess[str]:
     """promtool's verdict on the suite, or on its cases naming `naming` alone: a broken rule must fail a case that
     names it (the mutation tests assert its name in the output), and the whole suite, run once per mutation, took
     most of lint-deploy."""
