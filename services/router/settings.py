@@ -34,6 +34,16 @@ CHARGE_LANDS_S = 60
 # The longest a request may run: a hold lives HOLD_S, and the charge after the last token needs time to land.
 MAX_REQUEST_S = HOLD_S - CHARGE_LANDS_S
 
+# The longest heartbeat TTL. The TTL is also the reconciler's lease and the least time between its sweeps
+# (RedisStore.reconcile): a dead router's pending charges are settled up to about 3 TTLs and an upkeep interval (a third
+# of a TTL at most) after its last beat (its beat lapses a TTL after it, it is taken for dead once gone a TTL more, the
+# next sweep comes up to a TTL later), a stale one up to a TTL and an interval late. A key move counts a hold as
+# chargeable up to CHARGED_LATE_S (HOLD_S, 600 s) past its expiry (redis_store.py, _carry): 10/3 x 120 s = 400 s stays
+# within it, with room for slow rounds. Longer, a charge could land in a period the move did not carry (the key's limit
+# spent twice), and a huge value (an hour typed in milliseconds) would leave a dead router's charges unsettled, the
+# lease of a dead reconciler held, and LLMRouterUpkeepRoundHung (4 TTLs) silent, for as long.
+MAX_HEARTBEAT_TTL_S = 120
+
 Share = Annotated[float, Field(ge=0, le=1)]
 # Who the response cache serves an answer again: any key of the tenant that paid for it, or that key alone.
 CacheScope = Literal["tenant", "key"]
@@ -111,7 +121,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # way (llmrouter/private_paths.py has the rules).
     data_dir: RepoPath = default_path("router")
     # The upkeep loop: heartbeat, outbox replay, reconciler. A router whose heartbeat is older than
-    # heartbeat_ttl_s is dead: its pending charges are settled at their hold.
+    # heartbeat_ttl_s is dead: its pending charges are settled at their hold. At most MAX_HEARTBEAT_TTL_S (the
+    # reconciler's lease too).
     upkeep_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_ttl_s: float = Field(default=15.0, ge=0.01)  # Redis expiries are whole milliseconds
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
@@ -246,6 +257,16 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
         if both := sorted(self.tenant_strong_share.keys() & self.tenant_quality_kept.keys()):
             raise ValueError(f"tenants with both a strong share and a quality kept: {', '.join(both)}")
         return self
+
+    @field_validator("heartbeat_ttl_s")
+    @classmethod
+    def _heartbeat_ttl_bounded(cls, ttl_s: float) -> float:
+        if ttl_s > MAX_HEARTBEAT_TTL_S:
+            raise ValueError(
+                f"must be at most {MAX_HEARTBEAT_TTL_S} s (seconds, not milliseconds): it is the reconciler's lease "
+                "and the time between its sweeps, and a dead router's pending charges wait about 3 TTLs to be settled"
+            )
+        return ttl_s
 
     @model_validator(mode="after")
     def _heartbeat_outlasts_upkeep(self) -> RouterSettings:

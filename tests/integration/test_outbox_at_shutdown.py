@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.v1 import router_pb2_grpc
+from services.router.settings import MAX_HEARTBEAT_TTL_S
 from services.router.store import Account, AccountKeys, Pending, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
@@ -39,14 +40,15 @@ async def test_a_charge_kept_in_the_outbox_lands_at_its_cost_when_the_router_sto
     name = f"stopping-{uuid.uuid4().hex[:8]}"
     db: Any = redis.from_url(money.url)
     async with LossyProxy("127.0.0.1", money.port) as proxy:
-        # No upkeep round after the first (an hour apart): only the shutdown's replay can land the outbox.
+        # No upkeep round after the first within the test (40 s apart, the longest the heartbeat's TTL allows): only
+        # the shutdown's replay can land the outbox.
         router = RouterProcess(
             chain,
             tmp_path,
             ROUTER_REDIS_URL=proxy.url_for(money.url),
             ROUTER_INSTANCE_ID=name,
-            ROUTER_UPKEEP_INTERVAL_S="3600",
-            ROUTER_HEARTBEAT_TTL_S="10800",
+            ROUTER_UPKEEP_INTERVAL_S=str(MAX_HEARTBEAT_TTL_S / 3),
+            ROUTER_HEARTBEAT_TTL_S=str(MAX_HEARTBEAT_TTL_S),
         )
         chain.premium.latency = 2.0  # the upstream is still working when the store goes out of reach
         try:

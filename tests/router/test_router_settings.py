@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.router.settings import RouterSettings
+from llmrouter.settings import load_settings
+from services.router.settings import MAX_HEARTBEAT_TTL_S, RouterSettings
 
 
 @pytest.mark.parametrize(("ttl", "interval"), [(1.0, 2.0), (5.0, 2.0), (0.0005, 0.0001)])
@@ -17,6 +18,25 @@ def test_a_heartbeat_that_could_expire_between_beats_is_refused(ttl: float, inte
 def test_a_heartbeat_outlasting_three_beats_is_accepted() -> None:
     settings = RouterSettings(heartbeat_ttl_s=6.0, upkeep_interval_s=2.0)
     assert settings.heartbeat_ttl_s == 6.0
+
+
+@pytest.mark.parametrize("ttl", ["3600000", "1e9", "inf", str(MAX_HEARTBEAT_TTL_S + 1)])
+def test_a_heartbeat_ttl_past_a_few_minutes_is_refused_at_start(
+    ttl: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The TTL is the reconciler's lease and the time between its sweeps: an hour typed in milliseconds would leave a
+    dead router's pending charges unsettled for weeks."""
+    monkeypatch.setenv("ROUTER_HEARTBEAT_TTL_S", ttl)
+    monkeypatch.setenv("ROUTER_UPKEEP_INTERVAL_S", "2")
+    with pytest.raises(SystemExit):
+        load_settings(RouterSettings)
+    refusal = capsys.readouterr().err
+    assert f"ROUTER_HEARTBEAT_TTL_S: Value error, must be at most {MAX_HEARTBEAT_TTL_S} s" in refusal, refusal
+
+
+def test_the_longest_heartbeat_ttl_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_HEARTBEAT_TTL_S", str(MAX_HEARTBEAT_TTL_S))
+    assert RouterSettings().heartbeat_ttl_s == MAX_HEARTBEAT_TTL_S
 
 
 @pytest.mark.parametrize("window", ["0", "-5", "nan", str(8 * 86400)])
