@@ -29,6 +29,7 @@ from typing import TypeVar
 from services.edge.openai_api import ApiError
 
 OFF_LOOP_BYTES = 64 * 1024  # at most ~3 ms to parse and check (of tiny values): inline
+# One thread: one parse at a time (the module's docstring), which _uncollected's process-wide pause relies on too.
 PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-body-parse")
 
 Parsed = TypeVar("Parsed")
@@ -50,7 +51,10 @@ async def in_parser(work: Callable[[], Parsed]) -> Parsed:
 def _uncollected(work: Callable[[], Parsed]) -> Parsed:
     """work() with the cyclic garbage collector paused. A refusal leaves without its traceback and context, whose
     frames hold the parsed values: freed here, not in the loop's thread where the ApiError is handled, nor left to a
-    collection pass over them once the collector is back. Only this thread pauses it, one parse at a time."""
+    collection pass over them once the collector is back. The pause is the whole process's (gc.disable is not per
+    thread): the event loop's thread, and any other, collects nothing while a parse runs either (~0.5 s for an 8 MB
+    body; their cycles are collected once the collector is back). Run only by PARSER's one thread, one parse at a
+    time: two at once, the first to end would turn the collector back on under the other's parse."""
     gc.disable()
     try:
         return work()
