@@ -432,6 +432,7 @@ def build() -> dict:
                 "short",
                 (f"sum by (pod) ({s('llmrouter_router_outbox_charges')})", "{{pod}}"),
                 (f"sum by (pod) ({s('llmrouter_router_outbox_dead_letters')})", "{{pod}} dead letters"),
+                (f"sum by (pod) ({s('llmrouter_router_outbox_replay_remaining_charges')})", "{{pod}} left to replay"),
             )
         )
         .with_panel(

@@ -176,6 +176,13 @@ HEARTBEAT_TTL = Gauge(
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )
+# Set as each entry of a replay is tried: a long replay (an outage's charges, one store call each) tells its progress
+# from a hang, which the outbox gauge, set as a replay ends, cannot.
+OUTBOX_REPLAY_REMAINING = Gauge(
+    "llmrouter_router_outbox_replay_remaining_charges",
+    "Outbox charges and undos the replay under way has yet to try: falling while it lands them, flat while it is stuck "
+    "on one; 0 while no replay runs",
+)
 OUTBOX_DEAD_LETTERS = Gauge(
     "llmrouter_router_outbox_dead_letters",
     "Outbox charges and undos that kept failing, or could not be read, waiting unlanded in the dead-letter file",

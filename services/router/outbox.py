@@ -301,6 +301,7 @@ class Outbox:
                 away = await _shards_away(store) if waiting else set()
                 try:
                     for entry in waiting:
+                        metrics.OUTBOX_REPLAY_REMAINING.set(len(waiting) - done)
                         if _charge_id(entry) not in self._landed:
                             shard = shard_of(entry.account.tenant)
                             if shard in away:  # not asked again this replay: kept, in its place
@@ -329,6 +330,7 @@ class Outbox:
                         self._failures.pop(entry.to_json(), None)
                         done += 1
                 finally:
+                    metrics.OUTBOX_REPLAY_REMAINING.set(0)
                     remaining = kept + waiting[done:]
                     self._undos = _undo_ids(remaining)
                     metrics.OUTBOX.set(len(remaining))
