@@ -4,8 +4,9 @@ the answers does not change mid-conversation. A session may move up a tier, neve
 fails. History (turns, tokens, cost) is kept beside the model.
 
 Sessions live in the cache store (ROUTER_CACHE_REDIS_URL, shared by replicas and surviving restarts; in
-process without it), with a TTL renewed on every turn. A session is not money: when the cache evicts it or
-it expires, the next turn is routed afresh as a new session's first turn and its history restarts.
+process without it), with a TTL renewed on every turn, one answered from the response cache included. A session
+is not money: when the cache evicts it or it expires, the next turn is routed afresh as a new session's first turn
+and its history restarts.
 
 A session is its caller's own: the tenant's and, within it, the API key's (session_key). Another key of the tenant
 naming the same session id neither reads its model and turns nor changes them: its turn is its own session's."""
@@ -128,8 +129,6 @@ class Sessions:
     ) -> None:
         """Count the turn and keep the model the session continues on. Best effort, like the cache: a lost
         write costs affinity, never money. Concurrent turns of one session: the last one written wins."""
-        if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
-            return
         before = session or Session(response.model)
         after = dataclasses.replace(
             before,
@@ -139,5 +138,28 @@ class Sessions:
             output_tokens=before.output_tokens + response.usage.output_tokens,
             cost_usd=before.cost_usd + Decimal(response.cost_usd or "0"),
         )
+        await self._keep(account, request, after)
+
+    async def record_hit(
+        self,
+        account: Account,
+        request: router_pb2.CompleteRequest,
+        session: Session | None,
+        response: router_pb2.CompleteResponse,
+        registry: Registry,
+    ) -> None:
+        """Count a turn answered from the response cache as a served one is: without it, a conversation answered from
+        the cache lost its model after ttl_s and its next turn was routed afresh. On the model the cached answer names,
+        up and never down (no model was tried for the turn: a weaker cached one tells of no failure); no tokens and no
+        cost, as the ledger records a hit: it generated nothing and was charged nothing. In the caller's own session
+        (session_key), whoever's answer it was."""
+        before = session or Session(response.model)
+        model = next_model(registry, session, response.model, response.model)
+        await self._keep(account, request, dataclasses.replace(before, model=model, turns=before.turns + 1))
+
+    async def _keep(self, account: Account, request: router_pb2.CompleteRequest, after: Session) -> None:
+        """The session as it stands after the turn, for ttl_s from now."""
+        if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
+            return
         value = json.dumps({**dataclasses.asdict(after), "cost_usd": format(after.cost_usd, "f")})
         await self.backend.set(session_key(account.tenant, request.session_id, account.key), value.encode(), self.ttl_s)
