@@ -18,6 +18,7 @@ from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.admission import output_caps
+from services.router.escalation import Verifier
 from services.router.routed import Routed, Served
 from services.router.settings import CacheScope
 
@@ -107,10 +108,18 @@ def open_cache(redis_url: str | SecretStr | None) -> Cache:
 
 
 class ResponseCache:
-    def __init__(self, backend: Cache, ttl_s: int, scope: CacheScope, tenant_scope: Mapping[str, CacheScope]) -> None:
+    def __init__(
+        self,
+        backend: Cache,
+        ttl_s: int,
+        scope: CacheScope,
+        tenant_scope: Mapping[str, CacheScope],
+        verifier: Verifier | None = None,
+    ) -> None:
         self.backend = backend
         self.ttl_s = ttl_s  # 0 disables
         self.scope, self.tenant_scope = scope, tenant_scope  # RouterSettings.cache_scope, .tenant_cache_scope
+        self.verifier = verifier  # the router's, whose settings judge the answers it keeps (None: asks none)
 
     async def lookup(self, routed: Routed, streamed: bool = False) -> router_pb2.CompleteResponse | None:
         """The cached answer, as this request's free response; None on a miss. A plain stream (`streamed`) may be
@@ -160,6 +169,11 @@ class ResponseCache:
         # The mode it is served in, the router's default when it names none: routers of other defaults sharing the
         # store served each other's answers (a weak one kept with escalation off, to a request its router escalates).
         request.escalation = routed.escalation
+        # And, where the mode asks the verifier, the settings of this router's that decide whether it keeps a weak
+        # answer: routers of other ones sharing the store served each other's answers (one kept under a lax threshold,
+        # to a router whose stricter one escalates it). Not for a plain stream's own entries: it asks no verifier.
+        if not streamed and (judged := self._judged_by(routed)):
+            request.escalation += f" verifier:{judged}"
         request.tenant = routed.account.tenant  # tenants never see each other's answers
         # Nor, scoped by key, one key its colleagues': the key id as admission derived it (never empty: `anonymous`
         # for a request without a key), so a key's chat requests and its batch lines (sent by id) share entries.
@@ -167,6 +181,10 @@ class ResponseCache:
         request.api_key_id = "" if tenant_wide else routed.account.key
         key = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         return f"{key}:stream" if streamed else key
+
+    def _judged_by(self, routed: Routed) -> str:
+        """The fingerprint of the verifier settings judging the request's answer ('' when none does)."""
+        return "" if self.verifier is None else self.verifier.fingerprint(routed.escalation, routed.verifier_threshold)
 
 
 def _as_kept(response: router_pb2.CompleteResponse) -> router_pb2.CompleteResponse:

@@ -57,6 +57,11 @@ class Verifier(Protocol):
 
     async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None: ...
 
+    def fingerprint(self, mode: Mode, threshold: float | None) -> str:
+        """What of the verifier's settings decides whether an answer in `mode` (at the request's own `threshold`) is
+        kept, short and stable; '' when it is not asked."""
+        ...
+
 
 def mode_of(requested: str, default: str) -> Mode:
     """The request's mode, else the router's default; anything else is the caller's error."""
@@ -74,6 +79,12 @@ def verifier_threshold(request: router_pb2.CompleteRequest) -> float | None:
     if not 0 <= request.verifier_threshold <= 1:  # NaN included
         raise invalid("verifier_threshold must be within [0, 1]", "verifier_threshold")
     return request.verifier_threshold
+
+
+def verifier_asked(modes: frozenset[str], mode: Mode, threshold: float | None) -> bool:
+    """Whether the verifier judges an answer in `mode`: one of the router's verifier `modes`, or any but off when the
+    request sets its own threshold."""
+    return mode != "off" and (threshold is not None or mode in modes)
 
 
 def is_refusal(text: str, mode: Mode) -> bool:
@@ -112,9 +123,7 @@ async def doubt(
 ) -> str | None:
     """'verifier 0.31 < 0.45' when the verifier's P(good) is below `threshold` (else the verdict's own for the
     mode); '' when it is not, it is not asked, or no threshold is known; None when it was asked and could not say."""
-    if verifier is None or mode == "off" or served.tool_calls_json:
-        return ""
-    if threshold is None and mode not in verifier.modes:
+    if verifier is None or served.tool_calls_json or not verifier_asked(verifier.modes, mode, threshold):
         return ""
     verdict = await verifier.verdict(prompt, served.content, time_left)
     if verdict is None:

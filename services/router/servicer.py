@@ -76,7 +76,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             else None
         )
         self.serving = Serving(providers, self.admission, verifier)
-        self.cache = ResponseCache(cache, settings.cache_ttl_s, settings.cache_scope, settings.tenant_cache_scope)
+        self.cache = ResponseCache(
+            cache, settings.cache_ttl_s, settings.cache_scope, settings.tenant_cache_scope, verifier
+        )
         self.sessions = Sessions(cache, settings.session_ttl_s)
         self.deferred = Deferred(
             lambda request, context: self._route(request, context, admit=False),

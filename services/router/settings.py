@@ -215,7 +215,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     verifier: bool = True
     verifier_timeout_s: float = Field(default=1.0, gt=0)
     # Per mode, the P(good) below which to escalate, replacing the thresholds calibrated for the verifier
-    # (JSON: {"auto": 0.4, "strict": 0.6}); a request's verifier_threshold replaces both.
+    # (JSON: {"auto": 0.4, "strict": 0.6}); a request's verifier_threshold replaces both. With verifier and
+    # verifier_modes, part of the response cache's key for the requests the verifier judges (cache.py).
     verifier_escalate_below: dict[Literal["auto", "strict"], Share] = Field(default_factory=dict)
     # The escalation modes that ask the verifier (a request with its own verifier_threshold asks in any). Not
     # `auto` by default: on open-ended chat even the lowest held-out threshold (0.035) escalated 77% of cheap

@@ -4,6 +4,8 @@ never the request failed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from typing import Literal
@@ -12,6 +14,8 @@ import grpc
 
 from llmrouter.v1 import classifier_pb2_grpc
 from services.router import metrics
+from services.router.escalation import verifier_asked
+from services.router.routed import Mode
 from services.verifier.client import MalformedVerdict, Verdict, verify_answer
 
 log = logging.getLogger("llmrouter.router")
@@ -30,6 +34,16 @@ class ClassifierVerifier:
         self.timeout_s = timeout_s
         # Per mode, replacing the verifier's calibrated thresholds.
         self.escalate_below: dict[str, float] = {mode: value for mode, value in escalate_below.items()}
+
+    def fingerprint(self, mode: Mode, threshold: float | None) -> str:
+        """What decides whether an answer in `mode` is kept, for the response cache's key: '' when the verifier is not
+        asked; else the threshold this router holds the answer to, its own for the mode or the verifier's calibrated
+        one (a request's own threshold is in the key already). Not the timeout: a verdict too late is the verifier's
+        unavailability, as an outage is, not this router's judgement; nor another mode's threshold."""
+        if not verifier_asked(self.modes, mode, threshold):
+            return ""
+        below = "the request's" if threshold is not None else self.escalate_below.get(mode, "calibrated")
+        return hashlib.sha256(json.dumps(["verifier", below]).encode()).hexdigest()[:16]
 
     async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None:
         timeout = self.timeout_s if time_left is None else min(self.timeout_s, time_left)

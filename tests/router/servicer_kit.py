@@ -108,9 +108,10 @@ async def router_servicer_to(
     providers_addr: str, tmp_path: Path, store: Store, registry: Registry = REGISTRY, **settings: Any
 ) -> AsyncIterator[RouterServicer]:
     """The router's servicer over providers (and a classifier, if asked) already serving at `providers_addr`; closed
-    (its charges still running finish) when the block ends."""
+    (its charges still running finish) when the block ends. Its verifier is off unless the settings turn it on."""
     registry_path = registry_file(tmp_path, registry)
-    config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False, **settings)
+    settings = {"verifier": False, **settings}
+    config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", **settings)
     cache = open_cache(config.cache_redis_url)  # in process, unless a test names a Redis
     async with grpc.aio.insecure_channel(providers_addr) as channel:
         servicer = RouterServicer(
