@@ -18,9 +18,9 @@ from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.admission import output_caps
-from services.router.escalation import Verifier
 from services.router.routed import Routed, Served
 from services.router.settings import CacheScope
+from services.router.verifying import ClassifierVerifier
 
 log = logging.getLogger("llmrouter.router")
 
@@ -114,7 +114,7 @@ class ResponseCache:
         ttl_s: int,
         scope: CacheScope,
         tenant_scope: Mapping[str, CacheScope],
-        verifier: Verifier | None = None,
+        verifier: ClassifierVerifier | None = None,
     ) -> None:
         self.backend = backend
         self.ttl_s = ttl_s  # 0 disables

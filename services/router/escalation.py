@@ -57,11 +57,6 @@ class Verifier(Protocol):
 
     async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None: ...
 
-    def fingerprint(self, mode: Mode, threshold: float | None) -> str:
-        """What of the verifier's settings decides whether an answer in `mode` (at the request's own `threshold`) is
-        kept, short and stable; '' when it is not asked."""
-        ...
-
 
 def mode_of(requested: str, default: str) -> Mode:
     """The request's mode, else the router's default; anything else is the caller's error."""

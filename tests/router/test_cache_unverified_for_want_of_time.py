@@ -15,7 +15,6 @@ from typing import Any
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.v1 import classifier_pb2, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.verifying import ClassifierVerifier
 from tests.router.servicer_kit import NearScores, NoDeadline, router_servicer, store_on
 from tests.router.test_admission import REGISTRY
 
@@ -71,9 +70,8 @@ async def test_a_weak_answer_the_verifier_could_not_judge_in_the_time_left_is_no
     request, warming = ask(), ask()
     async with (
         store_on(redis_url) as store,
-        router_servicer(tmp_path, store, provider, classifier=classifier) as servicer,
+        router_servicer(tmp_path, store, provider, classifier=classifier, verifier=True) as servicer,  # asked for 1 s
     ):
-        servicer.serving.verifier = ClassifierVerifier(servicer.routing.classifier, 1.0, {}, frozenset({"strict"}))
         with acting_as(ANONYMOUS):
             warm = await servicer.Complete(warming, NoDeadline())  # the first request's one-off costs paid
             assert warm.escalated and provider.asked == ["cheap", "strong"]
