@@ -100,7 +100,7 @@ class Sessions:
 
     async def get(self, account: Account, request: router_pb2.CompleteRequest) -> Session | None:
         """The request's session, when it names one and routes automatically; None for a new session."""
-        if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
+        if not self._applies(request):
             return None
         raw = await self.backend.get(session_key(account.tenant, request.session_id, account.key))
         if raw is None:
@@ -129,6 +129,8 @@ class Sessions:
     ) -> None:
         """Count the turn and keep the model the session continues on. Best effort, like the cache: a lost
         write costs affinity, never money. Concurrent turns of one session: the last one written wins."""
+        if not self._applies(request):
+            return
         before = session or Session(response.model)
         after = dataclasses.replace(
             before,
@@ -153,13 +155,17 @@ class Sessions:
         up and never down (no model was tried for the turn: a weaker cached one tells of no failure); no tokens and no
         cost, as the ledger records a hit: it generated nothing and was charged nothing. In the caller's own session
         (session_key), whoever's answer it was."""
+        if not self._applies(request):
+            return
         before = session or Session(response.model)
         model = next_model(registry, session, response.model, response.model)
         await self._keep(account, request, dataclasses.replace(before, model=model, turns=before.turns + 1))
 
+    def _applies(self, request: router_pb2.CompleteRequest) -> bool:
+        """Whether the request is a turn of a session: it names one and routes automatically, affinity enabled."""
+        return bool(self.ttl_s and request.session_id and request.model in ("", "auto"))
+
     async def _keep(self, account: Account, request: router_pb2.CompleteRequest, after: Session) -> None:
         """The session as it stands after the turn, for ttl_s from now."""
-        if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
-            return
         value = json.dumps({**dataclasses.asdict(after), "cost_usd": format(after.cost_usd, "f")})
         await self.backend.set(session_key(account.tenant, request.session_id, account.key), value.encode(), self.ttl_s)
