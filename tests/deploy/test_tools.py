@@ -142,6 +142,13 @@ ROUTER_UP = f'job="llmrouter-router",{PROD}}}'
         ("LLMRouterRedisPersistenceFailing", "expr", f"bgsave_status{{{PROD},{DURABLE}}}", f"bgsave_status{{{PROD}}}"),
         ("LLMRouterUpkeepRoundHung", "expr", "[5m]) > 0)", "[5m]))"),  # a router with no round yet taken for hung
         ("LLMRouterUpkeepRoundHung", "for", "5m", "0m"),  # a long outbox replay that ends fires
+        # each router's own TTL unread (the default's 4, a minute): a router whose TTL is the longest allowed fires
+        (
+            "LLMRouterUpkeepRoundHung",
+            "expr",
+            f"4 * last_over_time(llmrouter_router_heartbeat_ttl_seconds{{{PROD}}}[5m])",
+            "60",
+        ),
         # read at the instant, a failed scrape (the series stale) restarts the wait: the hung round fires late
         ("LLMRouterUpkeepRoundHung", "expr", f"last_over_time({ROUND_STARTED}[5m])", ROUND_STARTED),
         # a pod replaced mid-round, its last start kept 5 minutes by last_over_time, taken for a router still hung
