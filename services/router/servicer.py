@@ -302,7 +302,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         cached = await self.cache.lookup(routed)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
-            await self._after_hit(routed, cached)
+            await self._after_hit(routed)
             return cached
         served = await self.serving.generate(routed, context)
         response = charging.response(routed, served)
@@ -326,9 +326,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         assert routed.registry is not None  # every routed request keeps the snapshot it was routed with
         await self.sessions.record(routed.account, routed.request, routed.session, planned, response, routed.registry)
 
-    async def _after_hit(self, routed: Routed, cached: router_pb2.CompleteResponse) -> None:
+    async def _after_hit(self, routed: Routed) -> None:
+        planned = routed.plan.order[0].model.name
         assert routed.registry is not None  # every routed request keeps the snapshot it was routed with
-        await self.sessions.record_hit(routed.account, routed.request, routed.session, cached, routed.registry)
+        await self.sessions.record_hit(routed.account, routed.request, routed.session, planned, routed.registry)
 
     async def _buffered_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         """Served as a unary call (escalation included) and like one, from the decision on, run to its end and
@@ -355,7 +356,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         cached = await self.cache.lookup(routed, streamed=True)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
-            await self._after_hit(routed, cached)
+            await self._after_hit(routed)
             for chunk in [*taken_over(routed, cached), *answer_chunks(cached)]:
                 yield chunk
             return

@@ -147,18 +147,20 @@ class Sessions:
         account: Account,
         request: router_pb2.CompleteRequest,
         session: Session | None,
-        response: router_pb2.CompleteResponse,
+        planned: str,
         registry: Registry,
     ) -> None:
-        """Count a turn answered from the response cache as a served one is: without it, a conversation answered from
-        the cache lost its model after ttl_s and its next turn was routed afresh. On the model the cached answer names,
-        up and never down (no model was tried for the turn: a weaker cached one tells of no failure); no tokens and no
-        cost, as the ledger records a hit: it generated nothing and was charged nothing. In the caller's own session
-        (session_key), whoever's answer it was."""
+        """Count a turn answered from the response cache: without it, a conversation answered from the cache lost its
+        model after ttl_s and its next turn was routed afresh. On the model the turn was routed to (`planned`: the
+        session's own when affinity kept it), as though it had answered; never the cached answer's, which another
+        request's routing chose (another session's affinity, a classifier outage, another key's in a tenant-wide
+        cache): recorded, it moved this session up to a model its own turns never chose, and its later turns paid for
+        it. No tokens and no cost, as the ledger records a hit: it generated nothing and was charged nothing. In the
+        caller's own session (session_key), whoever's answer it was."""
         if not self._applies(request):
             return
-        before = session or Session(response.model)
-        model = next_model(registry, session, response.model, response.model)
+        before = session or Session(planned)
+        model = next_model(registry, session, planned, planned)
         await self._keep(account, request, dataclasses.replace(before, model=model, turns=before.turns + 1))
 
     def _applies(self, request: router_pb2.CompleteRequest) -> bool:

@@ -1,10 +1,10 @@
 """A turn of a session answered from the response cache counts as a turn of the session, as a served one does: it renews
-the session's TTL, and records the session when it is new, on the model the cached answer names. A cache hit recorded
-nothing: a conversation whose turns were all served from the cache lost its model after ROUTER_SESSION_TTL_S, and its
-next uncached turn was routed afresh, to another model mid-conversation. A hit is recorded in the caller's own session
-(its tenant's and key's), whoever's answer it was, and moves the session up, never down. The router behind its own
-gRPC server, real providers and classifier gRPC servers on loopback; the money store and the cache store both in
-process, then both on Redis."""
+the session's TTL, and records the session when it is new. A cache hit recorded nothing: a conversation whose turns were
+all served from the cache lost its model after ROUTER_SESSION_TTL_S, and its next uncached turn was routed afresh, to
+another model mid-conversation. A hit is recorded in the caller's own session (its tenant's and key's), whoever's
+answer it was, on the model the turn was routed to (never the cached answer's: another request's routing chose it), up
+and never down. The router behind its own gRPC server, real providers and classifier gRPC servers on loopback; the
+money store and the cache store both in process, then both on Redis."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.router.cache import MemoryCache, RedisCache
@@ -106,25 +108,48 @@ async def test_a_hit_on_a_colleagues_answer_is_recorded_in_the_callers_session_a
     assert alices_next.model == "strong" and "(turn 2;" in alices_next.decision.reason  # bob's hit not counted in hers
 
 
-async def test_a_hit_counts_a_turn_moves_the_session_up_never_down_and_costs_nothing(
+async def test_a_hit_counts_a_turn_on_the_model_it_was_routed_to_up_never_down_and_costs_nothing(
     store: Store, redis_url: str
 ) -> None:
-    """A hit's answer was generated for another request: no model of this turn was tried, so a weaker cached one tells
-    of no failure; the turn generated nothing and was charged nothing, so the session's tokens and cost stay."""
+    """No model was tried for a hit: the session goes on as though the model the turn was routed to had answered, up
+    and never down (a weaker one planned tells of no failure of the session's own); the turn generated nothing and was
+    charged nothing, so the session's tokens and cost stay."""
     sessions = Sessions(RedisCache(redis_url) if isinstance(store, RedisStore) else MemoryCache(), ttl_s=60)
     account, request = Account("acme", ALICE), asking("and then?", quality_target=0.5)
     before = Session("gpt-4o", turns=3, input_tokens=30, output_tokens=15, cost_usd=Decimal("0.0042"))
-    hit = router_pb2.CompleteResponse(
-        model="gpt-4o-mini", cache_hit=True, cost_usd="0", usage=common_pb2.Usage(input_tokens=12, output_tokens=5)
-    )
     try:
-        await sessions.record_hit(account, request, before, hit, REGISTRY)
+        await sessions.record_hit(account, request, before, "gpt-4o", REGISTRY)  # affinity kept it
         assert await sessions.get(account, request) == Session("gpt-4o", 4, 30, 15, Decimal("0.0042"))
-        hit.model = "gpt-4o"
-        await sessions.record_hit(account, request, None, hit, REGISTRY)  # a new session: on the cached answer's model
+        await sessions.record_hit(account, request, before, "gpt-4o-mini", REGISTRY)  # its model set aside this turn
+        assert await sessions.get(account, request) == Session("gpt-4o", 4, 30, 15, Decimal("0.0042"))
+        await sessions.record_hit(account, request, None, "gpt-4o", REGISTRY)  # a new session: on the turn's model
         assert await sessions.get(account, request) == Session("gpt-4o", 1, 0, 0, Decimal(0))
-        stronger = Session("mixtral-8x7b", turns=1)
-        await sessions.record_hit(account, request, stronger, hit, REGISTRY)  # up to the cached answer's tier
+        weaker = Session("mixtral-8x7b", turns=1)
+        await sessions.record_hit(account, request, weaker, "gpt-4o", REGISTRY)  # a harder turn: up to its tier
         assert await sessions.get(account, request) == Session("gpt-4o", 2, 0, 0, Decimal(0))
     finally:
         await sessions.backend.close()
+
+
+@pytest.mark.parametrize(
+    ("scope", "callers_key"),
+    [("key", ALICE), ("tenant", BOB)],  # alice's other session; her colleague's, where the cache is the tenant's
+)
+async def test_a_hit_on_an_answer_another_sessions_model_gave_leaves_the_session_on_its_own_routing(
+    tmp_path: Path, store: Store, redis_url: str, scope: str, callers_key: str
+) -> None:
+    """The cached answer's model was chosen by another request's routing (here another session's affinity): recorded in
+    this session, it moved the session up to a model its own turns never chose, and every later turn paid for it."""
+    async with router_of_sessions(tmp_path, store, redis_url, tenant_cache_scope={"acme": scope}) as router:
+        hard = asking(f"A hard question {uuid.uuid4().hex}", quality_target=1, session_id="chat-a", api_key_id=ALICE)
+        assert (await router.Complete(hard, timeout=10)).model == "strong"  # her session is on the strong model
+        easy = asking(f"And then? {uuid.uuid4().hex}", 0.5, session_id="chat-a", api_key_id=ALICE)
+        kept = await router.Complete(easy, timeout=10)
+        assert kept.model == "strong" and kept.decision.session_affinity  # alone, the turn would go to the cheap one
+        easy.session_id, easy.api_key_id = "chat-b", callers_key
+        hit = await router.Complete(easy, timeout=10)
+        assert hit.cache_hit and hit.model == "strong" and hit.decision.model == "cheap"  # routed to cheap
+        following = await router.Complete(fresh("chat-b", api_key_id=callers_key), timeout=10)
+        cheap = await router.Complete(fresh("chat-c", api_key_id=callers_key), timeout=10)  # a session of its own
+    assert following.model == "cheap" and not following.decision.session_affinity
+    assert following.cost_usd == cheap.cost_usd
