@@ -134,6 +134,7 @@ async def test_a_hit_counts_a_turn_on_the_model_it_was_routed_to_up_never_down_a
 @pytest.mark.parametrize(
     ("scope", "callers_key"),
     [("key", ALICE), ("tenant", BOB)],  # alice's other session; her colleague's, where the cache is the tenant's
+    ids=["key", "tenant"],
 )
 async def test_a_hit_on_an_answer_another_sessions_model_gave_leaves_the_session_on_its_own_routing(
     tmp_path: Path, store: Store, redis_url: str, scope: str, callers_key: str
