@@ -19,7 +19,7 @@ from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.admission import output_caps
 from services.router.routed import Routed, Served
-from services.router.settings import CacheScope
+from services.router.settings import CacheScope, tenant_wide
 from services.router.verifying import ClassifierVerifier
 
 log = logging.getLogger("llmrouter.router")
@@ -177,8 +177,8 @@ class ResponseCache:
         request.tenant = routed.account.tenant  # tenants never see each other's answers
         # Nor, scoped by key, one key its colleagues': the key id as admission derived it (never empty: `anonymous`
         # for a request without a key), so a key's chat requests and its batch lines (sent by id) share entries.
-        tenant_wide = self.tenant_scope.get(routed.account.tenant, self.scope) == "tenant"
-        request.api_key_id = "" if tenant_wide else routed.account.key
+        shared = tenant_wide(self.scope, self.tenant_scope, routed.account.tenant)
+        request.api_key_id = "" if shared else routed.account.key
         key = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         return f"{key}:stream" if streamed else key
 

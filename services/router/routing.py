@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -18,6 +18,8 @@ from services.router import metrics, policy
 from services.router.models import AvailableModels
 from services.router.routed import Routed
 from services.router.score_cache import ScoreCache, prompt_key
+from services.router.settings import CacheScope, tenant_wide
+from services.router.store import Account
 from services.router.targets import Target, Targets
 from services.router.unclassified import Unclassified
 
@@ -34,8 +36,12 @@ class Routing:
         tenant_labels: metrics.BoundedLabels,
         unclassified: Unclassified,
         score_cache: ScoreCache | None = None,
+        cache_scope: CacheScope = "key",
+        tenant_cache_scope: Mapping[str, CacheScope] | None = None,
     ) -> None:
         self.classifier = classifier
+        # Whose scores a prompt's are kept for: its tenant's or its key's, as the response cache's answers.
+        self.cache_scope, self.tenant_cache_scope = cache_scope, tenant_cache_scope or {}
         self.unclassified = unclassified
         self.score_cache = ScoreCache(0) if score_cache is None else score_cache
         self.available = available
@@ -44,11 +50,12 @@ class Routing:
         self.tenant_labels = tenant_labels
 
     async def decide(
-        self, request: router_pb2.CompleteRequest, limits: policy.Limits, tenant: str, time_remaining: float | None
+        self, request: router_pb2.CompleteRequest, limits: policy.Limits, account: Account, time_remaining: float | None
     ) -> tuple[policy.Plan, router_pb2.Decision, Registry]:
         """The plan, the decision, and the registry snapshot both come from: the request's prices until it ends.
         An auto-routed request's quality target comes from `targets` once the classifier has answered (a strong
         share needs the calibration of the classifier that scored it)."""
+        tenant = account.tenant
         models = await self.available.get(time_remaining)
         registry = self.available.registry  # read with the models, before any other await
         note = ""
@@ -63,7 +70,7 @@ class Routing:
             version = ""
         else:
             prompt = scored_prompt(request)
-            scores, version = await self._classify(prompt, tenant, time_remaining)
+            scores, version = await self._classify(prompt, account, time_remaining)
             fallback = ideal_fallback = policy.STRONGEST
             if scores is not None:
                 target: Target | None = await self.targets.choose(request, tenant, models, registry, version)
@@ -107,10 +114,11 @@ class Routing:
                 metrics.QUALITY_KEPT.labels(tenant).observe(plan.order[0].quality / best)
 
     async def _classify(
-        self, prompt: str, tenant: str, time_remaining: float | None
+        self, prompt: str, account: Account, time_remaining: float | None
     ) -> tuple[dict[str, float] | None, str]:
         """The classifier's predictions for `prompt`; None when it cannot answer in time."""
-        key = prompt_key(tenant, prompt)
+        shared = tenant_wide(self.cache_scope, self.tenant_cache_scope, account.tenant)
+        key = prompt_key(account.tenant, prompt, None if shared else account.key)
         if (kept := self.score_cache.get(key)) is not None:
             metrics.SCORE_CACHE.labels("hit").inc()
             return kept

@@ -1,13 +1,16 @@
 """The classifier's answers kept in the router, so a prompt seen again is routed without a classifier call.
 Keyed by a digest of the tenant and the exact text the classifier reads, and the version of the model that scored
 it: per tenant, as the response cache is, or how fast a free Decide answers would tell one tenant whether another
-sent a prompt word for word in the last few thousand (a hit skips the classifier, whose answer takes ms). Bounded
+sent a prompt word for word in the last few thousand (a hit skips the classifier, whose answer takes ms). Within the
+tenant, scoped as its response cache is (ROUTER_CACHE_SCOPE): per API key where that is `key`, so a key learns no
+more of its colleagues' prompts from the scores than from the answers. Bounded
 (least recently used out first). A classifier answering with a new model version empties the cache, so no
 score of an older model outlives the first answer of a new one by more than the requests already in flight."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 
 Scores = dict[str, float]
@@ -17,9 +20,12 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def prompt_key(tenant: str, prompt: str) -> bytes:
-    """The tenant's own key for a prompt (a tenant holds no NUL: admission refuses one)."""
-    return digest(f"{tenant}\0{prompt}")
+def prompt_key(tenant: str, prompt: str, key: str | None = None) -> bytes:
+    """The tenant's own key for a prompt (a tenant holds no NUL: admission refuses one); with an API key's id, that
+    key's own, its parts JSON-encoded (which writes a NUL as an escape: never the text of a tenant-wide key)."""
+    if key is None:
+        return digest(f"{tenant}\0{prompt}")
+    return digest(json.dumps([tenant, key, prompt]))
 
 
 class ScoreCache:

@@ -63,6 +63,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             metrics.BoundedLabels(settings.metrics_tenants),
             unclassified,
             ScoreCache(settings.score_cache_entries),
+            settings.cache_scope,
+            settings.tenant_cache_scope,
         )
         self.charger = charging.Charger(store, outbox, self.available)
         verifier = (
@@ -179,7 +181,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.admission.refuse_if_rate_limited(account)
         if count:
             await self.admission.count(account)
-        plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
+        plan, decision, registry = await self.routing.decide(request, limits, account, context.time_remaining())
         session = await self.sessions.get(account, request)
         kept = stick(dataclasses.replace(plan, reason=decision.reason), session, registry)  # its reason as decided
         if kept is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Literal
@@ -47,6 +48,14 @@ MAX_HEARTBEAT_TTL_S = 120
 Share = Annotated[float, Field(ge=0, le=1)]
 # Who the response cache serves an answer again: any key of the tenant that paid for it, or that key alone.
 CacheScope = Literal["tenant", "key"]
+
+
+def tenant_wide(scope: CacheScope, tenant_scope: Mapping[str, CacheScope], tenant: str) -> bool:
+    """Whether `tenant`'s keys share what the router keeps of their requests (cached answers, classifier scores):
+    its own scope (ROUTER_TENANT_CACHE_SCOPE), else the router's (ROUTER_CACHE_SCOPE)."""
+    return tenant_scope.get(tenant, scope) == "tenant"
+
+
 # The shortest end_user_hash_secret: 128 bits, as the HMAC key of every tenant's end-user ids.
 MIN_END_USER_SECRET_BYTES = 16
 

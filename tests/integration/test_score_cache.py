@@ -51,3 +51,24 @@ async def test_a_prompt_another_tenant_sent_is_scored_again(chain: Chain) -> Non
         assert classifier_scores() == before + 2  # not the victim's entry
         await stub.Decide(decide("victim"), timeout=20)
         assert classifier_scores() == before + 2  # each tenant's own prompts still hit
+
+
+async def test_a_prompt_a_colleague_key_sent_is_scored_again(chain: Chain) -> None:
+    """Within a tenant whose cache scope is `key` (the default), a key learns nothing of what its colleagues sent,
+    from the response cache as from its stats: a shared score cache answered its free Decide faster for a prompt a
+    colleague sent, word for word. Per key there, as the response cache's answers are."""
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        prompt = f"Draft the memo on the reorganisation of my team. [{uuid.uuid4().hex[:8]}]"
+
+        def decide(api_key: str) -> router_pb2.CompleteRequest:
+            message = common_pb2.ChatMessage(role="user", content=prompt)
+            return router_pb2.CompleteRequest(messages=[message], tenant="colleagues", api_key=api_key)
+
+        before = classifier_scores()
+        await stub.Decide(decide("sk-victim"), timeout=20)
+        assert classifier_scores() == before + 1
+        await stub.Decide(decide("sk-prober"), timeout=20)
+        assert classifier_scores() == before + 2  # not the colleague's entry
+        await stub.Decide(decide("sk-victim"), timeout=20)
+        assert classifier_scores() == before + 2  # each key's own prompts still hit

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from llmrouter.v1 import router_pb2_grpc
 from services.router.settings import RouterSettings
 from services.router.store import Account, RedisStore, key_id, period_id, to_pico
-from tests.router.servicer_kit import router_stub
+from tests.router.servicer_kit import NearScores, router_stub
 from tests.router.test_cache_money import COST, Answering, ask
 
 
@@ -68,6 +68,37 @@ async def test_a_tenant_scoped_cache_serves_any_of_its_keys_and_a_key_scoped_one
     assert globex == (False, format(COST, "f"))
     assert provider.generated == 3
     assert Decimal(globex[1]) == COST
+
+
+class CountedScores(NearScores):
+    """NearScores, counting the prompts it is asked to score."""
+
+    def __init__(self) -> None:
+        self.scored = 0
+
+    async def Score(self, request: Any, context: Any) -> Any:
+        self.scored += len(request.prompts)
+        return await super().Score(request, context)
+
+
+async def test_classifier_scores_are_shared_as_answers_are(tmp_path: Path, redis_store: RedisStore) -> None:
+    """A prompt's kept scores skip the classifier (a faster Decide): shared among a tenant's keys only where its
+    answers are, so under `key` a free Decide tells no key which prompts its colleagues sent."""
+    classifier = CountedScores()
+    prompt = f"Summarise the board minutes. {uuid.uuid4().hex}"
+    settings: dict[str, Any] = {"tenant_cache_scope": {"acme": "tenant"}}
+    async with router_stub(tmp_path, redis_store, Answering(), classifier=classifier, **settings) as router:
+
+        async def scored(tenant: str, **who: Any) -> int:
+            before = classifier.scored
+            request = ask(prompt, tenant, **who)
+            request.model = ""  # routed by the classifier's scores
+            await router.Decide(request, timeout=10)
+            return classifier.scored - before
+
+        assert [await scored("globex", api_key="globex-a"), await scored("globex", api_key="globex-b")] == [1, 1]
+        assert await scored("globex", api_key_id=key_id("globex-a")) == 0  # the same key by its id: its own
+        assert [await scored("acme", api_key="acme-a"), await scored("acme", api_key="acme-b")] == [1, 0]
 
 
 def test_a_scope_is_tenant_or_key(monkeypatch: pytest.MonkeyPatch) -> None:
