@@ -208,6 +208,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # Who is served a cached answer again: `key`, the API key whose request it answered (requests without a key are
     # one key per tenant), or `tenant`, any key of that tenant: more hits, but a hit (free, fast, x_router.cache_hit)
     # tells a key that a colleague sent the same request within cache_ttl_s. Per tenant: ROUTER_TENANT_CACHE_SCOPE.
+    # The classifier's kept scores (score_cache.py) are shared as the answers are: a hit makes a Decide faster.
     cache_scope: CacheScope = "key"
     tenant_cache_scope: dict[str, CacheScope] = Field(default_factory=dict)  # JSON: {"tenant": "tenant"}
 
