@@ -65,6 +65,24 @@ async def spend(store: RedisStore, tenant: str, request_id: str, pico: int) -> N
     assert await store.charge(Account(tenant, KEY), hold, pico, {})
 
 
+async def counted_under_the_new_tenant(store: RedisStore) -> None:
+    """The key's 600 held under the old tenant was charged whole in that tenant's shard today: under its new tenant the
+    key is admitted its limit less that."""
+    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on that day
+    assert await admitted(store, NEW, "r2", 500) == "key"
+    assert await admitted(store, NEW, "r3", 400) == ""
+
+
+async def reconciled_then_counted(
+    store: RedisStore, clock: list[float], at: float, ttl_s: float, pending_stale_s: float
+) -> None:
+    """At `at`, another router's reconciler charges the key's 600 held under the old tenant (as stale, at its hold):
+    counted under the new tenant that day."""
+    clock[0] = at
+    assert await store.reconcile("router-2", ttl_s, pending_stale_s) == 1
+    await counted_under_the_new_tenant(store)
+
+
 async def test_a_key_moved_to_another_tenant_spends_no_more_than_its_limit_in_the_period(store: RedisStore) -> None:
     """800 of 1,000 spent under the old tenant: under the new one 300 is refused for the key's budget, 200 admitted;
     the new tenant's own budget is not charged what it did not spend (another key of it may use all of its limit
@@ -266,9 +284,7 @@ async def test_a_batch_line_held_past_the_next_period_at_the_move_is_carried_int
     assert await key_move.main([KEY, NEW]) == 0
     clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three: the line still held
     assert await store.charge(Account(OLD, KEY), line, 600, {})
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await counted_under_the_new_tenant(store)  # landed on day three
 
 
 @pytest.mark.money_clock_follows  # the money's clock follows Redis' TIME here (tests/conftest.py)
@@ -302,11 +318,7 @@ async def test_a_hold_past_its_expiry_at_the_move_is_carried_into_each_day_the_r
     assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one; held HOLD_S
     clock[0] = DAY_ONE + 3600  # its hold past its expiry, its charge open
     assert await key_move.main([KEY, NEW]) == 0
-    clock[0] = DAY_ONE + 40 * 3600  # 00:00 UTC, day three
-    assert await store.reconcile("router-2", 5.0, 36 * 3600) == 1  # charged at its hold, as stale
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await reconciled_then_counted(store, clock, DAY_ONE + 40 * 3600, 5.0, 36 * 3600)  # 00:00 UTC, day three
 
 
 @pytest.mark.parametrize("told", ["flag", "environment"])
@@ -339,11 +351,7 @@ async def test_a_hold_past_its_expiry_is_carried_into_each_day_within_the_pendin
     assert await admitted(store, OLD, "r1", 600) == ""  # 08:00 UTC, day one
     clock[0] = DAY_ONE + 3600
     assert await key_move.main([KEY, NEW, "--pending-stale-s", str(40 * 3600)]) == 0
-    clock[0] = DAY_ONE + 40 * 3600 + 1  # 00:00:01 UTC, day three
-    assert await store.reconcile("router-2", 5.0, 40 * 3600) == 1
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await reconciled_then_counted(store, clock, DAY_ONE + 40 * 3600 + 1, 5.0, 40 * 3600)  # 00:00:01 UTC, day three
 
 
 async def test_a_hold_held_at_the_move_whose_charge_is_then_lost_is_carried_into_the_day_the_reconciler_charges_it(
@@ -358,11 +366,7 @@ async def test_a_hold_held_at_the_move_whose_charge_is_then_lost_is_carried_into
     assert await admitted(store, OLD, "r1", 600) == ""  # held HOLD_S: to 23:40
     clock[0] += 60
     assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
-    clock[0] = DAY_ONE + 16.5 * 3600 + 1  # 00:30 UTC, day two
-    assert await store.reconcile("router-2", 5.0, 3600) == 1  # charged at its hold, as stale
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day two
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await reconciled_then_counted(store, clock, DAY_ONE + 16.5 * 3600 + 1, 5.0, 3600)  # 00:30 UTC, day two
 
 
 async def test_a_batch_line_held_past_26_hours_is_carried_into_each_day_it_is_held_in(
@@ -377,9 +381,7 @@ async def test_a_batch_line_held_past_26_hours_is_carried_into_each_day_it_is_he
     assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
     clock[0] = DAY_ONE + 64 * 3600  # 00:00 UTC, day four: the line still held
     assert await store.charge(Account(OLD, KEY), line, 600, {})
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day four
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await counted_under_the_new_tenant(store)  # landed on day four
 
 
 async def test_a_hold_past_its_expiry_is_carried_no_further_than_the_pending_stale_s_the_routers_publish(
@@ -416,11 +418,7 @@ async def test_a_pending_stale_s_given_shorter_than_a_routers_is_overruled_and_s
     await store.heartbeat("router-2", 5.0, 40 * 3600.0)
     assert await key_move.main([KEY, NEW, "--pending-stale-s", "3600"]) == 0
     assert "ROUTER_PENDING_STALE_S=144000, longer than the 3600 s given" in capsys.readouterr().err
-    clock[0] = DAY_ONE + 40 * 3600 + 1  # 00:00:01 UTC, day three
-    assert await store.reconcile("router-2", 5.0, 40 * 3600) == 1
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await reconciled_then_counted(store, clock, DAY_ONE + 40 * 3600 + 1, 5.0, 40 * 3600)  # 00:00:01 UTC, day three
 
 
 async def test_a_move_that_cannot_read_the_routers_pending_stale_s_carries_a_week(
@@ -541,11 +539,7 @@ async def test_a_batch_line_whose_hold_ends_as_a_day_starts_and_is_charged_by_th
     line = Hold("b1", 600, period_id("day"), "router-1", "n-b1", until=clock[0] + DEFERRED_HOLD_S)
     assert (await store.admit(Account(OLD, KEY), ALLOWANCE, line, moves=binding.moves)).refused == ""
     assert await key_move.main([KEY, NEW]) == 0
-    clock[0] = DAY_ONE + 40 * 3600 + 1  # 00:00:01 UTC, day three: its collect never came
-    assert await store.reconcile("router-2", 10.0, 3600.0) == 1
-    assert await store.spent(Account(OLD, KEY), period_id("day")) == (600, 600)  # landed on day three
-    assert await admitted(store, NEW, "r2", 500) == "key"
-    assert await admitted(store, NEW, "r3", 400) == ""
+    await reconciled_then_counted(store, clock, DAY_ONE + 40 * 3600 + 1, 10.0, 3600.0)  # day three: no collect came
 
 
 LAST_SECOND_OF_JANUARY = DAY_ONE + 16 * 86400 + 16 * 3600 - 1  # 2027-01-31 23:59:59.25 UTC
