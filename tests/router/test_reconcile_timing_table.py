@@ -83,13 +83,14 @@ CASES = [
     for share in (0.5, 1.5)
     for every in (False, True)
 ] + [(BEFORE_ROUND, 0.0, False)]
-
-
-@pytest.mark.parametrize(
+PAUSED = pytest.mark.parametrize(  # both tables: each pause, at each point, once or every time
     ("point", "share", "every"),
     CASES,
     ids=[f"{point}, {share} TTL, {'every time' if every else 'once'}" for point, share, every in CASES],
 )
+
+
+@PAUSED
 async def test_a_dead_router_is_taken_for_dead_neither_early_nor_a_sweep_late(
     redis_url: str, point: str, share: float, every: bool
 ) -> None:
@@ -129,11 +130,7 @@ async def test_a_dead_router_is_taken_for_dead_neither_early_nor_a_sweep_late(
             await store.close()
 
 
-@pytest.mark.parametrize(
-    ("point", "share", "every"),
-    CASES,
-    ids=[f"{point}, {share} TTL, {'every time' if every else 'once'}" for point, share, every in CASES],
-)
+@PAUSED
 async def test_a_dead_router_with_its_last_beat_is_taken_for_dead_by_the_stores_clock_neither_early_nor_late(
     redis_url: str, point: str, share: float, every: bool
 ) -> None:
