@@ -25,14 +25,25 @@ LEASE_S = 0.1  # the heartbeat TTL, and the reconciler's lease
 OTHER_LEASE_S = 1.0  # the other reconciler's: long enough for this one's round while it holds it
 
 
+async def held(store: RedisStore, router: str) -> None:
+    """A request of `router` ("router-live") admitted, its hold pending ("r-live")."""
+    hold = Hold(f"r-{router.removeprefix('router-')}", 6_000_000_000, DAY, router, "n1")
+    assert (await store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+
+
+async def pending_and_charged(store: RedisStore) -> tuple[int, int]:
+    """How many of the account's charges are pending, and how many its ledger holds."""
+    keys = AccountKeys.of(ACCOUNT)
+    return await store.redis.hlen(keys.pending), await store.redis.xlen(keys.ledger)
+
+
 @pytest.mark.parametrize("passed_over", [True, False], ids=["a round passed over", "no round run"])
 async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afresh(
     redis_url: str, passed_over: bool
 ) -> None:
     live, reconciler, other = RedisStore(redis_url), RedisStore(redis_url), RedisStore(redis_url)
     try:
-        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
-        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(live, "router-live")
         # The master flaps: the live router's beat lapsed; the reconciler sees it missing.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
 
@@ -58,12 +69,10 @@ async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afres
         # The lease back, the router is seen missing for the first time since: not yet taken for dead.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
         assert (await live.redis.get(LEASE)).startswith(b"rec ")  # taken by it (its lease may be past already)
-        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
-        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
+        assert await pending_and_charged(live) == (1, 0)
         # Missing a whole TTL since, it is dead: its request is charged at its hold, once.
         await eventually(lambda: reconciler.reconcile("rec", LEASE_S, 3600.0), "the router taken for dead")
-        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 0
-        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 1
+        assert await pending_and_charged(live) == (0, 1)
     finally:
         for store in (live, reconciler, other):
             await store.close()
@@ -79,6 +88,36 @@ async def lost_by_heartbeat(store: RedisStore) -> None:
         await store.heartbeat("rec", LEASE_S)
 
 
+async def out_of_reach_until(
+    proxy: LossyProxy,
+    reconciler: RedisStore,
+    lose_sight: Callable[[RedisStore], Awaitable[None]],
+    condition: Callable[[], Awaitable[bool]],
+    what: str,
+) -> None:
+    """The store out of the reconciler's reach until `condition`, then back."""
+    proxy.go_down()
+    await lose_sight(reconciler)  # the upkeep's round: the store away, no reconcile
+    await eventually(condition, what)
+    proxy.come_back()
+    assert await reconciler.ping()
+
+
+async def taken_for_dead_in_rounds(dead: RedisStore, one_round: Callable[[], Awaitable[int]], what: str) -> None:
+    """Rounds run until one takes the dead router for dead: its request charged at its hold, once, and not by the
+    first round."""
+    rounds = 0
+
+    async def counted_round() -> int:
+        nonlocal rounds
+        rounds += 1
+        return await one_round()
+
+    await eventually(counted_round, what)
+    assert await pending_and_charged(dead) == (0, 1)
+    assert rounds > 1
+
+
 @pytest.mark.parametrize("lose_sight", [lost_by_ping, lost_by_heartbeat], ids=["ping", "heartbeat"])
 async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_through_gets_its_grace_afresh(
     redis_url: str, proxy: LossyProxy, lose_sight: Callable[[RedisStore], Awaitable[None]]
@@ -88,23 +127,17 @@ async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_thro
     reconciled no round since: what it saw missing before the outage counts no longer."""
     live, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     try:
-        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
-        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(live, "router-live")
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0  # the live router's beat lapsed: seen missing
 
         async def lease_lapsed() -> bool:
             return await lease_holder(live.redis) is None
 
-        proxy.go_down()
-        await lose_sight(reconciler)  # the upkeep's round: the store away, no reconcile
-        await eventually(lease_lapsed, "the reconciler's lease lapsed")
-        proxy.come_back()
-        assert await reconciler.ping()
+        await out_of_reach_until(proxy, reconciler, lose_sight, lease_lapsed, "the reconciler's lease lapsed")
         # Its first round after the outage comes before the live router's first beat: seen missing for the first time
         # since it could read the heartbeats again, not yet taken for dead.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
-        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
-        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
+        assert await pending_and_charged(live) == (1, 0)
     finally:
         for store in (live, reconciler):
             await store.close()
@@ -122,8 +155,7 @@ async def test_a_router_whose_last_beat_lapsed_in_an_outage_gets_its_grace_from_
     live, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     try:
         await live.heartbeat("router-live", LEASE_S)
-        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
-        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(live, "router-live")
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0  # alive
 
         async def gone_past_its_grace() -> bool:
@@ -131,14 +163,15 @@ async def test_a_router_whose_last_beat_lapsed_in_an_outage_gets_its_grace_from_
             lapsed_ms = int(await live.redis.get(last_beat_key("router-live")))
             return seconds * 1000 + micros // 1000 - lapsed_ms >= 2 * LEASE_S * 1000
 
-        proxy.go_down()
-        await lose_sight(reconciler)  # the upkeep's round: the store away, no reconcile
-        await eventually(gone_past_its_grace, "the live router's beat lapsed a grace ago by the store's clock")
-        proxy.come_back()
-        assert await reconciler.ping()
+        await out_of_reach_until(
+            proxy,
+            reconciler,
+            lose_sight,
+            gone_past_its_grace,
+            "the live router's beat lapsed a grace ago by the store's clock",
+        )
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
-        assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
-        assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 0
+        assert await pending_and_charged(live) == (1, 0)
         # Missing a whole TTL since the store came back, it is dead: its request is charged at its hold, once.
         await eventually(lambda: reconciler.reconcile("rec", LEASE_S, 3600.0), "the router taken for dead")
         assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 1
@@ -157,27 +190,20 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_recon
     dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     ttl_s = 1.5  # its third, the loss of sight that forgets, longer than a round here
     try:
-        hold = Hold("r-dead", 6_000_000_000, DAY, "router-dead", "n1")
-        assert (await dead.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(dead, "router-dead")
         assert await reconciler.ping()
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
-        rounds = 0
 
         async def flapping_round() -> int:
-            nonlocal rounds
-            rounds += 1
             proxy.go_down()
             await lost_by_ping(reconciler)
             proxy.come_back()
             assert await reconciler.ping()
             return await reconciler.reconcile("rec", ttl_s, 3600.0)
 
-        await eventually(flapping_round, "the dead router taken for dead, a PING failing before every round")
-        assert (
-            await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
-            await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
-        ) == (0, 1)
-        assert rounds > 1
+        await taken_for_dead_in_rounds(
+            dead, flapping_round, "the dead router taken for dead, a PING failing before every round"
+        )
     finally:
         for store in (dead, reconciler):
             await store.close()
@@ -193,11 +219,9 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
     dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     ttl_s = 1.5  # its third, the loss of sight that forgets, shorter than a round here
     try:
-        hold = Hold("r-dead", 6_000_000_000, DAY, "router-dead", "n1")
-        assert (await dead.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(dead, "router-dead")
         assert await reconciler.ping()
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
-        rounds = 0
 
         async def beat_for_a_third_of_the_ttl() -> None:
             began = time.monotonic()
@@ -209,8 +233,6 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
             await eventually(beaten, "the round ran a third of the TTL, beating")
 
         async def long_round() -> int:
-            nonlocal rounds
-            rounds += 1
             assert await reconciler.ping()
             await beat_for_a_third_of_the_ttl()
             proxy.go_down()
@@ -219,12 +241,9 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
             await beat_for_a_third_of_the_ttl()
             return await reconciler.reconcile("rec", ttl_s, 3600.0)
 
-        await eventually(long_round, "the dead router taken for dead, a beat failing in every round")
-        assert (
-            await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
-            await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
-        ) == (0, 1)
-        assert rounds > 1
+        await taken_for_dead_in_rounds(
+            dead, long_round, "the dead router taken for dead, a beat failing in every round"
+        )
     finally:
         for store in (dead, reconciler):
             await store.close()
@@ -258,16 +277,12 @@ async def test_a_router_is_seen_missing_from_when_its_heartbeat_was_read_not_fro
     ttl_s = 0.5
     live, reconciler = RedisStore(redis_url), PausedStore(redis_url, pause_s=2 * ttl_s)
     try:
-        hold = Hold("r-live", 6_000_000_000, DAY, "router-live", "n1")
-        assert (await live.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(live, "router-live")
         # Its beat lapsed (out of reach): seen missing once the paused sweep reads the heartbeats.
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
         # The next round, its last sweep's clock reading a TTL old: seen missing a moment since, nothing charged.
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
-        assert (
-            await live.redis.hlen(AccountKeys.of(ACCOUNT).pending),
-            await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
-        ) == (1, 0)
+        assert await pending_and_charged(live) == (1, 0)
         await live.heartbeat("router-live", 60.0)  # back within its grace, beating on
         first_sweep = reconciler._last_sweep
 
@@ -290,8 +305,7 @@ async def test_a_dead_router_is_charged_at_the_next_sweep_after_a_long_read_not_
     ttl_s = 0.5
     dead, reconciler = RedisStore(redis_url), PausedStore(redis_url, pause_s=1.5 * ttl_s)
     try:
-        hold = Hold("r-dead", 6_000_000_000, DAY, "router-dead", "n1")
-        assert (await dead.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        await held(dead, "router-dead")
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing, after the long read
         first_sweep = reconciler._last_sweep
         settled: list[int] = []
@@ -302,10 +316,7 @@ async def test_a_dead_router_is_charged_at_the_next_sweep_after_a_long_read_not_
 
         await eventually(swept_again, "the reconciler's next sweep")
         assert settled[-1] == 1  # that sweep charged the dead router's request at its hold
-        assert (
-            await dead.redis.hlen(AccountKeys.of(ACCOUNT).pending),
-            await dead.redis.xlen(AccountKeys.of(ACCOUNT).ledger),
-        ) == (0, 1)
+        assert await pending_and_charged(dead) == (0, 1)
     finally:
         for store in (dead, reconciler):
             await store.close()
