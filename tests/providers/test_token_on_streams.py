@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -28,9 +29,15 @@ from tests.waiting import eventually
 TOKEN = "router-token-0123456789"
 
 
-@pytest.fixture
-async def token_address(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> AsyncIterator[str]:
-    """The service in token mode: the router's token alone opens it."""
+@asynccontextmanager
+async def serving_in_token_mode(
+    tmp_path: Path,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    auth_tokens: str = "",
+    auth_tokens_file: Path | None = None,
+) -> AsyncIterator[str]:
+    """The service in token mode (its address), before the fakes: the tokens given alone open it."""
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(registry(openai_fake.base_url, anthropic_fake.base_url)))
     settings = ProvidersSettings(
@@ -39,7 +46,8 @@ async def token_address(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake:
         registry_path=path,
         local_model_dir=tmp_path / "no-model",
         auth="token",
-        auth_tokens=f"{token_digest(TOKEN)}=router",
+        auth_tokens=auth_tokens,
+        auth_tokens_file=auth_tokens_file,
     )
     running = await start_server("providers", settings, *await build(settings))
     try:
@@ -48,31 +56,34 @@ async def token_address(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake:
         await running.stop(0)
 
 
+@pytest.fixture
+async def token_address(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> AsyncIterator[str]:
+    """The service in token mode: the router's token alone opens it."""
+    async with serving_in_token_mode(
+        tmp_path, openai_fake, anthropic_fake, auth_tokens=f"{token_digest(TOKEN)}=router"
+    ) as address:
+        yield address
+
+
+def request_writers() -> list[asyncio.Task[object]]:
+    """gRPC's tasks writing a stream's requests (for a channel with interceptors, the token's)."""
+    return [t for t in asyncio.all_tasks() if "_consume_request_iterator" in getattr(t.get_coro(), "__qualname__", "")]
+
+
 async def test_a_tokens_file_with_comments_and_blank_lines_opens_the_service_to_its_tokens(
     tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
 ) -> None:
     """Commented as the edge's key file is (llmrouter/setting_entries.py): the service starts, and the token of the
     commented line opens it."""
-    path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(registry(openai_fake.base_url, anthropic_fake.base_url)))
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# who may call the providers\n\n{token_digest(TOKEN)}=router  # the router's, since 2026-12\n")
-    settings = ProvidersSettings(
-        port=0,
-        metrics_port=0,
-        registry_path=path,
-        local_model_dir=tmp_path / "no-model",
-        auth="token",
-        auth_tokens_file=tokens,
-    )
-    running = await start_server("providers", settings, *await build(settings))
-    try:
-        async with open_channel(f"127.0.0.1:{running.port}", ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
-            assert (
-                await provider_pb2_grpc.ProviderStub(channel).ListModels(common_pb2.ListModelsRequest(), timeout=5)
-            ).models
-    finally:
-        await running.stop(0)
+    async with (
+        serving_in_token_mode(tmp_path, openai_fake, anthropic_fake, auth_tokens_file=tokens) as address,
+        open_channel(address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel,
+    ):
+        assert (
+            await provider_pb2_grpc.ProviderStub(channel).ListModels(common_pb2.ListModelsRequest(), timeout=5)
+        ).models
 
 
 async def test_the_token_goes_with_unary_and_streamed_calls(token_address: str) -> None:
@@ -111,15 +122,7 @@ async def test_a_cued_stream_the_router_reads_with_a_token_leaves_no_task_runnin
         stub = provider_pb2_grpc.ProviderStub(channel)
         chunks = [chunk async for chunk in provider_chunks(stub, request("cheap"), lambda: 5.0, Cue())]
         assert chunks[-1].final.usage.output_tokens > 0
-
-        def writers() -> list[asyncio.Task[object]]:
-            return [
-                t
-                for t in asyncio.all_tasks()
-                if "_consume_request_iterator" in getattr(t.get_coro(), "__qualname__", "")
-            ]
-
-        await eventually(lambda: not writers(), "gRPC's request writer ended", timeout_s=5)
+        await eventually(lambda: not request_writers(), "gRPC's request writer ended", timeout_s=5)
 
 
 async def test_a_cued_stream_refused_before_the_word_to_send_leaves_no_task_running(token_address: str) -> None:
@@ -130,12 +133,4 @@ async def test_a_cued_stream_refused_before_the_word_to_send_leaves_no_task_runn
         stub = provider_pb2_grpc.ProviderStub(channel)
         with pytest.raises(grpc.RpcError):
             _ = [chunk async for chunk in provider_chunks(stub, request("no-such-model"), lambda: 5.0, Cue())]
-
-        def writers() -> list[asyncio.Task[object]]:
-            return [
-                t
-                for t in asyncio.all_tasks()
-                if "_consume_request_iterator" in getattr(t.get_coro(), "__qualname__", "")
-            ]
-
-        await eventually(lambda: not writers(), "gRPC's request writer ended", timeout_s=5)
+        await eventually(lambda: not request_writers(), "gRPC's request writer ended", timeout_s=5)
