@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -51,6 +51,8 @@ GRACE_S = 2.0
 class Held(Answering):
     """Each generation reaches its upstream, then holds (a stream after its first delta) until `release`."""
 
+    first_delta = "the first words of a long answer"  # a stream's, sent before it holds ("": none)
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.reached = 0
@@ -66,7 +68,8 @@ class Held(Answering):
         yield provider_pb2.GenerateChunk(ready_to_send=True)
         await anext(messages)  # the word to send it
         self.reached += 1
-        yield provider_pb2.GenerateChunk(delta="the first words of a long answer")
+        if self.first_delta:
+            yield provider_pb2.GenerateChunk(delta=self.first_delta)
         await self.release.wait()
         raise AssertionError("a stream cut by the shutdown is not read on")
 
@@ -205,6 +208,16 @@ async def answered_whole(stub: router_pb2_grpc.RouterStub, request: router_pb2.C
     return chunks
 
 
+async def cut_by_the_stop(running: RunningServer, call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The router stopped with its grace, the call (a unary call, or a stream's next read) then awaited: the error it
+    ends with."""
+    stopping = asyncio.create_task(running.stop(GRACE_S))
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await call
+    await stopping
+    return cut.value
+
+
 async def cut_as_the_charge_goes_on(running: RunningServer, call: Any, charge_goes_on: asyncio.Event) -> Any:
     """The drain's cut run while the stream's charge is held (held_in), that charge then let go on: the error the
     stream reads next."""
@@ -249,11 +262,8 @@ async def test_a_stream_cut_by_the_drain_tells_its_caller_what_it_was_charged(tm
         chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         assert (await chunks.read()).delta == "the first words of a long answer"
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await chunks.read()
-        await stopping
-    told = shutting_down(cut.value)
+        cut = await cut_by_the_stop(running, chunks.read())
+    told = shutting_down(cut)
     assert told.metadata["retryable"] == "false" and "cost_pending" not in told.metadata
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled"
@@ -312,14 +322,7 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
 class HeldBeforeItsFirstToken(Held):
     """The upstream reached (the word to send it given), holding before its first token."""
 
-    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
-        messages = aiter(requests)
-        await anext(messages)
-        yield provider_pb2.GenerateChunk(ready_to_send=True)
-        await anext(messages)
-        self.reached += 1
-        await self.release.wait()
-        raise AssertionError("a stream cut by the shutdown is not read on")
+    first_delta = ""
 
 
 async def test_a_stream_cut_before_its_first_token_is_told_its_worst_case_charged(
@@ -332,11 +335,8 @@ async def test_a_stream_cut_before_its_first_token_is_told_its_worst_case_charge
         chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await chunks.read()
-        await stopping
-    told = shutting_down(cut.value)
+        cut = await cut_by_the_stop(running, chunks.read())
+    told = shutting_down(cut)
     assert told.metadata["retryable"] == "false"  # released at its worst case, which a retry would be charged again
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled"
@@ -362,11 +362,8 @@ async def test_a_stream_cut_before_its_upstream_was_reached_is_told_it_may_be_se
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await chunks.read()
-        await stopping
-    told = shutting_down(cut.value)
+        cut = await cut_by_the_stop(running, chunks.read())
+    told = shutting_down(cut)
     assert told.metadata == {"charged_usd": "0", "retryable": "true"}
     (charge,) = await charges_of(redis_url, request.request_id)
     assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
@@ -381,16 +378,16 @@ def call_of(stub: router_pb2_grpc.RouterStub, streamed: bool, request: router_pb
     return stub.Complete(request, timeout=30)
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
-async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, streamed: bool
-) -> None:
-    """Being admitted as the cut ran, it was not cut, and gRPC cancelled it at the grace's end with no details (a unary
-    call's generation run and charged meanwhile). Now it is refused before it is served: nothing charged, its hold
-    released, and told it may be sent again."""
-    admit = Admission.admit
+async def admitted_as_the_cut_ran(
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: Held,
+    request: router_pb2.CompleteRequest,
+    streamed: bool,
+) -> grpc.aio.AioRpcError:
+    """The call admitted as the drain's cut runs (its admission held until the cut began): the error it ends with."""
     admitting, admit_goes_on = held_in(monkeypatch, Admission, "admit")
-    provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = asyncio.ensure_future(call_of(stub, streamed, request))
         await admitting.wait()
@@ -399,7 +396,20 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call
         await stopping
-    told = shutting_down(refused.value)
+    return refused.value
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """Being admitted as the cut ran, it was not cut, and gRPC cancelled it at the grace's end with no details (a unary
+    call's generation run and charged meanwhile). Now it is refused before it is served: nothing charged, its hold
+    released, and told it may be sent again."""
+    admit = Admission.admit
+    provider, request = Held(), ask()
+    refused = await admitted_as_the_cut_ran(tmp_path, redis_url, monkeypatch, provider, request, streamed)
+    told = shutting_down(refused)
     assert told.metadata == {"charged_usd": "0", "retryable": "true"}
     assert provider.reached == 0
     (charge,) = await charges_of(redis_url, request.request_id)
@@ -423,17 +433,9 @@ async def test_a_call_admitted_after_the_cut_whose_charge_fails_unexpectedly_is_
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(AvailableModels, "baseline", a_bug)  # read as the charge's record is made
-    admitting, admit_goes_on = held_in(monkeypatch, Admission, "admit")
     provider, request = Held(), ask()
-    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
-        call = asyncio.ensure_future(call_of(stub, streamed, request))
-        await admitting.wait()
-        stopping = await stopping_once_cut(running)
-        admit_goes_on.set()
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call
-        await stopping
-    told = ServiceError.from_rpc_error(refused.value)
+    refused = await admitted_as_the_cut_ran(tmp_path, redis_url, monkeypatch, provider, request, streamed)
+    told = ServiceError.from_rpc_error(refused)
     assert (told.reason, told.metadata) == ("INTERNAL_ERROR", {"cost_pending": "true", "retryable": "false"})
     assert provider.reached == 0
     assert await still_pending(redis_url, request.request_id)
@@ -545,14 +547,7 @@ def noting_the_second_send(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
 class HeldAfterALongDelta(Held):
     """Its first delta longer than a reader's HTTP/2 window, then holding."""
 
-    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
-        messages = aiter(requests)
-        await anext(messages)
-        yield provider_pb2.GenerateChunk(ready_to_send=True)
-        await anext(messages)
-        yield provider_pb2.GenerateChunk(delta="word " * 200_000)
-        await self.release.wait()
-        raise AssertionError("a stream cut by the shutdown is not read on")
+    first_delta = "word " * 200_000
 
 
 async def test_a_stream_cut_while_its_chunk_waits_for_a_slow_reader_is_told_its_charge_once_read(
