@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,33 +55,71 @@ def mismatch(refused: pytest.ExceptionInfo[openai.UnprocessableEntityError]) -> 
     return isinstance(body, dict) and body["code"] == "idempotency_key_mismatch" and body["param"] == "Idempotency-Key"
 
 
+Sent = Callable[[openai.AsyncOpenAI, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+async def sent_while_the_first_runs(
+    chain: Chain, first_edge: Tenant, second_client: openai.AsyncOpenAI, stream: bool, key: str, meanwhile: Sent
+) -> None:
+    """The first request with `key` held in its generation on first_edge while `meanwhile` sends the same body and
+    another on second_client; then answered: the other never reached the upstream, and the first is charged once."""
+    first_client = first_edge.client(max_retries=0)
+    body, other = ask(), ask()
+    chain.budget.holding_answers = True
+    try:
+        first = asyncio.ensure_future(complete(first_client, body, stream, key))
+        await eventually(lambda: asked(first_edge, body) == 1, "the first is being generated")
+        await meanwhile(second_client, body, other)
+        chain.budget.holding_answers = False
+        cost = await first
+    finally:
+        chain.budget.holding_answers = False
+        await first_client.close()
+        await second_client.close()
+    assert asked(first_edge, other) == 0
+    [record] = await first_edge.ledger()
+    assert record["cost_usd"] == cost
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize("where", ["memory", "redis", "two-edges"])
 async def test_another_body_while_the_first_runs_is_a_422_and_is_never_served(
     chain: Chain, redis_url: str, where: str, stream: bool
 ) -> None:
+    async def other_then_same(second_client: openai.AsyncOpenAI, body: dict[str, Any], other: dict[str, Any]) -> None:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:  # a 422 is not retried
+            await complete(second_client, other, stream, "in-flight")
+        assert mismatch(refused)
+        with pytest.raises(openai.ConflictError) as same:  # the same body: the router's 409, in flight
+            await complete(second_client.with_options(max_retries=0), body, stream, "in-flight")
+        assert "still in flight" in same.value.message
+
     async with two_edges(chain, where, redis_url) as (first_edge, second_edge):
-        first_client, second_client = first_edge.client(max_retries=0), second_edge.client(max_retries=2)
-        body, other = ask(), ask()
-        chain.budget.holding_answers = True
-        try:
-            first = asyncio.ensure_future(complete(first_client, body, stream, "in-flight"))
-            await eventually(lambda: asked(first_edge, body) == 1, "the first is being generated")
-            with pytest.raises(openai.UnprocessableEntityError) as refused:  # a 422 is not retried
-                await complete(second_client, other, stream, "in-flight")
-            assert mismatch(refused)
-            with pytest.raises(openai.ConflictError) as same:  # the same body: the router's 409, in flight
-                await complete(second_client.with_options(max_retries=0), body, stream, "in-flight")
-            assert "still in flight" in same.value.message
-            chain.budget.holding_answers = False
-            cost = await first
-        finally:
-            chain.budget.holding_answers = False
-            await first_client.close()
-            await second_client.close()
-        assert asked(first_edge, other) == 0
-        [record] = await first_edge.ledger()
-        assert record["cost_usd"] == cost
+        second_client = second_edge.client(max_retries=2)
+        await sent_while_the_first_runs(chain, first_edge, second_client, stream, "in-flight", other_then_same)
+
+
+async def served_after_a_failed_first(
+    chain: Chain, tenant: Tenant, first: Callable[[openai.AsyncOpenAI], Awaitable[None]], stream: bool, key: str
+) -> None:
+    """`first` sends the first request with `key`, every attempt of it failing on both models; then another body with
+    the key: served (asked once), the ledger holding the first failed and the other charged what it was told."""
+    chain.budget.enqueue(*[Fault.error(500)] * 6)  # every attempt of the first, on both models
+    chain.premium.enqueue(*[Fault.error(500)] * 6)
+    client = tenant.client(max_retries=0)
+    try:
+        await first(client)
+        for upstream in (chain.budget, chain.premium):
+            upstream.faults.clear()
+        other = ask()
+        cost = await complete(client, other, stream, key)
+    finally:
+        for upstream in (chain.budget, chain.premium):
+            upstream.faults.clear()
+        await client.close()
+    assert asked(tenant, other) == 1
+    failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
+    assert failed["outcome"] == "failed" and served["cost_usd"] == cost
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
@@ -91,24 +129,13 @@ async def test_a_first_that_failed_charging_nothing_leaves_the_key_to_another_bo
 ) -> None:
     """Its marker taken back as it fails (a stream's, before its first event), the retry with another body is the
     router's to decide: served, the id released as the first was charged 0."""
+
+    async def failing(client: openai.AsyncOpenAI) -> None:
+        with pytest.raises(openai.InternalServerError):
+            await complete(client, ask(), stream, "failed-first")
+
     async with two_edges(chain, where, redis_url) as (tenant, _):
-        chain.budget.enqueue(*[Fault.error(500)] * 6)  # every attempt of the first, on both models
-        chain.premium.enqueue(*[Fault.error(500)] * 6)
-        client = tenant.client(max_retries=0)
-        try:
-            with pytest.raises(openai.InternalServerError):
-                await complete(client, ask(), stream, "failed-first")
-            for upstream in (chain.budget, chain.premium):
-                upstream.faults.clear()
-            other = ask()
-            cost = await complete(client, other, stream, "failed-first")
-        finally:
-            for upstream in (chain.budget, chain.premium):
-                upstream.faults.clear()
-            await client.close()
-        assert asked(tenant, other) == 1
-        failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
-        assert failed["outcome"] == "failed" and served["cost_usd"] == cost
+        await served_after_a_failed_first(chain, tenant, failing, stream, "failed-first")
 
 
 async def test_a_duplicates_marker_stays_guarding_a_first_on_an_edge_that_wrote_none(
@@ -122,27 +149,19 @@ async def test_a_duplicates_marker_stays_guarding_a_first_on_an_edge_that_wrote_
         tenant_before(chain, chain.router_addr) as first_edge,
         tenant_before(chain, chain.router_addr, like=first_edge, batch_redis_url=redis_url) as second_edge,
     ):
-        first_client, second_client = first_edge.client(max_retries=0), second_edge.client(max_retries=0)
-        body, other = ask(), ask()
-        chain.budget.holding_answers = True
-        try:
-            first = asyncio.ensure_future(complete(first_client, body, False, "unmarked-first"))
-            await eventually(lambda: asked(first_edge, body) == 1, "the first is being generated")
+
+        async def same_then_other(
+            second_client: openai.AsyncOpenAI, body: dict[str, Any], other: dict[str, Any]
+        ) -> None:
             with pytest.raises(openai.ConflictError) as same:  # marks the key, then the router's duplicate
                 await complete(second_client, body, False, "unmarked-first")
             assert "still in flight" in same.value.message
             with pytest.raises(openai.UnprocessableEntityError) as refused:
                 await complete(second_client, other, False, "unmarked-first")
             assert mismatch(refused)
-            chain.budget.holding_answers = False
-            cost = await first
-        finally:
-            chain.budget.holding_answers = False
-            await first_client.close()
-            await second_client.close()
-        assert asked(first_edge, other) == 0
-        [record] = await first_edge.ledger()
-        assert record["cost_usd"] == cost
+
+        second_client = second_edge.client(max_retries=0)
+        await sent_while_the_first_runs(chain, first_edge, second_client, False, "unmarked-first", same_then_other)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
@@ -219,25 +238,14 @@ async def test_a_marker_whose_reply_came_too_late_is_taken_back_as_its_request_f
             chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url), idempotency_lookup_timeout_s=0.2
         ) as tenant,
     ):
-        chain.budget.enqueue(*[Fault.error(500)] * 6)  # every attempt of the first, on both models
-        chain.premium.enqueue(*[Fault.error(500)] * 6)
-        client = tenant.client(max_retries=0)
-        try:
+
+        async def failing_its_marker_unheard(client: openai.AsyncOpenAI) -> None:
             marker = proxy.hold_reply_to(b'"started": "')  # the marker's write: run, its reply held
             with pytest.raises(openai.InternalServerError):
                 await complete(client, ask(), False, "late-marker")
             assert marker.arrived.is_set()  # it landed, its reply unheard
-            for upstream in (chain.budget, chain.premium):
-                upstream.faults.clear()
-            other = ask()
-            cost = await complete(client, other, False, "late-marker")
-        finally:
-            for upstream in (chain.budget, chain.premium):
-                upstream.faults.clear()
-            await client.close()
-        assert asked(tenant, other) == 1
-        failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
-        assert failed["outcome"] == "failed" and served["cost_usd"] == cost
+
+        await served_after_a_failed_first(chain, tenant, failing_its_marker_unheard, False, "late-marker")
 
 
 ROUTING = {"x-router-quality-target": "0.9", "x-router-max-cost-usd": "1"}
