@@ -72,6 +72,20 @@ async def reconciled(router: RouterServicer, store: RedisStore, clock: WaitingCl
     return pending.hold_pico
 
 
+async def collected_once_reconciled(
+    store: RedisStore, tmp_path: Path, clock: WaitingClock, provider: BatchProvider, reloaded: Registry | None = None
+) -> tuple[int, router_pb2.CollectBatchResponse]:
+    """LINE sent and charged its hold by the reconciler (sent_and_reconciled), the router's registry then reloaded as
+    `reloaded` (when given), and collected: that hold, and the collect's reply."""
+    async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, store, clock)
+        if reloaded is not None:
+            reprice(router, tmp_path / "models.yaml", reloaded)
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    return held, reply
+
+
 def outcomes(records: list[dict[str, Any]]) -> list[str]:
     return [r["outcome"] for r in records if r["tenant"] == "acme"]
 
@@ -252,10 +266,7 @@ class StillRunning(BatchProvider):
 async def test_a_reconciled_batch_the_provider_says_still_runs_ends_at_its_charge(
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
-    async with router_servicer(tmp_path, redis_store, StillRunning(), REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-        held = await sent_and_reconciled(router, redis_store, clock)
-        with acting_as(TENANT_CALLER):
-            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    held, reply = await collected_once_reconciled(redis_store, tmp_path, clock, StillRunning())
     (line,) = reply.lines
     assert (reply.ended, line.error) == (True, f"{GAVE_UP} (request id line-1)"), reply
     assert Decimal(line.charged_usd) == Decimal(held) / PICO and await spent(redis_store) == held
@@ -296,12 +307,7 @@ async def test_a_reconciled_line_whose_model_lost_its_batch_price_is_told_its_an
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
     """Refused NO_BATCH_PRICE by every collect after its hold lapsed, the batch never ended."""
-    answering = BatchProvider()
-    async with router_servicer(tmp_path, redis_store, answering, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-        held = await sent_and_reconciled(router, redis_store, clock)
-        reprice(router, tmp_path / "models.yaml", without_batch_price())
-        with acting_as(TENANT_CALLER):
-            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    held, reply = await collected_once_reconciled(redis_store, tmp_path, clock, BatchProvider(), without_batch_price())
     (line,) = reply.lines
     assert reply.ended and line.succeeded and line.response.content == "an answer", reply
     assert Decimal(line.response.cost_usd) == Decimal(held) / PICO and await spent(redis_store) == held
@@ -310,12 +316,7 @@ async def test_a_reconciled_line_whose_model_lost_its_batch_price_is_told_its_an
 async def test_a_reconciled_line_whose_model_is_gone_is_told_at_its_charge(
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
-    answering = BatchProvider()
-    async with router_servicer(tmp_path, redis_store, answering, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
-        held = await sent_and_reconciled(router, redis_store, clock)
-        reprice(router, tmp_path / "models.yaml", without_strong())
-        with acting_as(TENANT_CALLER):
-            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    held, reply = await collected_once_reconciled(redis_store, tmp_path, clock, BatchProvider(), without_strong())
     (line,) = reply.lines
     assert (reply.ended, line.error) == (True, f"{SETTLED_UNREAD} (request id line-1)"), reply
     assert Decimal(line.charged_usd) == Decimal(held) / PICO and await spent(redis_store) == held
