@@ -160,17 +160,24 @@ async def test_a_bug_after_the_providers_answered_charges_the_hold_and_says_so(
         assert edge.json()["error"]["message"].startswith("the router failed unexpectedly (request id ")
 
 
+async def told_pending_still_held(
+    tmp_path: Path, redis_store: RedisStore, provider: Answering, request_id: str, streamed: bool
+) -> None:
+    """The request failing by the bug patched in: told pending, not to retry, its hold still held for the reconciler."""
+    async with router_stub(tmp_path, redis_store, provider) as router:
+        told = await failure(router, ask(request_id), streamed)
+    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
+    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_bug_in_the_charge_says_it_pending_its_hold_left_to_the_reconciler(
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     monkeypatch.setattr(AvailableModels, "baseline", a_bug)  # read as the charge's record is made
     before = router_faults()
-    async with router_stub(tmp_path, redis_store, Answering()) as router:
-        told = await failure(router, ask("bug-2"), streamed)
+    await told_pending_still_held(tmp_path, redis_store, Answering(), "bug-2", streamed)
     assert moved(before) == {"pending": 1}
-    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
-    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
     assert await redis_store.spent(CALLER, period_id("day")) == (0, 0)
 
 
@@ -229,10 +236,7 @@ async def test_a_bug_in_the_charge_of_a_failed_request_says_it_pending(
     # A failed request is settled before its error is raised: a bug there was a bare INTERNAL, which the edge made a
     # retryable 502 saying no cost, while its hold was left for the reconciler to charge.
     monkeypatch.setattr(AvailableModels, "baseline", a_bug)
-    async with router_stub(tmp_path, redis_store, Refusing()) as router:
-        told = await failure(router, ask("bug-5"), streamed)
-    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
-    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
+    await told_pending_still_held(tmp_path, redis_store, Refusing(), "bug-5", streamed)
 
 
 def routed_total() -> float:
@@ -308,10 +312,7 @@ async def test_a_bug_before_the_charge_is_under_way_says_it_pending(
     # A bug that fails every settling (here before the charge is under way) failed the clean-up's settling too, after
     # the fault's: its error then replaced INTERNAL_ERROR, a bare INTERNAL the edge made a retryable 502 saying no cost.
     monkeypatch.setattr(charging, "_cap_at_hold", a_bug)
-    async with router_stub(tmp_path, redis_store, Answering()) as router:
-        told = await failure(router, ask("bug-9"), streamed)
-    assert (told.code, told.reason, told.metadata) == TOLD_PENDING
-    assert await redis_store.held_pico(CALLER) == (HOLD_PICO, HOLD_PICO)  # the reconciler charges it, at most that
+    await told_pending_still_held(tmp_path, redis_store, Answering(), "bug-9", streamed)
 
 
 async def test_a_failed_requests_charge_kept_nowhere_stays_money_not_recorded(
@@ -326,19 +327,22 @@ async def test_a_failed_requests_charge_kept_nowhere_stays_money_not_recorded(
     assert (told.reason, told.metadata.get("cost_pending")) == ("MONEY_NOT_RECORDED", "true")
 
 
+ADMIT = RedisStore.admit
+
+
+async def admitted_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+    """RedisStore.admit run (a hold taken, or an id refused as a duplicate), then a bug reading its reply."""
+    await ADMIT(self, *args, **kwargs)
+    raise RuntimeError("a bug reading the store's reply")
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
     tmp_path: Path, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     # The store took the hold, then the admission failed by a bug: a bare INTERNAL, which the edge made a retryable
     # 502, the hold left for the reconciler to charge whole while the SDK's retry was refused as a duplicate.
-    admit = RedisStore.admit
-
-    async def held_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
-        await admit(self, *args, **kwargs)  # the hold taken
-        raise RuntimeError("a bug reading the store's reply")
-
-    monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
+    monkeypatch.setattr(RedisStore, "admit", admitted_then_a_bug)  # the hold taken
     before = router_faults()
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
@@ -368,21 +372,15 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_of_that_id_
     # The store refused the id as used (a request of it answered and charged), then reading that refusal failed by a
     # bug. Settled by a charge of 0, it wrote a second ledger line for the id under the caller's account, and told the
     # caller its id released; the admission it never made is undone by its own nonce instead, touching nothing else.
-    admit = RedisStore.admit
-
-    async def refused_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
-        await admit(self, *args, **kwargs)  # refused: a duplicate
-        raise RuntimeError("a bug reading the store's reply")
-
     async with (
         served_router(tmp_path, redis_store, Answering()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
         answered = await router.Complete(ask("bug-12"), timeout=10)
-        monkeypatch.setattr(RedisStore, "admit", refused_then_a_bug)
+        monkeypatch.setattr(RedisStore, "admit", admitted_then_a_bug)  # refused: a duplicate
         told = await failure(router, ask("bug-12"), streamed)
-        monkeypatch.setattr(RedisStore, "admit", admit)
+        monkeypatch.setattr(RedisStore, "admit", ADMIT)
         again = await failure(router, ask("bug-12"), streamed)
     assert (told.code, told.reason, told.metadata.get("charged_usd")) == (
         grpc.StatusCode.INTERNAL,
@@ -414,12 +412,7 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_in_flight_a
     # The id is another request's, in flight: the duplicate's bug leaves its hold and pending charge as they are, the id
     # refused to a third, and the ledger with that request's one line (a charge of 0 wrote a second, and a released
     # marker beside its pending charge).
-    admit, provider = RedisStore.admit, HeldAnswering()
-
-    async def refused_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
-        await admit(self, *args, **kwargs)  # refused: a duplicate
-        raise RuntimeError("a bug reading the store's reply")
-
+    provider = HeldAnswering()
     async with (
         served_router(tmp_path, redis_store, provider) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
@@ -428,9 +421,9 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_in_flight_a
         first = asyncio.ensure_future(router.Complete(ask("bug-14"), timeout=30))
         await eventually(lambda: provider.reached == 1, "the first request reached its upstream")
         in_flight = await redis_store.pending_charge(CALLER, "bug-14")
-        monkeypatch.setattr(RedisStore, "admit", refused_then_a_bug)
+        monkeypatch.setattr(RedisStore, "admit", admitted_then_a_bug)  # refused: a duplicate
         told = await failure(router, ask("bug-14"), False)
-        monkeypatch.setattr(RedisStore, "admit", admit)
+        monkeypatch.setattr(RedisStore, "admit", ADMIT)
         assert await redis_store.pending_charge(CALLER, "bug-14") == in_flight is not None
         third = await failure(router, ask("bug-14"), True)
         provider.release.set()
@@ -489,13 +482,7 @@ async def test_a_bug_in_admission_whose_undo_fails_too_says_it_pending(
     """The store took the hold, the admission failed by a bug, and so did its undo: the hold stays, for the reconciler
     to charge. Told charged nothing and retryable, the caller's retry was refused as a duplicate and the hold charged
     all the same: told pending, not to retry."""
-    admit = RedisStore.admit
-
-    async def held_then_a_bug(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
-        await admit(self, *args, **kwargs)  # the hold taken
-        raise RuntimeError("a bug reading the store's reply")
-
-    monkeypatch.setattr(RedisStore, "admit", held_then_a_bug)
+    monkeypatch.setattr(RedisStore, "admit", admitted_then_a_bug)  # the hold taken
     monkeypatch.setattr(Undoing, "withdraw", an_undo_failing)
     await told_pending_hold_left(tmp_path, redis_store, "bug-undo", streamed)
 
