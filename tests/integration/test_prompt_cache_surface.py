@@ -94,17 +94,21 @@ def extension(answer: Any) -> dict[str, Any]:
     return answer.model_extra["x_router"]
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_chat_shows_openai_cached_tokens(cached: Cached, stream: bool) -> None:
+async def chatted(cached: Cached, model: str, stream: bool) -> ChatCompletion | ChatCompletionChunk:
+    """A chat completion of the model, its prompt unique: the answer, or a stream's last chunk (its usage)."""
     messages: Any = [{"role": "user", "content": unique(PROMPT)}]
-    answer: ChatCompletion | ChatCompletionChunk
     if stream:
         chunks = await sdk(cached).chat.completions.create(
-            model="gpt-cached", messages=messages, stream=True, stream_options={"include_usage": True}
+            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
         )
-        *_, answer = [chunk async for chunk in chunks]  # the usage chunk comes last
-    else:
-        answer = await sdk(cached).chat.completions.create(model="gpt-cached", messages=messages)
+        *_, last = [chunk async for chunk in chunks]  # the usage chunk comes last
+        return last
+    return await sdk(cached).chat.completions.create(model=model, messages=messages)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_shows_openai_cached_tokens(cached: Cached, stream: bool) -> None:
+    answer = await chatted(cached, "gpt-cached", stream)
     prompt, cost = gpt_billed(cached)
     assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
     assert (answer.usage.prompt_tokens, answer.usage.prompt_tokens_details.cached_tokens) == (prompt, CACHED)
@@ -115,15 +119,7 @@ async def test_chat_shows_openai_cached_tokens(cached: Cached, stream: bool) -> 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_chat_shows_anthropic_cache_reads_and_writes(cached: Cached, stream: bool) -> None:
-    messages: Any = [{"role": "user", "content": unique(PROMPT)}]
-    answer: ChatCompletion | ChatCompletionChunk
-    if stream:
-        chunks = await sdk(cached).chat.completions.create(
-            model="claude-cached", messages=messages, stream=True, stream_options={"include_usage": True}
-        )
-        *_, answer = [chunk async for chunk in chunks]
-    else:
-        answer = await sdk(cached).chat.completions.create(model="claude-cached", messages=messages)
+    answer = await chatted(cached, "claude-cached", stream)
     prompt, cost = claude_billed(cached)
     assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
     assert (answer.usage.prompt_tokens, answer.usage.prompt_tokens_details.cached_tokens) == (prompt, READ)
