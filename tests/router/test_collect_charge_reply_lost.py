@@ -6,7 +6,8 @@ takes its count. A real Redis, behind a proxy that loses the charge's reply, and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY as METRICS
 from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import router_pb2
+from services.router.servicer import RouterServicer
 from services.router.store import MemoryStore, RedisStore, Store, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
@@ -55,16 +57,42 @@ class CollectedMeanwhile(RedisStore):
         return charged
 
 
-def two_routers_dirs(tmp_path: Path) -> tuple[Path, Path]:
-    """A directory of each router's own (its registry file, its outbox)."""
-    made = tmp_path / "a", tmp_path / "b"
-    for each in made:
+@asynccontextmanager
+async def two_routers_the_line_sent(
+    tmp_path: Path, store: Store, another_store: Store, provider: batches.BatchProvider
+) -> AsyncIterator[tuple[RouterServicer, RouterServicer]]:
+    """Two routers, on `store` and `another_store`, each with a directory of its own (its registry file, its outbox),
+    acting as the tenant's caller, LINE sent through the first."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for each in (a, b):
         each.mkdir()
-    return made
+    async with (
+        router_servicer(a, store, provider, batches.REGISTRY) as router,
+        router_servicer(b, another_store, provider, batches.REGISTRY) as another,
+    ):
+        with acting_as(batches.TENANT_CALLER):
+            await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+            yield router, another
 
 
 def output_tokens(model: str) -> float:
     return METRICS.get_sample_value("llmrouter_router_tokens_total", {"model": model, "direction": "output"}) or 0.0
+
+
+def counted_since(before: tuple[float, float]) -> tuple[float, float]:
+    """The strong model's requests and cost counted (counted) since `before`."""
+    requests, cost = counted("strong")
+    return requests - before[0], cost - before[1]
+
+
+async def collected_losing_the_charge_reply(
+    router: RouterServicer, lossy_store: ChargeReplyLost, proxy: LossyProxy
+) -> ServiceError:
+    """The line collected, its charge's reply lost on the way back: how the collect failed."""
+    lossy_store.proxy = proxy
+    with pytest.raises(ServiceError) as failed:
+        await router.CollectBatch(COLLECT, NoDeadline())
+    return failed.value
 
 
 @pytest.fixture
@@ -80,17 +108,14 @@ async def test_a_batch_line_whose_charge_reply_was_lost_is_counted_when_collecte
             with acting_as(batches.TENANT_CALLER):
                 await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
                 before = counted("strong")
-                lossy_store.proxy = proxy
-                with pytest.raises(ServiceError) as failed:
-                    await router.CollectBatch(COLLECT, NoDeadline())
-                assert failed.value.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
+                failed = await collected_losing_the_charge_reply(router, lossy_store, proxy)
+                assert failed.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
                 (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     finally:
         await lossy_store.close()
     charged = Decimal(line.charged_usd)
     assert charged > 0
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(charged))), "the charge counted nowhere"
+    assert counted_since(before) == (1, pytest.approx(float(charged))), "the charge counted nowhere"
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -102,19 +127,12 @@ async def test_a_line_collected_again_after_its_collects_reply_arrived_is_counte
     tmp_path: Path, store: Store
 ) -> None:
     provider = batches.BatchProvider()  # the line answered: its tokens are counted too
-    a, b = two_routers_dirs(tmp_path)
-    async with (
-        router_servicer(a, store, provider, batches.REGISTRY) as router,
-        router_servicer(b, store, provider, batches.REGISTRY) as another,
-    ):
-        with acting_as(batches.TENANT_CALLER):
-            await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
-            before, tokens_before = counted("strong"), output_tokens("strong")
-            (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
-            again = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (router, another)]
+    async with two_routers_the_line_sent(tmp_path, store, store, provider) as (router, another):
+        before, tokens_before = counted("strong"), output_tokens("strong")
+        (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+        again = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (router, another)]
     assert line.succeeded and [each.response.cost_usd for each in again] == [line.response.cost_usd] * 2
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
+    assert counted_since(before) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
     assert output_tokens("strong") - tokens_before == batches.USAGE.output_tokens
 
 
@@ -122,20 +140,12 @@ async def test_two_routers_collecting_a_line_whose_charge_reply_was_lost_count_i
     tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost, redis_store: RedisStore
 ) -> None:
     provider = batches.BatchProvider()
-    a, b = two_routers_dirs(tmp_path)
     try:
-        async with (
-            router_servicer(a, lossy_store, provider, batches.REGISTRY) as router,
-            router_servicer(b, redis_store, provider, batches.REGISTRY) as another,
-        ):
-            with acting_as(batches.TENANT_CALLER):
-                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
-                before, tokens_before = counted("strong"), output_tokens("strong")
-                lossy_store.proxy = proxy
-                with pytest.raises(ServiceError):
-                    await router.CollectBatch(COLLECT, NoDeadline())
-                # Its caller collects again at another router, and again at the first.
-                told = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (another, router)]
+        async with two_routers_the_line_sent(tmp_path, lossy_store, redis_store, provider) as (router, another):
+            before, tokens_before = counted("strong"), output_tokens("strong")
+            await collected_losing_the_charge_reply(router, lossy_store, proxy)
+            # Its caller collects again at another router, and again at the first.
+            told = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (another, router)]
         spent = await redis_store.spent(batches.ACCOUNT, period_id("day"))
         charges = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == batches.LINE.request_id]
     finally:
@@ -143,8 +153,7 @@ async def test_two_routers_collecting_a_line_whose_charge_reply_was_lost_count_i
     assert [line.succeeded for line in told] == [True, True]
     (cost_usd,) = {line.response.cost_usd for line in told}
     assert spent == (batches.batch_cost("strong"),) * 2 == (to_pico(Decimal(cost_usd)),) * 2 and len(charges) == 1
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(cost_usd))))
+    assert counted_since(before) == (1, pytest.approx(float(Decimal(cost_usd))))
     assert output_tokens("strong") - tokens_before == batches.USAGE.output_tokens
 
 
@@ -153,21 +162,14 @@ async def test_a_line_collected_by_another_router_while_its_charge_returns_is_co
 ) -> None:
     store = CollectedMeanwhile(redis_url)
     provider = batches.BatchProvider()
-    a, b = two_routers_dirs(tmp_path)
     try:
-        async with (
-            router_servicer(a, store, provider, batches.REGISTRY) as router,
-            router_servicer(b, redis_store, provider, batches.REGISTRY) as another,
-        ):
-            with acting_as(batches.TENANT_CALLER):
-                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
-                before = counted("strong")
-                store.meanwhile = lambda: another.CollectBatch(COLLECT, NoDeadline())  # finds the line charged
-                (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+        async with two_routers_the_line_sent(tmp_path, store, redis_store, provider) as (router, another):
+            before = counted("strong")
+            store.meanwhile = lambda: another.CollectBatch(COLLECT, NoDeadline())  # finds the line charged
+            (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     finally:
         await store.close()
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
+    assert counted_since(before) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
 
 
 async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_collected_again(
@@ -178,9 +180,7 @@ async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_
             with acting_as(batches.TENANT_CALLER):
                 await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
                 before, capped_before = counted("strong"), capped("strong")
-                lossy_store.proxy = proxy
-                with pytest.raises(ServiceError):
-                    await router.CollectBatch(COLLECT, NoDeadline())
+                await collected_losing_the_charge_reply(router, lossy_store, proxy)
                 (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
                 await router.CollectBatch(COLLECT, NoDeadline())  # and again: counted before
     finally:
@@ -189,7 +189,6 @@ async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_
     priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
     # Its output at the max_tokens it was sent (the report's, ten times that, is no more than it), as a realtime call's.
     reported = priced.cost_usd(100, batches.LINE.max_tokens)  # type: ignore[union-attr]
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(hold)))
+    assert counted_since(before) == (1, pytest.approx(float(hold)))
     charges, absorbed = capped("strong")
     assert (charges - capped_before[0], absorbed - capped_before[1]) == (1, pytest.approx(float(reported - hold)))
