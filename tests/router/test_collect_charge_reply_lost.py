@@ -58,6 +58,17 @@ class CollectedMeanwhile(RedisStore):
 
 
 @asynccontextmanager
+async def a_router_the_line_sent(
+    tmp_path: Path, store: Store, provider: batches.BatchProvider
+) -> AsyncIterator[RouterServicer]:
+    """A router on `store`, acting as the tenant's caller, LINE sent through it."""
+    async with router_servicer(tmp_path, store, provider, batches.REGISTRY) as router:
+        with acting_as(batches.TENANT_CALLER):
+            await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+            yield router
+
+
+@asynccontextmanager
 async def two_routers_the_line_sent(
     tmp_path: Path, store: Store, another_store: Store, provider: batches.BatchProvider
 ) -> AsyncIterator[tuple[RouterServicer, RouterServicer]]:
@@ -96,23 +107,20 @@ async def collected_losing_the_charge_reply(
 
 
 @pytest.fixture
-def lossy_store(proxy: LossyProxy, redis_url: str) -> ChargeReplyLost:
-    return ChargeReplyLost(proxy.url_for(redis_url))
+async def lossy_store(proxy: LossyProxy, redis_url: str) -> AsyncIterator[ChargeReplyLost]:
+    store = ChargeReplyLost(proxy.url_for(redis_url))
+    yield store
+    await store.close()
 
 
 async def test_a_batch_line_whose_charge_reply_was_lost_is_counted_when_collected_again(
     tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost
 ) -> None:
-    try:
-        async with router_servicer(tmp_path, lossy_store, EndedBatch(over_reported=False), batches.REGISTRY) as router:
-            with acting_as(batches.TENANT_CALLER):
-                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
-                before = counted("strong")
-                failed = await collected_losing_the_charge_reply(router, lossy_store, proxy)
-                assert failed.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
-                (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
-    finally:
-        await lossy_store.close()
+    async with a_router_the_line_sent(tmp_path, lossy_store, EndedBatch(over_reported=False)) as router:
+        before = counted("strong")
+        failed = await collected_losing_the_charge_reply(router, lossy_store, proxy)
+        assert failed.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
+        (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     charged = Decimal(line.charged_usd)
     assert charged > 0
     assert counted_since(before) == (1, pytest.approx(float(charged))), "the charge counted nowhere"
@@ -140,16 +148,13 @@ async def test_two_routers_collecting_a_line_whose_charge_reply_was_lost_count_i
     tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost, redis_store: RedisStore
 ) -> None:
     provider = batches.BatchProvider()
-    try:
-        async with two_routers_the_line_sent(tmp_path, lossy_store, redis_store, provider) as (router, another):
-            before, tokens_before = counted("strong"), output_tokens("strong")
-            await collected_losing_the_charge_reply(router, lossy_store, proxy)
-            # Its caller collects again at another router, and again at the first.
-            told = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (another, router)]
-        spent = await redis_store.spent(batches.ACCOUNT, period_id("day"))
-        charges = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == batches.LINE.request_id]
-    finally:
-        await lossy_store.close()
+    async with two_routers_the_line_sent(tmp_path, lossy_store, redis_store, provider) as (router, another):
+        before, tokens_before = counted("strong"), output_tokens("strong")
+        await collected_losing_the_charge_reply(router, lossy_store, proxy)
+        # Its caller collects again at another router, and again at the first.
+        told = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (another, router)]
+    spent = await redis_store.spent(batches.ACCOUNT, period_id("day"))
+    charges = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == batches.LINE.request_id]
     assert [line.succeeded for line in told] == [True, True]
     (cost_usd,) = {line.response.cost_usd for line in told}
     assert spent == (batches.batch_cost("strong"),) * 2 == (to_pico(Decimal(cost_usd)),) * 2 and len(charges) == 1
@@ -175,16 +180,11 @@ async def test_a_line_collected_by_another_router_while_its_charge_returns_is_co
 async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_collected_again(
     tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost
 ) -> None:
-    try:
-        async with router_servicer(tmp_path, lossy_store, EndedBatch(over_reported=True), batches.REGISTRY) as router:
-            with acting_as(batches.TENANT_CALLER):
-                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
-                before, capped_before = counted("strong"), capped("strong")
-                await collected_losing_the_charge_reply(router, lossy_store, proxy)
-                (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
-                await router.CollectBatch(COLLECT, NoDeadline())  # and again: counted before
-    finally:
-        await lossy_store.close()
+    async with a_router_the_line_sent(tmp_path, lossy_store, EndedBatch(over_reported=True)) as router:
+        before, capped_before = counted("strong"), capped("strong")
+        await collected_losing_the_charge_reply(router, lossy_store, proxy)
+        (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+        await router.CollectBatch(COLLECT, NoDeadline())  # and again: counted before
     hold = Decimal(line.response.cost_usd)  # read again, its answer is told at the charge, its hold
     priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
     # Its output at the max_tokens it was sent (the report's, ten times that, is no more than it), as a realtime call's.
