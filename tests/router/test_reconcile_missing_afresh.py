@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -23,6 +24,16 @@ from tests.waiting import eventually
 DAY = period_id("day")
 LEASE_S = 0.1  # the heartbeat TTL, and the reconciler's lease
 OTHER_LEASE_S = 1.0  # the other reconciler's: long enough for this one's round while it holds it
+
+
+@asynccontextmanager
+async def closed_at_the_end(*stores: RedisStore) -> AsyncIterator[None]:
+    """The stores closed once the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for store in stores:
+            await store.close()
 
 
 async def held(store: RedisStore, router: str) -> None:
@@ -42,7 +53,7 @@ async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afres
     redis_url: str, passed_over: bool
 ) -> None:
     live, reconciler, other = RedisStore(redis_url), RedisStore(redis_url), RedisStore(redis_url)
-    try:
+    async with closed_at_the_end(live, reconciler, other):
         await held(live, "router-live")
         # The master flaps: the live router's beat lapsed; the reconciler sees it missing.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
@@ -73,9 +84,6 @@ async def test_a_router_seen_missing_before_the_lease_moved_gets_its_grace_afres
         # Missing a whole TTL since, it is dead: its request is charged at its hold, once.
         await eventually(lambda: reconciler.reconcile("rec", LEASE_S, 3600.0), "the router taken for dead")
         assert await pending_and_charged(live) == (0, 1)
-    finally:
-        for store in (live, reconciler, other):
-            await store.close()
 
 
 async def lost_by_ping(store: RedisStore) -> None:
@@ -126,7 +134,7 @@ async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_thro
     it comes back to its last holder as kept. The reconciler's upkeep found the store away (its ping failed) and
     reconciled no round since: what it saw missing before the outage counts no longer."""
     live, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
-    try:
+    async with closed_at_the_end(live, reconciler):
         await held(live, "router-live")
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0  # the live router's beat lapsed: seen missing
 
@@ -138,9 +146,6 @@ async def test_a_router_seen_missing_before_an_outage_no_one_held_the_lease_thro
         # since it could read the heartbeats again, not yet taken for dead.
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0
         assert await pending_and_charged(live) == (1, 0)
-    finally:
-        for store in (live, reconciler):
-            await store.close()
 
 
 @pytest.mark.parametrize("lose_sight", [lost_by_ping, lost_by_heartbeat], ids=["ping", "heartbeat"])
@@ -153,7 +158,7 @@ async def test_a_router_whose_last_beat_lapsed_in_an_outage_gets_its_grace_from_
     router's first beat: its grace counts from when the reconciler could read the heartbeats again, not at its holds
     at once."""
     live, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
-    try:
+    async with closed_at_the_end(live, reconciler):
         await live.heartbeat("router-live", LEASE_S)
         await held(live, "router-live")
         assert await reconciler.reconcile("rec", LEASE_S, 3600.0) == 0  # alive
@@ -175,9 +180,6 @@ async def test_a_router_whose_last_beat_lapsed_in_an_outage_gets_its_grace_from_
         # Missing a whole TTL since the store came back, it is dead: its request is charged at its hold, once.
         await eventually(lambda: reconciler.reconcile("rec", LEASE_S, 3600.0), "the router taken for dead")
         assert await live.redis.xlen(AccountKeys.of(ACCOUNT).ledger) == 1
-    finally:
-        for store in (live, reconciler):
-            await store.close()
 
 
 async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_reconcilers_ping_fails_now_and_then(
@@ -189,7 +191,7 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_recon
     by default) to be charged at their holds, not the heartbeat TTL."""
     dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     ttl_s = 1.5  # its third, the loss of sight that forgets, longer than a round here
-    try:
+    async with closed_at_the_end(dead, reconciler):
         await held(dead, "router-dead")
         assert await reconciler.ping()
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
@@ -204,9 +206,6 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_recon
         await taken_for_dead_in_rounds(
             dead, flapping_round, "the dead router taken for dead, a PING failing before every round"
         )
-    finally:
-        for store in (dead, reconciler):
-            await store.close()
 
 
 async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fails_in_each_long_round(
@@ -218,7 +217,7 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
     requests waited for ROUTER_PENDING_STALE_S to be charged at their holds, not the heartbeat TTL."""
     dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     ttl_s = 1.5  # its third, the loss of sight that forgets, shorter than a round here
-    try:
+    async with closed_at_the_end(dead, reconciler):
         await held(dead, "router-dead")
         assert await reconciler.ping()
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
@@ -244,9 +243,6 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
         await taken_for_dead_in_rounds(
             dead, long_round, "the dead router taken for dead, a beat failing in every round"
         )
-    finally:
-        for store in (dead, reconciler):
-            await store.close()
 
 
 class PausedStore(RedisStore):
@@ -276,7 +272,7 @@ async def test_a_router_is_seen_missing_from_when_its_heartbeat_was_read_not_fro
     out of reach, its requests still running)."""
     ttl_s = 0.5
     live, reconciler = RedisStore(redis_url), PausedStore(redis_url, pause_s=2 * ttl_s)
-    try:
+    async with closed_at_the_end(live, reconciler):
         await held(live, "router-live")
         # Its beat lapsed (out of reach): seen missing once the paused sweep reads the heartbeats.
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0
@@ -292,9 +288,6 @@ async def test_a_router_is_seen_missing_from_when_its_heartbeat_was_read_not_fro
 
         await eventually(swept_again, "the reconciler's next sweep")  # which sees it alive
         assert await live.redis.hlen(AccountKeys.of(ACCOUNT).pending) == 1
-    finally:
-        for store in (live, reconciler):
-            await store.close()
 
 
 async def test_a_dead_router_is_charged_at_the_next_sweep_after_a_long_read_not_one_later(redis_url: str) -> None:
@@ -304,7 +297,7 @@ async def test_a_dead_router_is_charged_at_the_next_sweep_after_a_long_read_not_
     TTLs after it was first seen missing, where the README says one. The next sweep is now a TTL after the read."""
     ttl_s = 0.5
     dead, reconciler = RedisStore(redis_url), PausedStore(redis_url, pause_s=1.5 * ttl_s)
-    try:
+    async with closed_at_the_end(dead, reconciler):
         await held(dead, "router-dead")
         assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing, after the long read
         first_sweep = reconciler._last_sweep
@@ -317,6 +310,3 @@ async def test_a_dead_router_is_charged_at_the_next_sweep_after_a_long_read_not_
         await eventually(swept_again, "the reconciler's next sweep")
         assert settled[-1] == 1  # that sweep charged the dead router's request at its hold
         assert await pending_and_charged(dead) == (0, 1)
-    finally:
-        for store in (dead, reconciler):
-            await store.close()
