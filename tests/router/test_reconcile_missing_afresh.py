@@ -111,9 +111,14 @@ async def out_of_reach_until(
     assert await reconciler.ping()
 
 
-async def taken_for_dead_in_rounds(dead: RedisStore, one_round: Callable[[], Awaitable[int]], what: str) -> None:
-    """Rounds run until one takes the dead router for dead: its request charged at its hold, once, and not by the
-    first round."""
+async def taken_for_dead_in_rounds(
+    dead: RedisStore, reconciler: RedisStore, ttl_s: float, one_round: Callable[[], Awaitable[int]], what: str
+) -> None:
+    """A request of router-dead's held, the router seen missing; then rounds run until one takes it for dead: its
+    request charged at its hold, once, and not by the first round."""
+    await held(dead, "router-dead")
+    assert await reconciler.ping()
+    assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
     rounds = 0
 
     async def counted_round() -> int:
@@ -192,9 +197,6 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_recon
     dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     ttl_s = 1.5  # its third, the loss of sight that forgets, longer than a round here
     async with closed_at_the_end(dead, reconciler):
-        await held(dead, "router-dead")
-        assert await reconciler.ping()
-        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
 
         async def flapping_round() -> int:
             proxy.go_down()
@@ -204,7 +206,7 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_the_recon
             return await reconciler.reconcile("rec", ttl_s, 3600.0)
 
         await taken_for_dead_in_rounds(
-            dead, flapping_round, "the dead router taken for dead, a PING failing before every round"
+            dead, reconciler, ttl_s, flapping_round, "the dead router taken for dead, a PING failing before every round"
         )
 
 
@@ -218,9 +220,6 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
     dead, reconciler = RedisStore(redis_url), RedisStore(proxy.url_for(redis_url))
     ttl_s = 1.5  # its third, the loss of sight that forgets, shorter than a round here
     async with closed_at_the_end(dead, reconciler):
-        await held(dead, "router-dead")
-        assert await reconciler.ping()
-        assert await reconciler.reconcile("rec", ttl_s, 3600.0) == 0  # seen missing
 
         async def beat_for_a_third_of_the_ttl() -> None:
             began = time.monotonic()
@@ -241,7 +240,7 @@ async def test_a_dead_router_is_taken_for_dead_within_its_grace_though_a_beat_fa
             return await reconciler.reconcile("rec", ttl_s, 3600.0)
 
         await taken_for_dead_in_rounds(
-            dead, long_round, "the dead router taken for dead, a beat failing in every round"
+            dead, reconciler, ttl_s, long_round, "the dead router taken for dead, a beat failing in every round"
         )
 
 
