@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,35 @@ async def settled(url: str) -> tuple[tuple[int, int], tuple[int, int], list[dict
     return spent, held, records
 
 
+@asynccontextmanager
+async def escalating_router(
+    tmp_path: Path, url: str, provider: Escalating, **settings: Any
+) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+    """A router served over the store at `url`, its classifier's scores near (NearScores): a stub calling it."""
+    async with (
+        store_on(url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores(), **settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        yield router_pb2_grpc.RouterStub(channel)
+
+
+async def left_while_generating(
+    router: router_pb2_grpc.RouterStub, provider: Escalating, model: str, stream: bool
+) -> None:
+    """A call (a buffered stream, read to its decision, or a unary call) its caller leaves once `model`'s answer is
+    under way."""
+    if stream:
+        call: Any = router.CompleteStream(ask(buffer_stream=True), timeout=30)
+        assert (await call.read()).WhichOneof("kind") == "decision"
+    else:
+        call = router.Complete(ask(), timeout=30)
+    await provider.generating[model].wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await (call.read() if stream else call)
+
+
 def weak_cost() -> Decimal:
     assert CHEAP is not None
     return CHEAP.usage_cost_usd(WEAK_USAGE)
@@ -107,21 +138,8 @@ async def test_a_caller_leaving_while_the_stronger_answer_is_generated_pays_both
     tmp_path: Path, any_redis_url: str, stream: bool
 ) -> None:
     provider = Escalating()
-    async with (
-        store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        if stream:
-            call: Any = router.CompleteStream(ask(buffer_stream=True), timeout=30)
-            assert (await call.read()).WhichOneof("kind") == "decision"
-        else:
-            call = router.Complete(ask(), timeout=30)
-        await provider.generating["strong"].wait()  # the weak answer generated, the stronger one under way
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await (call.read() if stream else call)
+    async with escalating_router(tmp_path, any_redis_url, provider) as router:
+        await left_while_generating(router, provider, "strong", stream)  # the weak answer generated
         provider.release["strong"].set()
     # The router stopped: its charges still running finished first.
     spent, held, records = await settled(any_redis_url)
@@ -143,21 +161,8 @@ async def test_a_caller_leaving_while_the_weak_answer_is_generated_pays_it_alone
     provider.release["strong"].set()
     method = "CompleteStream" if stream else "Complete"
     left = rpcs_ended("router", method, "CANCELLED")
-    async with (
-        store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
-        if stream:
-            call: Any = router.CompleteStream(ask(buffer_stream=True), timeout=30)
-            assert (await call.read()).WhichOneof("kind") == "decision"
-        else:
-            call = router.Complete(ask(), timeout=30)
-        await provider.generating["cheap"].wait()
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await (call.read() if stream else call)
+    async with escalating_router(tmp_path, any_redis_url, provider) as router:
+        await left_while_generating(router, provider, "cheap", stream)
         await eventually(lambda: rpcs_ended("router", method, "CANCELLED") > left, "the router saw its caller leave")
         provider.release["cheap"].set()
     # The router stopped: its charges still running finished first.
@@ -177,12 +182,8 @@ async def test_a_stronger_attempt_cut_or_over_reported_never_takes_the_charge_pa
     charged the hold. Either way both answers' request is charged once, within max_cost_usd."""
     provider = Escalating(strong)
     provider.release["strong"].set()
-    async with (
-        store_on(redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        reply = await router_pb2_grpc.RouterStub(channel).Complete(ask(), timeout=30)
+    async with escalating_router(tmp_path, redis_url, provider) as router:
+        reply = await router.Complete(ask(), timeout=30)
     assert reply.content == REFUSAL if strong == "cut" else reply.escalated
     [written] = provider.max_tokens["strong"]
     assert written < REGISTRY.get("strong").max_output_tokens  # type: ignore[union-attr]  # the room, not the model's
@@ -205,12 +206,8 @@ async def test_the_stronger_answer_may_write_the_callers_max_tokens_when_the_bud
     provider.release["strong"].set()
     message = common_pb2.ChatMessage(role="user", content=f"Hello {uuid.uuid4().hex}")
     request = router_pb2.CompleteRequest(messages=[message], tenant="acme", quality_target=0.5, max_tokens=100)
-    async with (
-        store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores(), tenant_budget_usd=budget) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        reply = await router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30)
+    async with escalating_router(tmp_path, any_redis_url, provider, tenant_budget_usd=budget) as router:
+        reply = await router.Complete(request, timeout=30)
     assert reply.escalated and reply.model == "strong"
     [written] = provider.max_tokens["strong"]
     assert written == 100 if budget is None else written < 100
@@ -234,12 +231,8 @@ async def test_a_hold_that_cannot_be_grown_for_the_stronger_answer_leaves_the_we
     request = router_pb2.CompleteRequest(messages=[message], tenant="acme", quality_target=0.5, max_tokens=100)
     admin = connect(redis_url)
     try:
-        async with (
-            store_on(redis_url) as store,
-            served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            call = router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30)
+        async with escalating_router(tmp_path, redis_url, provider) as router:
+            call = router.Complete(request, timeout=30)
             await provider.generating["cheap"].wait()  # admitted: its hold is in the key's holds set
             key_holds = AccountKeys.of(Account("acme", key_id(""))).held()[1]
             await admin.delete(key_holds)
