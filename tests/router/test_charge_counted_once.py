@@ -37,6 +37,12 @@ def counted(model: str) -> tuple[float, float]:
     return requests, METRICS.get_sample_value("llmrouter_router_cost_usd_total", {"model": model}) or 0.0
 
 
+def counted_since(model: str, before: tuple[float, float]) -> tuple[float, float]:
+    """Charges and USD counted for `model` since `before` (counted's then)."""
+    requests, cost = counted(model)
+    return requests - before[0], cost - before[1]
+
+
 def given_back(model: str) -> float:
     """USD of reconciled charges of `model` the router's metrics have counted given back."""
     return METRICS.get_sample_value("llmrouter_router_cost_given_back_usd_total", {"model": model}) or 0.0

@@ -26,7 +26,7 @@ from tests.fakes.lossy_proxy import LossyProxy
 from tests.router import test_collect_model as batches
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_capped_charge_metrics import capped
-from tests.router.test_charge_counted_once import counted
+from tests.router.test_charge_counted_once import counted, counted_since
 from tests.router.test_collect_again_tells_charge import EndedBatch
 
 COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
@@ -90,12 +90,6 @@ def output_tokens(model: str) -> float:
     return METRICS.get_sample_value("llmrouter_router_tokens_total", {"model": model, "direction": "output"}) or 0.0
 
 
-def counted_since(before: tuple[float, float]) -> tuple[float, float]:
-    """The strong model's requests and cost counted (counted) since `before`."""
-    requests, cost = counted("strong")
-    return requests - before[0], cost - before[1]
-
-
 async def collected_losing_the_charge_reply(
     router: RouterServicer, lossy_store: ChargeReplyLost, proxy: LossyProxy
 ) -> ServiceError:
@@ -123,7 +117,7 @@ async def test_a_batch_line_whose_charge_reply_was_lost_is_counted_when_collecte
         (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     charged = Decimal(line.charged_usd)
     assert charged > 0
-    assert counted_since(before) == (1, pytest.approx(float(charged))), "the charge counted nowhere"
+    assert counted_since("strong", before) == (1, pytest.approx(float(charged))), "the charge counted nowhere"
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -140,7 +134,7 @@ async def test_a_line_collected_again_after_its_collects_reply_arrived_is_counte
         (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
         again = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (router, another)]
     assert line.succeeded and [each.response.cost_usd for each in again] == [line.response.cost_usd] * 2
-    assert counted_since(before) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
+    assert counted_since("strong", before) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
     assert output_tokens("strong") - tokens_before == batches.USAGE.output_tokens
 
 
@@ -158,7 +152,7 @@ async def test_two_routers_collecting_a_line_whose_charge_reply_was_lost_count_i
     assert [line.succeeded for line in told] == [True, True]
     (cost_usd,) = {line.response.cost_usd for line in told}
     assert spent == (batches.batch_cost("strong"),) * 2 == (to_pico(Decimal(cost_usd)),) * 2 and len(charges) == 1
-    assert counted_since(before) == (1, pytest.approx(float(Decimal(cost_usd))))
+    assert counted_since("strong", before) == (1, pytest.approx(float(Decimal(cost_usd))))
     assert output_tokens("strong") - tokens_before == batches.USAGE.output_tokens
 
 
@@ -174,7 +168,7 @@ async def test_a_line_collected_by_another_router_while_its_charge_returns_is_co
             (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     finally:
         await store.close()
-    assert counted_since(before) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
+    assert counted_since("strong", before) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
 
 
 async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_collected_again(
@@ -189,6 +183,6 @@ async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_
     priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
     # Its output at the max_tokens it was sent (the report's, ten times that, is no more than it), as a realtime call's.
     reported = priced.cost_usd(100, batches.LINE.max_tokens)  # type: ignore[union-attr]
-    assert counted_since(before) == (1, pytest.approx(float(hold)))
+    assert counted_since("strong", before) == (1, pytest.approx(float(hold)))
     charges, absorbed = capped("strong")
     assert (charges - capped_before[0], absorbed - capped_before[1]) == (1, pytest.approx(float(reported - hold)))

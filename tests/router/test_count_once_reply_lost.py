@@ -29,7 +29,7 @@ from services.router.store import (
 )
 from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import CLAIM_ADOPTED_AFTER_S, TAKEN_KEPT_S, taken_claims_key
-from tests.router.test_charge_counted_once import counted
+from tests.router.test_charge_counted_once import counted, counted_since
 from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_uncounted_sweep_broken_shard import failures as reconcile_failures
 from tests.router.test_undone_admissions import Proxied, proxied_store
@@ -119,8 +119,7 @@ async def test_a_take_whose_reply_and_its_resends_were_lost_is_counted_at_the_ne
     proxied.proxy.come_back()
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)  # heard back: not sent again
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"
+    assert counted_since("strong", before) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"
     assert await proxied.store.count_once(ACCOUNT, line.request_id) is None
 
 
@@ -162,8 +161,7 @@ async def test_a_take_unheard_by_a_router_that_died_is_counted_once_by_another_r
         assert counted("strong") == before  # too young: its taker may be about to hear it
         monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
         await other.reconcile("router-2", LEASE_S, 3600.0)
-        requests, cost = counted("strong")
-        assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router"
+        assert counted_since("strong", before) == (1, pytest.approx(700 / 1e12)), "counted by no router"
         await other.reconcile("router-2", LEASE_S, 3600.0)
         proxied.proxy.come_back()  # the taker not dead after all: its resend gets nothing
         await proxied.store.reconcile("router-1", LEASE_S, 3600.0)
@@ -219,8 +217,7 @@ async def test_a_take_its_taker_hears_back_as_another_router_adopts_it_is_counte
     assert counted("strong")[0] - before[0] == 1, "the adopter counted nothing"
     reply.released.set()
     await resending
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted twice"
+    assert counted_since("strong", before) == (1, pytest.approx(700 / 1e12)), "counted twice"
     assert not proxied.store.unheard
 
 
@@ -244,8 +241,7 @@ async def test_a_take_heard_by_its_taker_after_the_adopter_counted_it_and_the_st
     await proxied.direct.delete(KEYS.counted(line.request_id))  # TAKEN_KEPT_S on: the store let it go
     reply.released.set()
     assert await taking is None
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted twice"
+    assert counted_since("strong", before) == (1, pytest.approx(700 / 1e12)), "counted twice"
 
 
 async def test_a_take_acknowledged_after_the_reconciler_read_its_note_is_not_adopted(
@@ -303,8 +299,7 @@ async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_ro
     assert not await proxied.direct.exists(KEYS.uncounted(line.request_id), KEYS.uncounted_reconciled)
     before = counted("strong")
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"
+    assert counted_since("strong", before) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"
 
 
 async def test_a_take_of_many_cancelled_after_its_first_call_was_answered_counts_that_calls_charges_too(
@@ -333,8 +328,7 @@ async def test_a_take_of_many_cancelled_after_its_first_call_was_answered_counts
         await taking
     before = counted("strong")
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (2, pytest.approx(1400 / 1e12)), "counted by no router, or twice"
+    assert counted_since("strong", before) == (2, pytest.approx(1400 / 1e12)), "counted by no router, or twice"
 
 
 async def test_notes_no_router_wrote_are_dropped_and_one_whose_counts_are_gone_is_given_up(

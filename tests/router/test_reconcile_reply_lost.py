@@ -20,7 +20,7 @@ from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.lease import lease_holder
 from tests.router.old_version import checkout, run
-from tests.router.test_charge_counted_once import counted
+from tests.router.test_charge_counted_once import counted, counted_since
 from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_undone_admissions import proxied_store
 from tests.waiting import eventually
@@ -97,8 +97,7 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_n
     await eventually(lambda: reconciled_once(reconciler, before), "the lost reply's charge counted")
     await eventually(lambda: heard_back(reconciler), "a sweep after it")  # nothing left to send again
     await charged_once(redis_store, "request-1")
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
+    assert counted_since("strong", before) == (1, pytest.approx(HOLD_PICO / 1e12))
 
 
 async def test_a_lapsed_line_whose_reconciled_charge_reply_was_lost_is_counted_once(
@@ -112,8 +111,7 @@ async def test_a_lapsed_line_whose_reconciled_charge_reply_was_lost_is_counted_o
     await eventually(lambda: reconciled_once(reconciler, before), "the lost reply's charge counted")
     assert await redis_store.count_once(ACCOUNT, "line-1") is None  # a collect of the line after it counts nothing
     await charged_once(redis_store, "line-1")
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
+    assert counted_since("strong", before) == (1, pytest.approx(HOLD_PICO / 1e12))
 
 
 async def test_a_lapsed_line_collected_after_its_reconciled_charge_reply_was_lost_is_counted_there_alone(
@@ -159,8 +157,7 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_n
     await redis_store.reconcile("another", 3600.0, 0.0)  # and again: counted before
     await charged_once(redis_store, "request-1")
     assert await redis_store.redis.zrange(listed, 0, -1) == [mistyped.encode()]  # left for an operator to mend
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
+    assert counted_since("strong", before) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
 
 
 async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_whichever_router_hears_first(
@@ -178,8 +175,7 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_whicheve
     assert counted("strong")[0] == before[0] + 1  # counted there
     await reconciler.reconcile("alive", LEASE_S, 0.0)  # not leased: its own charge sent again, as made, all the same
     await charged_once(redis_store, "request-1")
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
+    assert counted_since("strong", before) == (1, pytest.approx(HOLD_PICO / 1e12))
     assert not reconciler.unanswered
 
 
@@ -215,8 +211,7 @@ async def test_a_reconciled_charge_whose_router_died_unanswered_is_counted_once_
         await charged_once(another, "request-1")
     finally:
         await another.close()
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
+    assert counted_since("strong", before) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
 
 
 BEFORE = "a1374e1"  # the version before the reconciler's charges were kept uncounted, its take without a claim

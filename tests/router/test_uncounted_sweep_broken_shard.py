@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from services.router.store import Account, AccountKeys, RedisStore
 from services.router.store.keys import uncounted_reconciled_key
 from services.router.store.redis_store import TAKE_PAGE, UNCOUNTED_PAGE
-from tests.router.test_charge_counted_once import counted
+from tests.router.test_charge_counted_once import counted, counted_since
 from tests.router.test_line_count_left import PICO, charged_line
 from tests.router.test_reconcile_reply_lost import leased_elsewhere
 from tests.waiting import eventually
@@ -46,8 +46,7 @@ async def test_a_shards_list_of_another_type_holds_up_no_other_shard(
         assert await store.redis.get(uncounted_reconciled_key(BROKEN_SHARD)) == b"hand-edited"  # for an operator
     finally:
         await store.close()
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12)), "the later shard never swept"
+    assert counted_since("strong", before) == (1, pytest.approx(PICO / 1e12)), "the later shard never swept"
     assert failures() == failed_before + 1
     assert "uncounted charges of a shard not counted" in caplog.text
 
@@ -76,8 +75,7 @@ async def test_entries_no_router_wrote_are_dropped_and_hold_up_none_of_the_other
     finally:
         await store.close()
     assert listed == []
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12))
+    assert counted_since("strong", before) == (1, pytest.approx(PICO / 1e12))
     assert failures() == failed_before
     assert dropped("unreadable") - dropped_before["unreadable"] == len(unreadable) - 1
     assert dropped("other_shard") - dropped_before["other_shard"] == 1
@@ -112,8 +110,7 @@ async def test_a_page_of_entries_whose_own_keys_hold_another_type_holds_up_none_
     finally:
         await store.close()
         await next_reconciler.close()
-    requests, cost = counted("strong")
-    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12)), "stalled behind the page"
+    assert counted_since("strong", before) == (1, pytest.approx(PICO / 1e12)), "stalled behind the page"
     assert sorted(member.decode() for member in listed) == sorted(entries)  # left for an operator to mend
     assert failures() == failed_before + UNCOUNTED_PAGE + (UNCOUNTED_PAGE - 1)  # the second page: the line, then 999
     assert caplog.text.count("uncounted charges not taken") == 2 * UNCOUNTED_PAGE // TAKE_PAGE
