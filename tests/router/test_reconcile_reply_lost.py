@@ -67,6 +67,13 @@ async def lapsed_line(store: RedisStore, redis_url: str) -> None:
         await client.aclose()
 
 
+async def reconciled_losing_the_reply(reconciler: ReconcileReplyLost, proxy: LossyProxy) -> None:
+    """A sweep whose charge lands in Redis, its reply lost on the way back: the sweep fails."""
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)
+
+
 async def reconciled_once(store: RedisStore, before: tuple[float, float]) -> bool:
     """Swept again, until the charge is counted."""
     await store.reconcile("alive", LEASE_S, 0.0)
@@ -91,9 +98,7 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_n
     hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
     assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
     before = counted("strong")
-    reconciler.proxy = proxy
-    with pytest.raises(StoreUnavailable):
-        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await reconciled_losing_the_reply(reconciler, proxy)
     await eventually(lambda: reconciled_once(reconciler, before), "the lost reply's charge counted")
     await eventually(lambda: heard_back(reconciler), "a sweep after it")  # nothing left to send again
     await charged_once(redis_store, "request-1")
@@ -105,9 +110,7 @@ async def test_a_lapsed_line_whose_reconciled_charge_reply_was_lost_is_counted_o
 ) -> None:
     await lapsed_line(redis_store, redis_url)
     before = counted("strong")
-    reconciler.proxy = proxy
-    with pytest.raises(StoreUnavailable):
-        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await reconciled_losing_the_reply(reconciler, proxy)
     await eventually(lambda: reconciled_once(reconciler, before), "the lost reply's charge counted")
     assert await redis_store.count_once(ACCOUNT, "line-1") is None  # a collect of the line after it counts nothing
     await charged_once(redis_store, "line-1")
@@ -118,9 +121,7 @@ async def test_a_lapsed_line_collected_after_its_reconciled_charge_reply_was_los
     proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore, redis_url: str
 ) -> None:
     await lapsed_line(redis_store, redis_url)
-    reconciler.proxy = proxy
-    with pytest.raises(StoreUnavailable):
-        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await reconciled_losing_the_reply(reconciler, proxy)
     # A collect of the line finds it charged, and takes its count (Deferred._as_charged) before the reconciler hears.
     assert await redis_store.count_once(ACCOUNT, "line-1") is not None
     before = counted("strong")
@@ -143,9 +144,7 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_n
     hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
     assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
     before = counted("strong")
-    reconciler.proxy = proxy
-    with pytest.raises(StoreUnavailable):
-        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await reconciled_losing_the_reply(reconciler, proxy)
     assert reconciler.unanswered  # and then it dies
     keys = AccountKeys.of(ACCOUNT)
     listed = keys.uncounted_reconciled
@@ -168,9 +167,7 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_whicheve
     hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
     assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
     before = counted("strong")
-    reconciler.proxy = proxy
-    with pytest.raises(StoreUnavailable):
-        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await reconciled_losing_the_reply(reconciler, proxy)
     await eventually(lambda: leased_elsewhere(redis_store), "the lease held by another router")
     assert counted("strong")[0] == before[0] + 1  # counted there
     await reconciler.reconcile("alive", LEASE_S, 0.0)  # not leased: its own charge sent again, as made, all the same
@@ -236,9 +233,7 @@ async def test_a_lapsed_lines_reconciled_charge_taken_by_a_router_of_the_version
     nothing."""
     await lapsed_line(redis_store, redis_url)
     await redis_store.redis.script_load(lua.CHARGE)  # the reply lost is the charge's, not a NOSCRIPT
-    reconciler.proxy = proxy
-    with pytest.raises(StoreUnavailable):
-        await reconciler.reconcile("alive", LEASE_S, 0.0)  # and then it dies
+    await reconciled_losing_the_reply(reconciler, proxy)  # and then it dies
     old_tree = checkout(BEFORE, tmp_path)
     assert await run(old_tree, OLD_TAKE, redis_url, ACCOUNT.tenant, ACCOUNT.key, "line-1") == "True"  # counted there
     before = counted("strong")
