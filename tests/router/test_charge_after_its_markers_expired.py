@@ -44,8 +44,33 @@ async def served_then_reconciled(
     return r, response, r.hold
 
 
-async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(redis_url: str, tmp_path: Path) -> None:
-    client: redis.Redis = redis.from_url(redis_url)
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
+    made: redis.Redis = redis.from_url(redis_url)
+    yield made
+    await made.aclose()
+
+
+async def marker_expired(client: redis.Redis, r: Routed) -> None:
+    marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+    await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+
+
+async def kept_then_replayed(
+    charger: charging.Charger, proxy: LossyProxy, r: Routed, response: router_pb2.CompleteResponse, data_dir: Path
+) -> None:
+    """The request's charge settled with the store out of reach, so kept in the outbox; replayed once it is back, by a
+    router restarted with production's settings (a day's marked_s)."""
+    proxy.go_down()
+    await charger.settle(r, response)
+    assert len(charger.outbox) == 1
+    proxy.come_back()
+    await Outbox(data_dir, REQUEST_ID_TTL_S - HOLD_S).replay(charger.store)
+
+
+async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(
+    client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     async with (
         # Markers kept 1 s, within the test, by both routers (marked_s 0: a charge past its life is no longer surely
         # marked, as its router's settings would have it).
@@ -54,74 +79,54 @@ async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(
     ):
         # The router frozen: its heartbeat missing past the grace, another router's reconciler charges the hold.
         r, response, hold = await served_then_reconciled(charger, reconciler)
-        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
-        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        await marker_expired(client, r)
         r.started -= r.timeout_s + CHARGE_LANDS_S  # thawed past any request's run: what it charges now is late
         await charger.settle(r, response)
-        try:
-            assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
-            assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
-                "reconciled"
-            ]
-        finally:
-            await client.aclose()
+        assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
+        assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == ["reconciled"]
 
 
-async def test_a_charge_thawed_on_a_clock_that_stood_still_is_not_charged_again(redis_url: str, tmp_path: Path) -> None:
+async def test_a_charge_thawed_on_a_clock_that_stood_still_is_not_charged_again(
+    client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     """Frozen with its host (suspended, a paused VM), the router's monotonic clock stood still: to the router its
     request is a moment old. The store's clock went on past the admission's markers (Hold.marked_until): its charge is
     late, not charged again over the reconciler's hold whose marker has expired. Judged by the router's monotonic
     clock, it was. The router's settings are production's (a day's marked_s); its store keeps markers 1 s."""
-    client: redis.Redis = redis.from_url(redis_url)
     async with (
         charger_on(redis_url, tmp_path / "data", request_id_ttl_s=1) as charger,
         store_on(redis_url, request_id_ttl_s=1) as reconciler,
     ):
         r, response, hold = await served_then_reconciled(charger, reconciler)
-        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
-        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        await marker_expired(client, r)
         await charger.settle(r, response)  # r.started as admitted: the router's clock saw no time pass
-        try:
-            assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
-            assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
-                "reconciled"
-            ]
-        finally:
-            await client.aclose()
+        assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
+        assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == ["reconciled"]
 
 
 async def test_a_charge_thawed_on_a_clock_that_stood_still_is_late_when_replayed(
-    charger: charging.Charger, proxy: LossyProxy, redis_url: str, tmp_path: Path
+    charger: charging.Charger, proxy: LossyProxy, client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     """As above, the store out of reach as it thaws: its charge waits in the outbox, and is replayed by a router
     restarted with production's settings (a day's marked_s). Late all the same: the store judges its line by the
     admission's marked_until it keeps, not by when the router thought it charged."""
-    client: redis.Redis = redis.from_url(redis_url)
     async with store_on(redis_url, request_id_ttl_s=1) as reconciler:
         r, response, hold = await served_then_reconciled(charger, reconciler)
-        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
-        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
-        proxy.go_down()
-        await charger.settle(r, response)  # r.started as admitted: the router's clock saw no time pass
-        assert len(charger.outbox) == 1
-        proxy.come_back()
-        await Outbox(tmp_path / "data", REQUEST_ID_TTL_S - HOLD_S).replay(charger.store)
-        try:
-            assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
-        finally:
-            await client.aclose()
+        await marker_expired(client, r)
+        # r.started as admitted: the router's clock saw no time pass
+        await kept_then_replayed(charger, proxy, r, response, tmp_path / "data")
+        assert len(charger.outbox) == 0
+        assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
 
 
 async def test_a_charge_is_judged_by_its_admissions_request_id_ttl_not_the_reconcilers(
-    redis_url: str, tmp_path: Path
+    client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     """Mid-rollout of a shorter ROUTER_REQUEST_ID_TTL_S: the router that admitted the request keeps markers 10 s, the
     reconciler that charged it at its hold (taking the router, frozen, for dead) 1 s. The reconciler's marker is kept
     as long as the admission's, so the router thawed 1.5 s later finds it: not charged again, and told the hold the
     ledger charged. Kept for the reconciler's 1 s, the marker was gone, and the router, within its own TTL, charged the
     request again."""
-    client: redis.Redis = redis.from_url(redis_url)
     async with (
         charger_on(redis_url, tmp_path / "data", request_id_ttl_s=10) as charger,
         store_on(redis_url, request_id_ttl_s=1) as reconciler,
@@ -134,11 +139,8 @@ async def test_a_charge_is_judged_by_its_admissions_request_id_ttl_not_the_recon
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         assert await client.exists(marker), "the reconciler's marker kept only its own TTL"
         await charger.settle(r, response)
-        try:
-            assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
-            assert response.cost_usd == format(Decimal(hold.pico) / PICO, "f")  # told what the ledger charged
-        finally:
-            await client.aclose()
+        assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
+        assert response.cost_usd == format(Decimal(hold.pico) / PICO, "f")  # told what the ledger charged
 
 
 async def _store_now(client: redis.Redis) -> float:
@@ -162,37 +164,27 @@ async def charger(proxy: LossyProxy, redis_url: str, tmp_path: Path) -> AsyncIte
 
 
 async def test_a_late_charge_kept_in_the_outbox_stays_late_when_replayed(
-    charger: charging.Charger, proxy: LossyProxy, redis_url: str, tmp_path: Path
+    charger: charging.Charger, proxy: LossyProxy, client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     """Thawed with the store out of reach, its charge waits in the outbox: replayed a moment later, it is late all the
     same, not charged again over the reconciler's hold whose marker has expired. Also when the router replaying it
     has settings that keep markers a day (restarted so): the line says it is late, whatever its replay's settings."""
-    client: redis.Redis = redis.from_url(redis_url)
     async with store_on(redis_url, request_id_ttl_s=1) as reconciler:
         r, response, hold = await served_then_reconciled(charger, reconciler)
-        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
-        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        await marker_expired(client, r)
         r.started -= r.timeout_s + CHARGE_LANDS_S
-        proxy.go_down()
-        await charger.settle(r, response)
-        assert len(charger.outbox) == 1
-        proxy.come_back()
-        await Outbox(tmp_path / "data", REQUEST_ID_TTL_S - HOLD_S).replay(charger.store)
-        try:
-            assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
-        finally:
-            await client.aclose()
+        await kept_then_replayed(charger, proxy, r, response, tmp_path / "data")
+        assert len(charger.outbox) == 0
+        assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
 
 
 async def test_a_charge_past_its_life_kept_in_the_outbox_is_aged_from_the_end_of_that_life(
-    proxy: LossyProxy, redis_url: str, tmp_path: Path
+    proxy: LossyProxy, client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     """Charged 2 s past its life, its router stalled, while the other charges of it are surely marked (the
     reconciler's marker has 1 to 1.5 s left): timely, but kept in the outbox (the store out of reach). Its replay once
     that marker has expired is past the admission's marked_until: late. Dated by its charge alone, it was taken for
     one under 2.5 s old and charged again over the reconciler's hold."""
-    client: redis.Redis = redis.from_url(redis_url)
     async with (
         charger_on(proxy.url_for(redis_url), tmp_path / "data", request_id_ttl_s=3, marked_s=2.5) as charger,
         store_on(redis_url, request_id_ttl_s=3) as reconciler,
@@ -208,11 +200,8 @@ async def test_a_charge_past_its_life_kept_in_the_outbox_is_aged_from_the_end_of
         proxy.come_back()
         await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
         await charger.outbox.replay(charger.store)
-        try:
-            assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
-        finally:
-            await client.aclose()
+        assert len(charger.outbox) == 0
+        assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
 
 
 async def _expiring_within(client: redis.Redis, key: str, ms: int) -> bool:
