@@ -11,8 +11,10 @@ the worst case on top of what the chunk said."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -53,6 +55,26 @@ def anthropic_wire(with_usage: bool) -> bytes:
     )
 
 
+@asynccontextmanager
+async def stalled_after(tmp_path: Path, wire: bytes, **providers: Any) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
+    """The providers service before an upstream that sends `wire` then stalls: cut by its total timeout (1 s), its read
+    timeout left far off."""
+    async with (
+        StallingUpstream(wire) as upstream,
+        providers_service(
+            tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0, **providers
+        ) as stub,
+    ):
+        yield stub
+
+
+def told_the_whole_usage(err: ServiceError, input_tokens: int, input_price: str, output_price: str) -> None:
+    """The failure carries the usage the upstream billed, marked whole, and its cost at the model's prices."""
+    assert err.metadata.get(USAGE_FINAL) == "true"
+    assert (err.metadata["input_tokens"], err.metadata["output_tokens"]) == (str(input_tokens), str(OUTPUT_TOKENS))
+    assert err.metadata["cost_usd"] == cost(input_tokens, OUTPUT_TOKENS, input_price, output_price)
+
+
 # (model, its wire, the input it reports, its prices per million input and output tokens)
 CASES = [("cheap", openai_wire, 25, "0.15", "0.60"), ("claude", anthropic_wire, 10, "3.00", "15.00")]
 
@@ -66,27 +88,19 @@ async def test_a_stream_cut_after_its_whole_usage_carries_that_usage_marked_whol
     input_price: str,
     output_price: str,
 ) -> None:
-    async with (
-        StallingUpstream(wire(True)) as upstream,
-        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
-    ):
+    async with stalled_after(tmp_path, wire(True)) as stub:
         chunks, err = await chunks_to_failure(stub, request(model, usage_final=True))
     assert chunks == []  # tool calls alone: nothing delivered before the end; no `consumed` chunk either
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
-    assert err.metadata.get(USAGE_FINAL) == "true"
-    assert (err.metadata["input_tokens"], err.metadata["output_tokens"]) == (str(input_tokens), str(OUTPUT_TOKENS))
+    told_the_whole_usage(err, input_tokens, input_price, output_price)
     assert err.metadata["estimated"] == "false"
-    assert err.metadata["cost_usd"] == cost(input_tokens, OUTPUT_TOKENS, input_price, output_price)
 
 
 @pytest.mark.parametrize(("model", "wire"), [(model, wire) for model, wire, *_ in CASES])
 async def test_a_stream_cut_before_its_usage_is_of_unknown_outcome(
     tmp_path: Path, model: str, wire: Callable[[bool], bytes]
 ) -> None:
-    async with (
-        StallingUpstream(wire(False)) as upstream,
-        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
-    ):
+    async with stalled_after(tmp_path, wire(False)) as stub:
         _, err = await stream_to_failure(stub, request(model, usage_final=True))
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
     assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata  # the router owes its worst case
@@ -96,10 +110,7 @@ async def test_a_stream_cut_before_its_usage_is_of_unknown_outcome(
 async def test_a_caller_that_does_not_ask_is_told_an_unknown_outcome_as_before(
     tmp_path: Path, model: str, wire: Callable[[bool], bytes]
 ) -> None:
-    async with (
-        StallingUpstream(wire(True)) as upstream,
-        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
-    ):
+    async with stalled_after(tmp_path, wire(True)) as stub:
         chunks, err = await chunks_to_failure(stub, request(model))
     assert chunks == []
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
@@ -148,10 +159,7 @@ def anthropic_wire_reporting_nothing_written() -> bytes:
 async def test_a_usage_before_the_finish_or_one_the_answer_belies_is_no_whole_bill(
     tmp_path: Path, model: str, wire: Callable[[], bytes]
 ) -> None:
-    async with (
-        StallingUpstream(wire()) as upstream,
-        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
-    ):
+    async with stalled_after(tmp_path, wire()) as stub:
         _, err = await stream_to_failure(stub, request(model, usage_final=True))
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
     assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata  # the router owes its worst case
@@ -162,12 +170,7 @@ async def test_a_whole_usage_priced_at_nothing_is_told_with_its_counts(tmp_path:
     admitted the request at, which it charges the counts at): the counts are told all the same, with the mark. Left
     out, the router had the mark and no measure: the worst case, not the usage."""
     free = model_entry("free", "fakeai", "economy", "0", "0", upstream="cheap-upstream-v1")
-    async with (
-        StallingUpstream(openai_wire(True)) as upstream,
-        providers_service(
-            tmp_path, upstream.url, upstream.url, extra_models=[free], total_timeout_s=1.0, read_timeout_s=10.0
-        ) as stub,
-    ):
+    async with stalled_after(tmp_path, openai_wire(True), extra_models=[free]) as stub:
         _, err = await stream_to_failure(stub, request("free", usage_final=True))
     assert err.metadata.get(USAGE_FINAL) == "true"
     assert (err.metadata.get("input_tokens"), err.metadata.get("output_tokens")) == ("25", str(OUTPUT_TOKENS))
@@ -192,6 +195,4 @@ async def test_a_malformed_event_after_the_whole_usage_carries_that_usage_marked
     ):
         _, err = await stream_to_failure(stub, request(model, usage_final=True))
     assert (err.code, err.reason) == (grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR")
-    assert err.metadata.get(USAGE_FINAL) == "true"
-    assert (err.metadata["input_tokens"], err.metadata["output_tokens"]) == (str(input_tokens), str(OUTPUT_TOKENS))
-    assert err.metadata["cost_usd"] == cost(input_tokens, OUTPUT_TOKENS, input_price, output_price)
+    told_the_whole_usage(err, input_tokens, input_price, output_price)
