@@ -23,7 +23,7 @@ from llmrouter.redis_connect import connect
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router.store import Account, Store, key_id, period_id, to_pico
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import NearScores, served_router, store_on
+from tests.router.servicer_kit import NearScores, router_stub, store_on
 from tests.router.test_admission import REGISTRY
 
 USAGE = common_pb2.Usage(input_tokens=10, output_tokens=5)
@@ -76,10 +76,8 @@ async def test_a_cached_answer_is_free_within_its_tenant_never_across_and_never_
     first, second = Account("acme", key_id("key-a")), Account("acme", key_id("key-b"))
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, cache_scope="tenant") as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, cache_scope="tenant") as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         paid = await router.Complete(ask(prompt, "acme", "key-a"), timeout=10)
         assert not paid.cache_hit and Decimal(paid.cost_usd) == COST
         hit = await router.Complete(ask(prompt, "acme", "key-b"), timeout=10)  # another key of the same tenant
@@ -113,10 +111,8 @@ async def test_identical_requests_in_flight_together_are_each_charged_once(tmp_p
     account = Account("initech", key_id(""))
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         replies = await asyncio.gather(*(router.Complete(ask(prompt, "initech"), timeout=10) for _ in range(8)))
         again = await router.Complete(ask(prompt, "initech"), timeout=10)
         assert again.cache_hit and again.cost_usd == "0"
@@ -134,11 +130,7 @@ async def test_a_stream_left_on_a_cached_answer_is_settled_once_at_nothing(tmp_p
     prompt = f"Say hello. {uuid.uuid4().hex}"
     account = Account("hooli", key_id(""))
     async with store_on(any_redis_url) as store:
-        async with (
-            served_router(tmp_path, store, provider) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            router = router_pb2_grpc.RouterStub(channel)
+        async with router_stub(tmp_path, store, provider) as router:
             await router.Complete(ask(prompt, "hooli"), timeout=10)
             call = router.CompleteStream(ask(prompt, "hooli", request_id="left-on-a-hit"), timeout=10)
             assert (await call.read()).WhichOneof("kind") == "decision"
@@ -179,10 +171,8 @@ async def test_an_answer_the_budget_cut_short_is_not_served_again_from_the_cache
     prompt = f"Write an essay. {uuid.uuid4().hex}"
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         await store.set_limit("tenant", "umbrella", to_pico(Decimal("0.0001")))
         cut = await router.Complete(ask(prompt, "umbrella", max_tokens=2000), timeout=10)
         assert cut.decision.max_tokens_capped == cut.usage.output_tokens < 2000 and cut.finish_reason == "length"
@@ -236,10 +226,8 @@ async def test_an_escalated_answer_the_budget_cut_short_is_not_kept_and_a_whole_
     prompt = f"Write an essay. {uuid.uuid4().hex}"
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores()) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         await store.set_limit("tenant", "umbrella", to_pico(ROOM_FOR_ONE))
         cut = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
         [room] = provider.max_tokens["strong"]
@@ -264,10 +252,8 @@ async def test_an_escalated_answer_cut_by_what_max_cost_left_after_the_weak_one_
     ask_capped = routed_ask(prompt, "umbrella", max_cost_usd=str(ROOM_FOR_ONE))
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores()) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         cut = await router.Complete(ask_capped, timeout=10)
         [room] = provider.max_tokens["strong"]
         assert cut.escalated and cut.finish_reason == "length" and cut.content.count("word") == room < MAX_TOKENS
@@ -284,10 +270,8 @@ async def test_an_answer_cut_by_its_own_max_cost_is_kept_for_that_cap_alone(tmp_
     prompt = f"Write an essay. {uuid.uuid4().hex}"
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         capped = ask(prompt, "umbrella", max_tokens=2000, max_cost_usd="0.0001")
         cut = await router.Complete(capped, timeout=10)
         assert cut.decision.max_tokens_capped == cut.usage.output_tokens < 2000 and cut.finish_reason == "length"
@@ -306,10 +290,8 @@ async def test_a_weak_answer_kept_for_want_of_room_to_escalate_is_not_kept(tmp_p
     async with (
         store_on(any_redis_url) as store,
         # Every answer must have room for MAX_TOKENS: what the budget leaves after the weak one is too little.
-        served_router(tmp_path, store, provider, classifier=NearScores(), min_output_tokens=MAX_TOKENS) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores(), min_output_tokens=MAX_TOKENS) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         await store.set_limit("tenant", "umbrella", to_pico(ROOM_FOR_ONE))
         weak = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
         assert weak.model == "cheap" and weak.content == REFUSAL and not weak.escalated
@@ -334,10 +316,8 @@ async def test_a_weak_answer_kept_because_its_escalation_failed_is_not_kept(tmp_
     prompt = f"Write an essay. {uuid.uuid4().hex}"
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores()) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         weak = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
         assert weak.model == "cheap" and weak.content == REFUSAL and not weak.escalated
         again = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
@@ -355,19 +335,11 @@ async def test_a_plain_streams_answer_is_served_to_plain_streams_alone(tmp_path:
     declining, writing = DecliningCheaply(), WritingAllItMay()
     refused, whole = f"Write an essay. {uuid.uuid4().hex}", f"Write an essay. {uuid.uuid4().hex}"
     async with store_on(any_redis_url) as store:
-        async with (
-            served_router(tmp_path, store, declining, classifier=NearScores()) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            router = router_pb2_grpc.RouterStub(channel)
+        async with router_stub(tmp_path, store, declining, classifier=NearScores()) as router:
             assert await streamed(router, routed_ask(refused, "umbrella")) == REFUSAL
             unary = await router.Complete(routed_ask(refused, "umbrella"), timeout=10)
             assert not unary.cache_hit and unary.escalated and unary.model == "strong"
-        async with (
-            served_router(tmp_path, store, writing, classifier=NearScores()) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            router = router_pb2_grpc.RouterStub(channel)
+        async with router_stub(tmp_path, store, writing, classifier=NearScores()) as router:
             first = await streamed(router, routed_ask(whole, "umbrella"))
             assert await streamed(router, routed_ask(whole, "umbrella")) == first and writing.generated == 1
             unary = await router.Complete(routed_ask(whole, "umbrella"), timeout=10)
@@ -384,10 +356,8 @@ async def test_a_plain_stream_that_could_not_escalate_shares_its_answer_and_buff
     off, buffered = f"Write an essay. {uuid.uuid4().hex}", f"Write an essay. {uuid.uuid4().hex}"
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores()) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         assert await streamed(router, routed_ask(off, "umbrella", escalation="off")) == REFUSAL
         unary = await router.Complete(routed_ask(off, "umbrella", escalation="off"), timeout=10)
         assert unary.cache_hit and unary.content == REFUSAL and provider.generated == 1

@@ -30,7 +30,7 @@ from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import PICO, Account, key_id, period_id, to_pico
 from services.router.store.keys import AccountKeys
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import NearScores, served_router, store_on
+from tests.router.servicer_kit import NearScores, router_stub, store_on
 from tests.router.test_admission import REGISTRY
 from tests.waiting import eventually, rpcs_ended
 
@@ -101,10 +101,9 @@ async def escalating_router(
     """A router served over the store at `url`, its classifier's scores near (NearScores): a stub calling it."""
     async with (
         store_on(url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores(), **settings) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores(), **settings) as router,
     ):
-        yield router_pb2_grpc.RouterStub(channel)
+        yield router
 
 
 async def left_while_generating(
