@@ -30,7 +30,7 @@ from llmrouter.v1 import (
 from services.router.store import Account, Store, key_id, period_id, to_pico
 from services.router.store import keys as store_keys
 from tests.integration.conftest import free_port, quiet_edge_settings, served_edge
-from tests.router.servicer_kit import served_router, store_on
+from tests.router.servicer_kit import router_stub, served_router, store_on
 from tests.router.test_admission import REGISTRY
 
 LIMIT = 3  # requests per minute
@@ -88,11 +88,7 @@ async def test_the_decide_past_the_limit_is_refused_before_the_classifier_is_ask
     tmp_path: Path, store: Store
 ) -> None:
     classifier = Counting()
-    async with (
-        served_router(tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT) as router:
         for _ in range(LIMIT):
             assert (await router.Decide(ask("busy"), timeout=10)).model
         assert classifier.scored == LIMIT
@@ -105,11 +101,7 @@ async def test_the_decide_past_the_limit_is_refused_before_the_classifier_is_ask
 
 
 async def test_decides_and_completions_share_the_requests_per_minute(tmp_path: Path, store: Store) -> None:
-    async with (
-        served_router(tmp_path, store, Answering(), classifier=Counting(), rate_limit_rpm=LIMIT) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, Answering(), classifier=Counting(), rate_limit_rpm=LIMIT) as router:
         assert (await router.Complete(ask("busy", model="cheap"), timeout=10)).content == "an answer"
         for _ in range(LIMIT - 1):
             await router.Decide(ask("busy"), timeout=10)
@@ -160,11 +152,7 @@ async def test_a_completion_past_the_limit_is_refused_before_the_classifier_is_a
     as busy as Decides did. Once its router has seen the window's requests used up, it refuses the account's next
     ones before routing them, until the window ends (a window's count only grows)."""
     classifier = Counting()
-    async with (
-        served_router(tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT) as router:
         for _ in range(LIMIT):
             assert (await router.Complete(ask("busy"), timeout=10)).content == "an answer"
         assert rate_limited(await refusal(router.Complete(ask("busy"), timeout=10)))
@@ -184,11 +172,7 @@ async def test_a_caller_past_its_tokens_per_minute_is_refused_as_one_past_its_re
     the next is refused RATE_LIMITED naming tokens, with a retry time, and so is a Decide, before the classifier is
     asked. Another tenant has its own; what was charged is what was served."""
     classifier = Counting()
-    async with (
-        served_router(tmp_path, store, Answering(), classifier=classifier, rate_limit_tpm=20) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, Answering(), classifier=classifier, rate_limit_tpm=20) as router:
         served = [await router.Complete(ask("busy"), timeout=10) for _ in range(2)]
         refused = await refusal(router.Complete(ask("busy"), timeout=10))
         assert rate_limited(refused) and refused.message == "rate limit of 20 tokens per minute reached"

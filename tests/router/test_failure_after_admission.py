@@ -344,11 +344,7 @@ async def test_a_bug_in_admission_once_the_store_held_it_releases_it_at_nothing(
     # 502, the hold left for the reconciler to charge whole while the SDK's retry was refused as a duplicate.
     monkeypatch.setattr(RedisStore, "admit", admitted_then_a_bug)  # the hold taken
     before = router_faults()
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
         told = await failure(router, ask("bug-11"), streamed)
         again = await failure(router, ask("bug-11"), streamed)
     assert moved(before) == {"nothing": 2}  # a router bug, counted as any after admission is
@@ -372,11 +368,7 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_of_that_id_
     # The store refused the id as used (a request of it answered and charged), then reading that refusal failed by a
     # bug. Settled by a charge of 0, it wrote a second ledger line for the id under the caller's account, and told the
     # caller its id released; the admission it never made is undone by its own nonce instead, touching nothing else.
-    async with (
-        served_router(tmp_path, redis_store, Answering()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, Answering()) as router:
         answered = await router.Complete(ask("bug-12"), timeout=10)
         monkeypatch.setattr(RedisStore, "admit", admitted_then_a_bug)  # refused: a duplicate
         told = await failure(router, ask("bug-12"), streamed)
@@ -413,11 +405,7 @@ async def test_a_bug_reading_a_duplicates_refusal_leaves_the_request_in_flight_a
     # refused to a third, and the ledger with that request's one line (a charge of 0 wrote a second, and a released
     # marker beside its pending charge).
     provider = HeldAnswering()
-    async with (
-        served_router(tmp_path, redis_store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, redis_store, provider) as router:
         first = asyncio.ensure_future(router.Complete(ask("bug-14"), timeout=30))
         await eventually(lambda: provider.reached == 1, "the first request reached its upstream")
         in_flight = await redis_store.pending_charge(CALLER, "bug-14")

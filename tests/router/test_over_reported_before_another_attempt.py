@@ -17,9 +17,9 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.store import to_pico
-from tests.router.servicer_kit import NearScores, served_router, store_on
+from tests.router.servicer_kit import NearScores, router_stub, store_on
 from tests.router.test_admission import REGISTRY
 from tests.router.test_escalation_money import REFUSAL, settled
 
@@ -79,10 +79,8 @@ async def test_a_report_past_the_hold_is_charged_the_hold_with_no_other_attempt(
     provider = OverReporting()
     async with (
         store_on(redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores()) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         if stream:
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 async for _ in router.CompleteStream(request, timeout=30):
@@ -114,10 +112,8 @@ async def test_a_weak_answer_reported_past_the_hold_is_not_kept_as_the_caps_own(
     provider = OverReporting()
     async with (
         store_on(redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, provider, classifier=NearScores()) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         first = await router.Complete(request, timeout=30)
         again = await router.Complete(request, timeout=30)
     assert first.content == REFUSAL and not first.escalated  # kept, charged the hold: the report left no room

@@ -12,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from llmrouter.v1 import router_pb2_grpc
 from services.router.store import Verdict
 from services.router.store.keys import rate_window
 from tests.router.money_time import HeldMoneyClock
-from tests.router.servicer_kit import served_router, store_on
+from tests.router.servicer_kit import router_stub, store_on
 from tests.router.test_decide_rate_limited import Answering, Counting, ask, rate_limited, refusal
 
 
@@ -29,10 +27,8 @@ async def test_a_refusal_answered_in_the_next_window_refuses_nothing_of_it(
     clock = HeldMoneyClock(monkeypatch)
     async with (
         store_on(redis_url) as redis_store,
-        served_router(tmp_path, redis_store, Answering(), classifier=Counting(), rate_limit_rpm=1) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, redis_store, Answering(), classifier=Counting(), rate_limit_rpm=1) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         assert (await router.Complete(ask("busy", model="cheap"), timeout=10)).content == "an answer"
         counted_in, admit = rate_window(clock.at), redis_store.admit
 

@@ -18,7 +18,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.openai_api import ApiError, parse_request
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import router_stub, served_router
 from tests.router.test_cache_money import Answering
 
 USER = {"role": "user", "content": "look it up"}
@@ -109,11 +109,7 @@ async def refusal(router: router_pb2_grpc.RouterStub, method: str, request: rout
 @pytest.mark.parametrize("method", ["Complete", "CompleteStream", "Decide"])
 async def test_unpaired_tool_calls_are_refused_naming_the_field_before_routing(tmp_path: Path, method: str) -> None:
     provider, store = Answering(), MemoryStore()
-    async with (
-        served_router(tmp_path, store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, provider) as router:
         for messages, field, says in REFUSED:
             with pytest.raises(ApiError) as at_the_edge:
                 parse_request(json.dumps({"messages": messages}).encode())
@@ -177,11 +173,7 @@ async def test_tool_calls_of_another_shape_are_refused_naming_the_field_before_r
     tmp_path: Path, method: str
 ) -> None:
     provider, store = Answering(), MemoryStore()
-    async with (
-        served_router(tmp_path, store, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        router = router_pb2_grpc.RouterStub(channel)
+    async with router_stub(tmp_path, store, provider) as router:
         for call, field in MISSHAPEN:
             messages: list[dict[str, Any]] = [
                 USER,

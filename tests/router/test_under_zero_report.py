@@ -16,11 +16,11 @@ import grpc
 import pytest
 
 from llmrouter.auth import acting_as
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.deferred import UNDER_REPORTED
 from services.router.store import PICO, RedisStore, period_id, to_pico
 from tests.router import test_collect_model as batches
-from tests.router.servicer_kit import NoDeadline, router_servicer, served_router, store_on
+from tests.router.servicer_kit import NoDeadline, router_servicer, router_stub, store_on
 from tests.router.test_admission import REGISTRY
 from tests.router.test_escalation_money import settled
 
@@ -62,10 +62,8 @@ async def test_a_negative_report_is_charged_the_hold(
     request = router_pb2.CompleteRequest(messages=[message], tenant="acme", model="cheap", max_tokens=100)
     async with (
         store_on(redis_url) as store,
-        served_router(tmp_path, store, UnderReporting(report)) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        router_stub(tmp_path, store, UnderReporting(report)) as router,
     ):
-        router = router_pb2_grpc.RouterStub(channel)
         if stream:
             chunks = [chunk async for chunk in router.CompleteStream(request, timeout=30)]
             reply = chunks[-1].final
