@@ -378,6 +378,19 @@ async def test_a_retold_streams_events_are_kept_where_an_edge_before_them_does_n
         await replays.close()
 
 
+async def two_kept_of_three_and_the_others(replays: Replays, sent: str, answer: bytes) -> None:
+    """Three answers of one tenant kept, its bytes holding two and a half: the first two kept whole, the third as its
+    digest (another body under its key refused); another tenant's answer kept whole."""
+    for n in range(3):
+        await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
+    await replays.keep("idem-other", sent, answer, {}, tenant="acme")
+    assert [await kept_answer(replays, f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
+    assert await kept_answer(replays, "idem-other", sent) is not None
+    with pytest.raises(ApiError) as refused:  # its digest kept all the same
+        await kept_answer(replays, "idem-2", digest("/v1/chat/completions", b"{ }"))
+    assert refused.value.code == "idempotency_key_mismatch"
+
+
 async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_theirs(redis_url: str) -> None:
     """The batch Redis has no bound of its own (noeviction, every tenant's batches in it): one tenant resending a
     request under new keys (each a response cache hit, free) kept an answer per key. Past its bytes in the window, its
@@ -386,14 +399,7 @@ async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_t
     replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=2500, url=redis_url)
     sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
     try:
-        for n in range(3):
-            await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
-        await replays.keep("idem-other", sent, answer, {}, tenant="acme")
-        assert [await kept_answer(replays, f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
-        assert await kept_answer(replays, "idem-other", sent) is not None
-        with pytest.raises(ApiError) as refused:  # its digest kept all the same
-            await kept_answer(replays, "idem-2", digest("/v1/chat/completions", b"{ }"))
-        assert refused.value.code == "idempotency_key_mismatch"
+        await two_kept_of_three_and_the_others(replays, sent, answer)
     finally:
         await replays.close()
 
@@ -406,14 +412,7 @@ async def test_in_memory_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_
     sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
     one = replays_module.kept_size("idem-0", Kept(sent, answer, {}))
     replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=one * 5 // 2, url=None)
-    for n in range(3):
-        await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
-    await replays.keep("idem-other", sent, answer, {}, tenant="acme")
-    assert [await kept_answer(replays, f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
-    assert await kept_answer(replays, "idem-other", sent) is not None
-    with pytest.raises(ApiError) as refused:  # its digest kept all the same
-        await kept_answer(replays, "idem-2", digest("/v1/chat/completions", b"{ }"))
-    assert refused.value.code == "idempotency_key_mismatch"
+    await two_kept_of_three_and_the_others(replays, sent, answer)
 
 
 async def test_in_memory_one_tenant_never_drops_every_others_answers_at_the_default_bytes() -> None:
