@@ -115,14 +115,20 @@ async def test_the_same_key_with_another_body_is_refused_and_creates_nothing(edg
         assert await listed(http, "batches") == [first]
 
 
-async def created(http: httpx.AsyncClient, file_id: str, key: str) -> httpx.Response:
-    """A creation retried, as the openai SDK does, while its Idempotency-Key's batch is still being created (409)."""
+async def retried_while_in_use(send: Callable[[], Awaitable[httpx.Response]], never: str) -> httpx.Response:
+    """`send` retried, as the openai SDK does, while what its Idempotency-Key's first made is still being made (409):
+    the first reply of another status."""
     for _ in range(100):
-        reply = await create(http, file_id, key)
+        reply = await send()
         if reply.status_code != 409:
             return reply
         assert (reply.json()["error"]["code"], reply.headers["retry-after"]) == ("idempotency_key_in_use", "1")
-    raise AssertionError("the batch was never created")
+    raise AssertionError(never)
+
+
+async def created(http: httpx.AsyncClient, file_id: str, key: str) -> httpx.Response:
+    """A creation retried while its Idempotency-Key's batch is still being created."""
+    return await retried_while_in_use(lambda: create(http, file_id, key), "the batch was never created")
 
 
 async def test_creations_racing_on_one_key_make_one_batch(edge: Edge) -> None:
@@ -156,13 +162,8 @@ async def test_a_bad_key_is_refused_before_anything_is_created(edge: Edge) -> No
 
 
 async def uploaded(http: httpx.AsyncClient, key: str) -> httpx.Response:
-    """An upload retried, as the openai SDK does, while its Idempotency-Key's file is still being uploaded (409)."""
-    for _ in range(100):
-        reply = await upload(http, key)
-        if reply.status_code != 409:
-            return reply
-        assert (reply.json()["error"]["code"], reply.headers["retry-after"]) == ("idempotency_key_in_use", "1")
-    raise AssertionError("the file was never stored")
+    """An upload retried while its Idempotency-Key's file is still being uploaded."""
+    return await retried_while_in_use(lambda: upload(http, key), "the file was never stored")
 
 
 async def test_a_retried_upload_returns_the_first_file(edge: Edge) -> None:
