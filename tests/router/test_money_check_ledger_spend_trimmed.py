@@ -49,6 +49,19 @@ class HookedLedgerDB(LedgerDB):
         return found
 
 
+async def checked_with_repair(
+    ledger: Ledger, after_rows: Callable[[], Awaitable[None]], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """The check run with --repair, `after_rows` run after each read of the SQL ledger: its exit status, and what it
+    wrote to stdout and stderr."""
+    assert isinstance(ledger.db, HookedLedgerDB)
+    ledger.db.after_rows = after_rows
+    capsys.readouterr()
+    status = await ledger.check(repair=True)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.fixture
 async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
     async with opened_ledger(RedisStore(any_redis_url), HookedLedgerDB) as opened:
@@ -59,8 +72,7 @@ async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
 async def test_a_give_back_copied_and_trimmed_while_the_check_runs_is_no_spend_lost(
     ledger: Ledger, trim: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     stream = ledger_key(shard_of(ACME.tenant))
     hold = await reconciled(store, ACME, "r1")
     await ledger.copy()
@@ -74,10 +86,9 @@ async def test_a_give_back_copied_and_trimmed_while_the_check_runs_is_no_spend_l
             await retention.trim(store.redis, tmp_path / "ledger.jsonl", EVERY_ENTRY_DAYS, group=ledger.group)
         assert await store.redis.xlen(stream) == 0, "the give-back trimmed before its stream is read"
 
-    db.after_rows = copied_then_trimmed
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    status, out, _ = await checked_with_repair(ledger, copied_then_trimmed, capsys)
+    assert status == 0
+    assert "0 counter(s) behind the SQL ledger" in out
     assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
 
 
@@ -88,8 +99,7 @@ async def test_a_charge_and_its_give_back_copied_and_trimmed_while_the_check_run
     copied and trimmed before the stream is: the give-back was found by a second read of the SQL ledger, its charge by
     none, and the sum, below the counters by that charge, hid a loss of up to it. The check sees the trim and reads the
     ledger again: the loss is found exactly."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     stream = ledger_key(shard_of(ACME.tenant))
     await reconciled(store, ACME, "r1")
     await ledger.copy()
@@ -102,10 +112,9 @@ async def test_a_charge_and_its_give_back_copied_and_trimmed_while_the_check_run
         await retention.trim_copied(store.redis, EVERY_ENTRY_DAYS, group=ledger.group)
         assert await store.redis.xlen(stream) == 0, "the charge and its give-back trimmed before the stream is read"
 
-    db.after_rows = copied_then_trimmed
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err.splitlines() == [
+    status, _, err = await checked_with_repair(ledger, copied_then_trimmed, capsys)
+    assert status == 0
+    assert err.splitlines() == [
         f"behind the ledger: {tenant} counts {HOLD + 200} pico-USD, the SQL ledger {HOLD + 250} (50 lacking): raised"
     ]
     assert await store.spent(ACME, DAY) == (HOLD + 250, HOLD + 250), "raised by the loss, and only by it"
@@ -114,8 +123,7 @@ async def test_a_charge_and_its_give_back_copied_and_trimmed_while_the_check_run
 async def test_a_trim_beside_every_read_repairs_nothing(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     """A new charge copied and trimmed each time the check has read the SQL ledger: each read may lack one, so none is
     trusted. The check says so, raises no counter, and fails."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     await reconciled(store, ACME, "r0")
     await ledger.copy()
     await retention.trim_copied(store.redis, EVERY_ENTRY_DAYS, group=ledger.group)
@@ -128,10 +136,9 @@ async def test_a_trim_beside_every_read_repairs_nothing(ledger: Ledger, capsys: 
         await ledger.copy()
         assert await retention.trim_copied(store.redis, EVERY_ENTRY_DAYS, group=ledger.group) == (1, [])
 
-    db.after_rows = charged_copied_then_trimmed
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 1
-    assert capsys.readouterr().err.splitlines() == [
+    status, _, err = await checked_with_repair(ledger, charged_copied_then_trimmed, capsys)
+    assert status == 1
+    assert err.splitlines() == [
         f"cannot judge: a trim cut into the ledger ({ledger_key(shard_of(ACME.tenant))}) each of the {READS} times the"
         " check read it: no counter is repaired; run the check again once the trim is done"
     ]
@@ -144,8 +151,7 @@ async def test_a_trim_of_entries_the_sink_had_copied_when_the_check_began_is_rea
 ) -> None:
     """A trim beside the check that deletes only entries before where the sink stood when it began (the ledger-trim
     CronJob, deleting what is past the retention) deletes none the check reads: the ledger is read once."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     stream = ledger_key(shard_of(ACME.tenant))
     await reconciled(store, ACME, "r1")
     await reconciled(store, ACME, "r2")
@@ -156,10 +162,9 @@ async def test_a_trim_of_entries_the_sink_had_copied_when_the_check_began_is_rea
     async def oldest_trimmed() -> None:
         reads.append(await store.redis.xtrim(stream, minid=second, approximate=False))
 
-    db.after_rows = oldest_trimmed
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err == ""
+    status, _, err = await checked_with_repair(ledger, oldest_trimmed, capsys)
+    assert status == 0
+    assert err == ""
     assert reads == [1], "read again for a trim of entries it does not read"
 
 
@@ -171,8 +176,7 @@ async def test_a_stream_deleted_while_the_check_runs_is_read_again(
     clean-up by hand) before it is read, is in neither read, as under a trim: the stream counts fewer entries ever
     added than before, or, made again by charges since (another tenant's of the same shard, as many as it ever held),
     holds none of the entries it held; the check reads the ledger again rather than take the give-back back."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     stream = ledger_key(shard_of(ACME.tenant))
     hold = await reconciled(store, ACME, "r1")
     await ledger.copy()
@@ -186,10 +190,9 @@ async def test_a_stream_deleted_while_the_check_runs_is_read_again(
             for n in range(charged_after):  # another tenant's: ACME's counters stay as they were
                 await reconciled(store, NEIGHBOUR, f"after{n}")
 
-    db.after_rows = copied_then_deleted
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err == ""
+    status, _, err = await checked_with_repair(ledger, copied_then_deleted, capsys)
+    assert status == 0
+    assert err == ""
     assert deleted == [1], "the stream deleted before it was read"
     assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
 
@@ -199,8 +202,7 @@ async def test_a_trim_of_a_stream_no_group_reads_is_read_again(
 ) -> None:
     """Where no consumer group reads a stream (the sink's abandoned), the check reads it from its first entry: any
     trim beside the check may have cut into what it reads, and the ledger is read again, not a traceback."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     stream = ledger_key(shard_of(ACME.tenant))
     await reconciled(store, ACME, "r1")
     await reconciled(store, ACME, "r2")
@@ -212,10 +214,9 @@ async def test_a_trim_of_a_stream_no_group_reads_is_read_again(
     async def oldest_trimmed() -> None:
         reads.append(await store.redis.xtrim(stream, minid=second, approximate=False) if not reads else 0)
 
-    db.after_rows = oldest_trimmed
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err == ""
+    status, _, err = await checked_with_repair(ledger, oldest_trimmed, capsys)
+    assert status == 0
+    assert err == ""
     assert reads == [1, 0], "read again after a trim of a stream read from its first entry"
     assert await store.spent(ACME, DAY) == (2 * HOLD, 2 * HOLD)
 
@@ -227,8 +228,7 @@ async def test_an_emptied_stream_deleted_and_made_again_while_the_check_runs_is_
     ledger was read, then the stream deleted and made again by another tenant's charges (as many as it ever held). It
     holds no entry it held, having held none: the entries it counts deleted are fewer than before, and the check reads
     the ledger again rather than take the give-back back."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
+    store = ledger.store
     stream = ledger_key(shard_of(ACME.tenant))
     hold = await reconciled(store, ACME, "r1")
     await ledger.copy()
@@ -244,9 +244,8 @@ async def test_an_emptied_stream_deleted_and_made_again_while_the_check_runs_is_
             for n in range(2):
                 await reconciled(store, NEIGHBOUR, f"after{n}")
 
-    db.after_rows = given_back_copied_then_made_again
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err == ""
+    status, _, err = await checked_with_repair(ledger, given_back_copied_then_made_again, capsys)
+    assert status == 0
+    assert err == ""
     assert deleted == [1], "the stream deleted before it was read"
     assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
