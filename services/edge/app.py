@@ -124,6 +124,7 @@ CALLER_REASONS = {
     "RATE_LIMITED",
     "UNSUPPORTED_PARAMETER",  # the providers service's own refusal (services/providers/honoured.py)
     "BUDGET_LIMIT_UNCONFIRMED",  # an admin's limit change: the routers finish it, setting it again confirms it
+    "KEY_OF_ANOTHER_TENANT",  # names no tenant; the generic 502 blamed a provider for the deployment's key file
 }
 GENERIC_MESSAGES = {
     400: "the provider refused the request",
