@@ -123,10 +123,11 @@ S = TypeVar("S", bound=BaseSettings)
 SECRET_WORDS = {"key", "keys", "secret", "token", "tokens", "password"}
 
 
-def load_settings(cls: type[S]) -> S:
-    """Build settings from the environment; on bad values exit with one clear line per problem."""
+def load_settings(cls: type[S], **values: Any) -> S:
+    """Build settings from the environment (`values` given over it); on bad values exit with one clear line per
+    problem."""
     try:
-        return cls()
+        return cls(**values)
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         lines = [f"invalid configuration for {cls.__name__}:"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from llmrouter.certs import LOOPBACK_NAMES, Authority
 from llmrouter.registry import DEFAULT_REGISTRY, load_registry
-from llmrouter.settings import REPO_ROOT
+from llmrouter.settings import REPO_ROOT, load_settings
 from services import die_with_parent, service_logs, stale_certificates
 from services.classifier.settings import ClassifierSettings
 from services.demo import run_demo
@@ -118,9 +118,11 @@ def _running(env: dict[str, str], logs: Path) -> Iterator[tuple[str, dict[str, s
         return Path(env[f"{name.upper()}_TLS_DIR"])
 
     # Each service's own settings, as its process will read them (the certificates are not in os.environ).
-    classifier = ClassifierSettings(tls_dir=tls_dir("classifier"))
-    providers = ProvidersSettings(tls_dir=tls_dir("providers"))
-    router, edge = RouterSettings(tls_dir=tls_dir("router")), EdgeSettings(tls_dir=tls_dir("edge"))
+    # A bad value stops the launch here, in the services' own words (one line a setting), before any is started.
+    classifier = load_settings(ClassifierSettings, tls_dir=tls_dir("classifier"))
+    providers = load_settings(ProvidersSettings, tls_dir=tls_dir("providers"))
+    router = load_settings(RouterSettings, tls_dir=tls_dir("router"))
+    edge = load_settings(EdgeSettings, tls_dir=tls_dir("edge"))
     env.setdefault("ROUTER_CLASSIFIER_ADDR", f"{classifier.host}:{classifier.port}")
     env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
     env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")
