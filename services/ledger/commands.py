@@ -107,12 +107,25 @@ def export_rows(db: LedgerDB, args: argparse.Namespace) -> int:
     return 0
 
 
+def no_ledger_file(settings: LedgerSettings) -> bool:
+    """A SQLite ledger whose file is not there: an export or a trim opening it would make it, empty, and a shell whose
+    settings name another file than the router's (a typo, another TMPDIR) exported 0 rows as if the ledger had none. A
+    link is there: opening it is refused as ever (services/ledger/service.py)."""
+    path = settings.ledger_sql_path
+    return not settings.ledger_sql_dsn.get_secret_value() and not (path.exists() or path.is_symlink())
+
+
 async def main(argv: list[str], signals: StopSignals | None = None) -> int:
     """`signals`: the sink's stop signals, caught since the process began (__main__.py); else from now."""
     args = parser().parse_args(argv)
     # The sink's, before its start-up: a stop meanwhile ends it once PostgreSQL answered or timed out, reading nothing.
     stopping = (signals or StopSignals()).event() if args.command == "sink" else None
     settings = load_settings(LedgerSettings)
+    if args.command != "sink" and no_ledger_file(settings):
+        path = settings.ledger_sql_path
+        said = f"no ledger at {path}: set ROUTER_LEDGER_SQL_PATH (or ROUTER_LEDGER_SQL_DSN) as the router has it"
+        print(f"ledger {args.command}: {said}", file=sys.stderr)
+        return 1
     db = await asyncio.to_thread(ledger_for, settings)  # the loop meanwhile takes the stop signals
     try:
         if args.command == "export":

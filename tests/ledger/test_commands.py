@@ -121,6 +121,7 @@ def test_a_dsn_that_is_no_connection_string_is_one_line_that_never_repeats_it(tm
 
 def test_a_file_it_cannot_write_is_one_line_and_status_1(tmp_path: Path, export: Command) -> None:
     env = {"ROUTER_LEDGER_SQL_PATH": str(tmp_path / "ledger.sqlite3")}
+    LedgerDB(path=tmp_path / "ledger.sqlite3").close()
     missing = tmp_path / "no-such-dir" / "ledger.jsonl"
     result = export(env, "--out", str(missing))
     assert result.returncode == 1
@@ -129,6 +130,24 @@ def test_a_file_it_cannot_write_is_one_line_and_status_1(tmp_path: Path, export:
     assert result.returncode == 1
     assert result.stderr == f"ledger export: cannot write {tmp_path}: Is a directory\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite3"]  # no temporary file left
+
+
+@pytest.mark.parametrize("command", ["export", "trim"])
+def test_a_ledger_path_naming_no_file_is_said_and_makes_none(
+    tmp_path: Path, export: Command, trim: Command, command: str
+) -> None:
+    """A shell whose settings name another file than the router's (a typo, another TMPDIR): an export of 0 rows from a
+    ledger the command itself made empty looked like a ledger with nothing in it."""
+    path = tmp_path / "typo" / "ledger.sqlite3"
+    run = export if command == "export" else trim
+    result = run(
+        {"ROUTER_LEDGER_SQL_PATH": str(path)},
+        *(["--out", str(tmp_path / "x.csv")] if command == "export" else ["--days", "1"]),
+    )
+    assert result.returncode == 1
+    said = f"no ledger at {path}: set ROUTER_LEDGER_SQL_PATH (or ROUTER_LEDGER_SQL_DSN) as the router has it"
+    assert result.stderr == f"ledger {command}: {said}\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
