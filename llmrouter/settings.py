@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -123,11 +126,11 @@ S = TypeVar("S", bound=BaseSettings)
 SECRET_WORDS = {"key", "keys", "secret", "token", "tokens", "password"}
 
 
-def load_settings(cls: type[S], **values: Any) -> S:
+def load_settings(cls: type[S], name_check: bool = True, **values: Any) -> S:
     """Build settings from the environment (`values` given over it); on bad values exit with one clear line per
-    problem."""
+    problem. A service's (name_check) warns of each variable of its prefix that names no setting of it."""
     try:
-        return cls(**values)
+        settings = cls(**values)
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         lines = [f"invalid configuration for {cls.__name__}:"]
@@ -141,6 +144,24 @@ def load_settings(cls: type[S], **values: Any) -> S:
                 lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
+    if name_check and issubclass(cls, ServiceSettings):
+        for warning in unknown_settings(cls, os.environ):
+            print(warning, file=sys.stderr)
+    return settings
+
+
+def unknown_settings(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """A line for each variable of the class's prefix that is none of its settings: misspelt
+    (ROUTER_TENANT_BUDGET_UDS), it was ignored without a word and its default served, no budget among them."""
+    prefix = cls.model_config.get("env_prefix", "")
+    known = sorted(f"{prefix}{field}".upper() for field in cls.model_fields)
+    lines = []
+    for name in sorted(environ):
+        if prefix and name.upper().startswith(prefix) and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+            guess = f"; did you mean {close[0]}?" if close else ""
+            lines.append(f"warning: {name} is no setting of {cls.__name__} and is ignored{guess}")
+    return lines
 
 
 def is_secret(cls: type[BaseSettings], field: str) -> bool:

@@ -118,11 +118,12 @@ def _running(env: dict[str, str], logs: Path) -> Iterator[tuple[str, dict[str, s
         return Path(env[f"{name.upper()}_TLS_DIR"])
 
     # Each service's own settings, as its process will read them (the certificates are not in os.environ).
-    # A bad value stops the launch here, in the services' own words (one line a setting), before any is started.
-    classifier = load_settings(ClassifierSettings, tls_dir=tls_dir("classifier"))
-    providers = load_settings(ProvidersSettings, tls_dir=tls_dir("providers"))
-    router = load_settings(RouterSettings, tls_dir=tls_dir("router"))
-    edge = load_settings(EdgeSettings, tls_dir=tls_dir("edge"))
+    # A bad value stops the launch here, in the services' own words (one line a setting), before any is started; a
+    # name that is no setting is each service's warning, shown as it starts.
+    classifier = load_settings(ClassifierSettings, name_check=False, tls_dir=tls_dir("classifier"))
+    providers = load_settings(ProvidersSettings, name_check=False, tls_dir=tls_dir("providers"))
+    router = load_settings(RouterSettings, name_check=False, tls_dir=tls_dir("router"))
+    edge = load_settings(EdgeSettings, name_check=False, tls_dir=tls_dir("edge"))
     env.setdefault("ROUTER_CLASSIFIER_ADDR", f"{classifier.host}:{classifier.port}")
     env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
     env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")
