@@ -322,3 +322,36 @@ def test_a_reader_that_leaves_early_gets_no_traceback(other_json_api: tuple[str,
         said = cli.stderr.read()
         assert cli.wait(timeout=60) == 1
     assert said == b""
+
+
+class RefusingKeys(OtherJsonApi):
+    """An edge with API keys refusing the request's, in its words (services/edge/auth.py)."""
+
+    def answer(self) -> None:
+        key = self.headers.get("authorization")
+        said = "invalid API key" if key else "no API key: send it as 'Authorization: Bearer <key>'"
+        error = {"message": said, "type": "invalid_request_error", "code": "invalid_api_key"}
+        self.body = json.dumps({"error": error}).encode()
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ([], "no API key: send it as 'Authorization: Bearer <key>' (give it: --api-key or LLMROUTER_API_KEY)"),
+        (["--api-key", "sk-wrong"], "invalid API key (--api-key or LLMROUTER_API_KEY)"),
+    ],
+)
+def test_a_refused_key_says_how_the_cli_takes_one(llmrouter: Llmrouter, key: list[str], said: str) -> None:
+    """The edge's 401 speaks of a header, which a CLI user never writes."""
+    with serving(RefusingKeys) as url:
+        result = llmrouter("--url", url, *key, "budgets")
+    assert result.returncode == 1
+    assert result.stderr == f"llmrouter budgets: HTTP 401: {said}\n"

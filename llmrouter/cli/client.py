@@ -19,6 +19,7 @@ class Client:
         self.base_url = (base_url or os.environ.get("LLMROUTER_URL") or DEFAULT_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("LLMROUTER_API_KEY", "")
         headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.keyed = bool(key)
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -32,6 +33,10 @@ class Client:
                 message = reply.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = reply.text[:200]
+            if reply.status_code == 401:  # the edge's words are about a header: a CLI user gives the key otherwise
+                message += (
+                    " (--api-key or LLMROUTER_API_KEY)" if self.keyed else " (give it: --api-key or LLMROUTER_API_KEY)"
+                )
             raise ApiFailure(f"HTTP {reply.status_code}: {message}")
         return reply
 
