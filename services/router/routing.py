@@ -60,11 +60,15 @@ class Routing:
         registry = self.available.registry  # read with the models, before any other await
         note = ""
         if request.model and request.model != "auto":
-            if registry.get(request.model) is None:
+            named = registry.get(request.model)
+            if named is None:
                 # Quoted in part: a whole name of kilobytes overflows gRPC's metadata limit on the way back.
                 raise ServiceError(
                     grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model[:128]!r} does not exist"
                 )
+            if all(model.name != named.name for model in models):  # in the registry, not served here: said why, as
+                why = policy.unavailable_because(registry.providers.get(named.provider))  # a decision's candidates are
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {named.name!r} is {why}")
             options = policy.evaluate(models, None, limits)
             plan = await planned(lambda limits: policy.explicit(options, request.model, limits), limits, registry)
             version = ""
