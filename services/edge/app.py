@@ -970,7 +970,17 @@ async def _batch_store_failed(request: Request, exc: Exception) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     path = request.url.path[:MAX_LOGGED_PATH]  # the caller's: tens of KB, echoed whole
-    return error_response(ApiError(404, f"no route {request.method} {path}", code="not_found"))
+    message = f"no route {request.method} {path}"
+    if _a_route_under_v1(request):  # an SDK's base URL without its /v1, the commonest first mistake
+        message += ": the API is under /v1 (an SDK's base URL ends in /v1)"
+    return error_response(ApiError(404, message, code="not_found"))
+
+
+def _a_route_under_v1(request: Request) -> bool:
+    if request.url.path.startswith("/v1/"):
+        return False
+    under = {**request.scope, "path": "/v1" + request.url.path}
+    return any(route.matches(under)[0] is not Match.NONE for route in request.app.routes)
 
 
 async def _method(request: Request, exc: Exception) -> Response:
