@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from llmrouter.auth import parse_callers, parse_tokens
 from llmrouter.overload import GRPC_PENDING_CALLS
@@ -143,6 +144,13 @@ def load_settings(cls: type[S], name_check: bool = True, **values: Any) -> S:
             else:
                 lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+    except SettingsError as exc:  # a JSON setting that is no JSON, refused before any validation: its value unquoted
+        prefix = cls.model_config.get("env_prefix", "")
+        named = re.search(r'field "(\w+)"', str(exc))
+        name = f"{prefix}{named.group(1).upper()}" if named else f"{prefix}*"
+        said = f"not valid JSON ({exc.__cause__})" if exc.__cause__ else str(exc)
+        print(f"invalid configuration for {cls.__name__}:\n  {name}: {said}", file=sys.stderr)
         raise SystemExit(2) from None
     if name_check and issubclass(cls, ServiceSettings):
         for warning in unknown_settings(cls, os.environ):

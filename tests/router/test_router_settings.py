@@ -54,3 +54,19 @@ def test_the_provider_batch_window_is_the_providers_day_and_a_margin_unless_set(
     assert RouterSettings().provider_batch_hold_s == 26 * 3600
     monkeypatch.setenv("ROUTER_PROVIDER_BATCH_HOLD_S", "90")
     assert RouterSettings().provider_batch_hold_s == 90
+
+
+def test_a_json_setting_that_is_no_json_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydantic-settings parses a JSON setting before validation: its SettingsError was a traceback naming the field
+    in lower case, not the variable."""
+    monkeypatch.setenv("ROUTER_TENANT_STRONG_SHARE", "{acme: 0.2}")
+    with pytest.raises(SystemExit) as exited:
+        load_settings(RouterSettings)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "invalid configuration for RouterSettings:\n"
+        "  ROUTER_TENANT_STRONG_SHARE: not valid JSON (Expecting property name enclosed in double quotes: line 1 column"
+        " 2 (char 1))\n"
+    )
