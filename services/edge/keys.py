@@ -78,6 +78,8 @@ def parse_key_entries(entries: list[tuple[str, str]]) -> KeyRing:
             continue
         parts = line.split()
         role = parts.pop() if len(parts) == 3 and parts[2] == ADMIN_ROLE else ""
+        if len(parts) == 2 and DIGEST.fullmatch(parts[1]) and not TENANT.fullmatch(parts[0]):
+            raise ValueError(f"{place}'s tenant is refused: {TENANT_RULE}")  # the shape is right: say what is not
         if len(parts) != 2 or not TENANT.fullmatch(parts[0]) or not DIGEST.fullmatch(parts[1]):
             raise ValueError(f"{place} is not '<tenant> <sha256 hex of the key> [admin]'")
         tenant, hex_digest = parts[0], parts[1].lower()

@@ -53,7 +53,7 @@ def test_empty_key_is_refused_everywhere() -> None:
     ],
 )
 def test_a_malformed_line_is_refused_naming_it(text: str) -> None:
-    with pytest.raises(ValueError, match="line 2 is not"):
+    with pytest.raises(ValueError, match=r"line 2(?: is not|'s tenant is refused)"):
         parse_keys(f"# keys\n{text}\n")
 
 
@@ -202,6 +202,15 @@ def test_a_key_in_the_old_format_is_refused_without_echoing_it(monkeypatch: pyte
     err = capsys.readouterr().err
     assert "EDGE_API_KEYS" in err and "EDGE_API_KEYS entry 1 is not '<tenant> <sha256 hex of the key> [admin]'" in err
     assert "sk-live-secret" not in err
+
+
+def test_a_line_whose_tenant_breaks_the_rule_says_the_rule(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The line's shape is right: 'is not <tenant> <sha256 hex of the key>' left the operator comparing it by eye."""
+    monkeypatch.setenv("EDGE_API_KEYS", key_line("acme", "sk-acme").replace("acme", "ac/me", 1))
+    with pytest.raises(SystemExit):
+        load_settings(EdgeSettings)
+    err = capsys.readouterr().err
+    assert "EDGE_API_KEYS entry 1's tenant is refused: a tenant is 1-128 letters, digits, '_', '.' or '-'," in err
 
 
 def test_the_admin_role_word_marks_an_admin_key_and_nothing_else_does() -> None:
