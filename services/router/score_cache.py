@@ -2,8 +2,8 @@
 Keyed by a digest of the tenant and the exact text the classifier reads, and the version of the model that scored
 it: per tenant, as the response cache is, or how fast a free Decide answers would tell one tenant whether another
 sent a prompt word for word in the last few thousand (a hit skips the classifier, whose answer takes ms). Within the
-tenant, scoped as its response cache is (ROUTER_CACHE_SCOPE): per API key where that is `key`, so a key learns no
-more of its colleagues' prompts from the scores than from the answers. Bounded
+tenant, scoped as its response cache is (ROUTER_TENANT_CACHE_SCOPE, else ROUTER_CACHE_SCOPE): per API key where
+that is `key`, so a key learns no more of its colleagues' prompts from the scores than from the answers. Bounded
 (least recently used out first). A classifier answering with a new model version empties the cache, so no
 score of an older model outlives the first answer of a new one by more than the requests already in flight."""
 
