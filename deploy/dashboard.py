@@ -164,8 +164,8 @@ def build() -> dict:
         )
         .with_row(dashboard.Row("Traffic and cost"))
         .with_panel(big("Requests/s", "reqps", f"sum({rate('llmrouter_edge_http_requests_total')})", "edge"))
-        .with_panel(big("Cost", "currencyUSD", cost, "USD/h"))
-        .with_panel(big("Savings", "currencyUSD", savings, "USD/h"))
+        .with_panel(big("Cost (USD/h)", "currencyUSD", cost, "USD/h"))
+        .with_panel(big("Savings (USD/h)", "currencyUSD", savings, "USD/h"))
         .with_panel(
             big(
                 "Savings ratio",

@@ -85,6 +85,21 @@ def test_the_strong_share_is_of_the_tier_the_strong_tier_variable_names() -> Non
     assert tiers == {"$strong_tier"}, "a query names a tier of its own"
 
 
+def test_a_money_panel_per_hour_says_so_in_its_title() -> None:
+    """A stat reads as a bare number: one titled "Cost" showing $4.20 read as the range's total, not the USD an hour
+    it is. A USD panel whose query is per hour (a rate times 3600) says USD/h in its title."""
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    per_hour = [
+        p
+        for p in dashboard["panels"]
+        if p.get("fieldConfig", {}).get("defaults", {}).get("unit") == "currencyUSD"
+        and any("* 3600" in t["expr"] for t in p["targets"])
+    ]
+    assert len(per_hour) >= 5  # the cost and savings stats, and the cost series
+    for panel in per_hour:
+        assert "USD/h" in panel["title"], panel["title"]
+
+
 def test_dashboard_is_generated_by_deploy_dashboard_py() -> None:
     """The JSON is built by deploy/dashboard.py with grafana-foundation-sdk; hand edits would drift."""
     check = subprocess.run(

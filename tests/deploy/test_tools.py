@@ -293,9 +293,9 @@ def dashboard_queries_pass(tmp_path: Path, panels: dict[str, str], series: list[
 
 
 COST_PANELS = {
-    "cost": "Cost:A",
+    "cost": "Cost (USD/h):A",
     "actual": "Cost vs always-strongest (USD/h):A",
-    "savings": "Savings:A",
+    "savings": "Savings (USD/h):A",
     "cost_by_model": "Cost by model (USD/h):A",
     "given_back_by_model": "Cost by model (USD/h):B",
     "savings_ratio": "Savings ratio:A",
