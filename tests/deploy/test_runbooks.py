@@ -196,3 +196,11 @@ def test_the_stated_wait_check_catches_a_wrong_one() -> None:
     assert stated_wait(title, "LLMRouterEdgeDown") == "3m"
     assert stated_wait(title, "LLMRouterLedgerSinkDown") == "10m"
     assert stated_wait("Targets up (none for 3 minutes: LLMRouter<Service>Down)", "LLMRouterLedgerSinkDown") is None
+
+
+def test_the_runbooks_name_no_histogram_without_its_series() -> None:
+    """A histogram's own name returns nothing in Prometheus: a runbook step telling the on-call to look at it sends
+    them to an empty graph. The runbooks name its _bucket (in a quantile), _sum or _count."""
+    histograms = {name for name, (kind, _) in code_metrics().items() if kind == "histogram"}
+    named = set(re.findall(r"\b(llmrouter_[a-z0-9_]*[a-z0-9])(?![a-z0-9_])", RUNBOOKS))
+    assert not named & histograms, f"deploy/runbooks.md names histograms bare: {sorted(named & histograms)}"
