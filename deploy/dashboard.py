@@ -39,6 +39,9 @@ HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
 STRONG_TIER_DEFAULT = yaml.safe_load((CHART_FILES / "models.yaml").read_text())["tiers"][-1]
 STRONG_TIER = 'tier="$strong_tier"'
 NOT_OK_RPC = 'code!="OK"'
+# A provider's failures over its calls, as LLMRouterProviderHighErrorRatio reads them: a call it refused as sent is the
+# caller's input, neither a failure nor a call.
+PROVIDER_FAILED, NOT_REFUSED = 'outcome=~"error|timeout"', 'outcome!="refused"'
 DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
 # The services' scrape jobs (and the standalone ledger sink's, router.ledgerSink), not Redis'.
 SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers|ledger-sink)"'
@@ -665,11 +668,22 @@ def build() -> dict:
         .with_row(dashboard.Row("Providers"))
         .with_panel(
             series(
-                "Provider errors/s",
+                "Provider calls/s not ok, by outcome (refused: the callers' input; circuit_open: never sent)",
                 "reqps",
                 (
                     f"sum by (provider, outcome) ({rate('llmrouter_provider_requests_total', NOT_OK)})",
                     "{{provider}} {{outcome}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Provider error ratio: error and timeout over calls not refused (alerts past 10%)",
+                "percentunit",
+                (
+                    f"sum by (provider) ({rate('llmrouter_provider_requests_total', PROVIDER_FAILED)})"
+                    f" / sum by (provider) ({rate('llmrouter_provider_requests_total', NOT_REFUSED)})",
+                    "{{provider}}",
                 ),
             )
         )

@@ -100,6 +100,25 @@ def test_a_money_panel_per_hour_says_so_in_its_title() -> None:
         assert "USD/h" in panel["title"], panel["title"]
 
 
+def test_the_provider_error_ratio_alerted_on_is_on_the_dashboard() -> None:
+    """LLMRouterProviderHighErrorRatio fires on a share (error and timeout over the calls not refused): a panel of
+    errors per second alone, refusals and short-circuited calls among them, leaves the on-call to work out at 3 a.m.
+    whether it is past 10%. A panel shows the share the alert reads, by provider."""
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    (alert,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LLMRouterProviderHighErrorRatio"]
+    failed, called = 'outcome=~"error|timeout"', 'outcome!="refused"'
+    assert failed in alert["expr"] and called in alert["expr"]
+    ratios = [
+        t["expr"]
+        for p in dashboard["panels"]
+        if p.get("fieldConfig", {}).get("defaults", {}).get("unit") == "percentunit"
+        for t in p.get("targets", [])
+        if "llmrouter_provider_requests_total" in t["expr"]
+    ]
+    assert any(failed in e and called in e and e.count("by (provider)") == 2 for e in ratios), ratios
+
+
 def test_dashboard_is_generated_by_deploy_dashboard_py() -> None:
     """The JSON is built by deploy/dashboard.py with grafana-foundation-sdk; hand edits would drift."""
     check = subprocess.run(
