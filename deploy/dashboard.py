@@ -39,9 +39,9 @@ HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
 STRONG_TIER_DEFAULT = yaml.safe_load((CHART_FILES / "models.yaml").read_text())["tiers"][-1]
 STRONG_TIER = 'tier="$strong_tier"'
 NOT_OK_RPC = 'code!="OK"'
-# A provider's failures over its calls, as LLMRouterProviderHighErrorRatio reads them: a call it refused as sent is the
-# caller's input, neither a failure nor a call.
-PROVIDER_FAILED, NOT_REFUSED = 'outcome=~"error|timeout"', 'outcome!="refused"'
+# A provider's failures over its calls, as LLMRouterProviderHighErrorRatio reads them: a call its open breaker refused
+# unsent is a failure; one it refused as sent is the caller's input, neither a failure nor a call.
+PROVIDER_FAILED, NOT_REFUSED = 'outcome=~"error|timeout|circuit_open"', 'outcome!="refused"'
 DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
 # The services' scrape jobs (and the standalone ledger sink's, router.ledgerSink), not Redis'.
 SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers|ledger-sink)"'
@@ -678,7 +678,7 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Provider error ratio: error and timeout over calls not refused (alerts past 10%)",
+                "Provider error ratio: error, timeout and circuit_open over calls not refused (alerts past 10%)",
                 "percentunit",
                 (
                     f"sum by (provider) ({rate('llmrouter_provider_requests_total', PROVIDER_FAILED)})"

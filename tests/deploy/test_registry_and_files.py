@@ -101,13 +101,13 @@ def test_a_money_panel_per_hour_says_so_in_its_title() -> None:
 
 
 def test_the_provider_error_ratio_alerted_on_is_on_the_dashboard() -> None:
-    """LLMRouterProviderHighErrorRatio fires on a share (error and timeout over the calls not refused): a panel of
-    errors per second alone, refusals and short-circuited calls among them, leaves the on-call to work out at 3 a.m.
-    whether it is past 10%. A panel shows the share the alert reads, by provider."""
+    """LLMRouterProviderHighErrorRatio fires on a share (error, timeout and circuit_open over the calls not refused):
+    a panel of errors per second alone, refusals among them, leaves the on-call to work out at 3 a.m. whether it is
+    past 10%. A panel shows the share the alert reads, by provider."""
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
     (alert,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LLMRouterProviderHighErrorRatio"]
-    failed, called = 'outcome=~"error|timeout"', 'outcome!="refused"'
+    failed, called = 'outcome=~"error|timeout|circuit_open"', 'outcome!="refused"'
     assert failed in alert["expr"] and called in alert["expr"]
     ratios = [
         t["expr"]

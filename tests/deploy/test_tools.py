@@ -118,6 +118,8 @@ ROUTER_UP = f'job="llmrouter-router",{PROD}}}'
         ("LLMRouterServiceOverloaded", "expr", "\nand ", "\nor "),  # no floor: a few calls refused fire
         ("LLMRouterServiceOverloaded", "expr", "> 0.05\n", "> 0.2\n"),  # too lax: 10% refused for good is missed
         ("LLMRouterCircuitBreakerOpen", "expr", "[5m]", "[1m]"),  # a slow failing probe hides a flapping outage
+        # calls the open breaker refused unsent taken for successes: they dilute the probes' errors, an outage is quiet
+        ("LLMRouterProviderHighErrorRatio", "expr", "error|timeout|circuit_open", "error|timeout"),
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
         ("LLMRouterMoneyStoreUnreachable", "expr", ',store="money"', ""),  # the cache store taken for the money's
         ("LLMRouterMoneyStoreMemoryHigh", "expr", ',store="money"', ""),  # a warm cache taken for the money store
