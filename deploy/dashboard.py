@@ -39,6 +39,7 @@ HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
 STRONG_TIER_DEFAULT = yaml.safe_load((CHART_FILES / "models.yaml").read_text())["tiers"][-1]
 STRONG_TIER = 'tier="$strong_tier"'
 NOT_OK_RPC = 'code!="OK"'
+UNCLASSIFIED = 'reason="classifier_unavailable"'  # an auto request routed by ROUTER_CLASSIFIER_FALLBACK's rule
 # A provider's failures over its calls, as LLMRouterProviderHighErrorRatio reads them: a call its open breaker refused
 # unsent is a failure; one it refused as sent is the caller's input, neither a failure nor a call.
 PROVIDER_FAILED, NOT_REFUSED = 'outcome=~"error|timeout|circuit_open"', 'outcome!="refused"'
@@ -760,6 +761,15 @@ def build() -> dict:
         )
         .with_panel(
             series("Queue depth", "short", (f"sum by (pod) ({s('llmrouter_classifier_queue_depth')})", "{{pod}}"))
+        )
+        .with_panel(
+            series(
+                "Requests routed without the classifier/s, by model (down, refusing or too slow: "
+                "ROUTER_CLASSIFIER_FALLBACK's rule)",
+                "reqps",
+                (f"sum by (model) ({rate('llmrouter_router_requests_total', UNCLASSIFIED)})", "{{model}}"),
+                span=12,
+            )
         )
     )
     built = json.loads(json.dumps(board.build(), cls=JSONEncoder))

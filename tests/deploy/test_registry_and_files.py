@@ -65,6 +65,8 @@ def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
                 assert selector.startswith(scope[:-1]), (p["title"], t["expr"])
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "namespace", "release"} <= variables
+    # the requests routed without the classifier (its fallback rule: the strongest, the cheapest, or by length)
+    assert f'llmrouter_router_requests_total{scope[:-1]},reason="classifier_unavailable"}}' in exprs
 
 
 def test_the_strong_share_is_of_the_tier_the_strong_tier_variable_names() -> None:
