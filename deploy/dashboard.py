@@ -107,6 +107,11 @@ COST = "llmrouter_router_cost_usd_total"
 BASELINE = "llmrouter_router_baseline_cost_usd_total"
 GIVEN_BACK = "llmrouter_router_cost_given_back_usd_total"
 OVERLOADED = "llmrouter_grpc_overloaded_calls_total"
+BUDGET_REJECTIONS = "llmrouter_router_budget_rejections_total"
+# The requests served as they come, as the budget-rejection and fallback alerts count them: requests_total also counts
+# a provider Batch API line (reason batch) when its batch is collected, all at once, and a charge the reconciler
+# settled (reconciled).
+AS_THEY_COME = 'reason!~"batch|reconciled"'
 PER_SECOND = "($__rate_interval_ms / 1000)"  # the seconds of $__rate_interval, to divide what it counted by
 
 
@@ -267,8 +272,25 @@ def build() -> dict:
             series(
                 "Budget rejections and rate limiting",
                 "reqps",
-                (f"sum({rate('llmrouter_router_budget_rejections_total')})", "budget rejections/s"),
+                (f"sum({rate(BUDGET_REJECTIONS)})", "budget rejections/s"),
                 (f"sum({rate('llmrouter_router_rate_limited_total')})", "rate limited/s"),
+            )
+        )
+        .with_panel(
+            series(
+                "Shares of requests refused for budget (alerts past 5%) and falling back to another model (past 10%)",
+                "percentunit",
+                (
+                    f"sum({rate(BUDGET_REJECTIONS)}) / (sum({rate(BUDGET_REJECTIONS)})"
+                    f" + (sum({rate('llmrouter_router_requests_total', AS_THEY_COME)})"
+                    f" or 0 * sum({rate(BUDGET_REJECTIONS)})))",
+                    "refused for budget",
+                ),
+                (
+                    f"sum({rate('llmrouter_router_fallbacks_total')})"
+                    f" / sum({rate('llmrouter_router_requests_total', AS_THEY_COME)})",
+                    "fell back",
+                ),
             )
         )
         .with_panel(

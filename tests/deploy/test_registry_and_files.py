@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from llmrouter.registry import load_registry
@@ -119,6 +120,32 @@ def test_the_provider_error_ratio_alerted_on_is_on_the_dashboard() -> None:
         if "llmrouter_provider_requests_total" in t["expr"]
     ]
     assert any(failed in e and called in e and e.count("by (provider)") == 2 for e in ratios), ratios
+
+
+@pytest.mark.parametrize(
+    ("alert", "counted"),
+    [
+        ("LLMRouterBudgetRejectionsSpike", "llmrouter_router_budget_rejections_total"),
+        ("LLMRouterFallbacksSpike", "llmrouter_router_fallbacks_total"),
+    ],
+)
+def test_the_share_of_requests_an_alert_fires_on_is_on_the_dashboard(alert: str, counted: str) -> None:
+    """These alerts fire on a share of the requests served as they come (a batch collected, or the reconciler's
+    charges, counted all at once, left out): a panel of that count per second alone leaves the on-call to work out
+    whether it is past the threshold. A percentage panel reads the count over those requests, as the alert does."""
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == alert]
+    served = 'llmrouter_router_requests_total{namespace="$namespace",release="$release",reason!~"batch|reconciled"}'
+    assert counted in rule["expr"] and 'llmrouter_router_requests_total{namespace="$NAMESPACE"' in rule["expr"]
+    assert 'reason!~"batch|reconciled"' in rule["expr"]
+    shares = [
+        t["expr"]
+        for p in dashboard["panels"]
+        if p.get("fieldConfig", {}).get("defaults", {}).get("unit") == "percentunit"
+        for t in p.get("targets", [])
+    ]
+    assert any(counted in e and served in e and " / " in e for e in shares), alert
 
 
 def test_dashboard_is_generated_by_deploy_dashboard_py() -> None:
