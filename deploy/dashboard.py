@@ -215,6 +215,12 @@ def build() -> dict:
                 (cost, "actual"),
                 (baseline, "always strongest"),
                 (savings, "savings"),
+                # recorded by the chart's PrometheusRule (hourlyBudgetUsd): the burn alerts fire on the last hour's
+                # cost over it, or the last 5 minutes' over 3 times it
+                (
+                    f"max({s('llmrouter:budget_usd_per_hour')})",
+                    "hourly budget (burn alerts: 1 h over it, 5 min over 3x)",
+                ),
             )
         )
         .with_row(dashboard.Row("Routing policy"))
@@ -666,6 +672,8 @@ def build() -> dict:
                 "Edge latency p50 / p99",
                 "s",
                 *quantiles("llmrouter_edge_http_request_duration_seconds", "route, ", "{{route}}"),
+                # recorded by the chart's PrometheusRule (edgeP99SloSeconds): LLMRouterEdgeLatencyOverSLO's line
+                (f"max({s('llmrouter:edge_p99_slo_seconds')})", "p99 SLO (a route's p99 over it 10 min: alert)"),
                 span=12,
             )
         )

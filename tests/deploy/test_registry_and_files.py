@@ -66,6 +66,9 @@ def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
                 assert selector.startswith(scope[:-1]), (p["title"], t["expr"])
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "namespace", "release"} <= variables
+    # the thresholds the burn and latency alerts compare with, as the chart records them for the release
+    assert f"max(llmrouter:budget_usd_per_hour{scope})" in exprs
+    assert f"max(llmrouter:edge_p99_slo_seconds{scope})" in exprs
     # the requests routed without the classifier (its fallback rule: the strongest, the cheapest, or by length)
     assert f'llmrouter_router_requests_total{scope[:-1]},reason="classifier_unavailable"}}' in exprs
 
