@@ -99,12 +99,17 @@ class GrpcServiceSettings(ServiceSettings):
     @model_validator(mode="after")
     def _auth_configured(self) -> GrpcServiceSettings:
         parse_tokens(self.token_entries())
+        p = self.model_config.get("env_prefix", "")  # the variables named as a user sets them
         if self.auth == "mtls" and self.tls_dir is None:
-            raise ValueError("auth=mtls needs tls_dir (or set auth=token with auth_tokens, or auth=none)")
+            raise ValueError(
+                f"{p}AUTH=mtls needs {p}TLS_DIR (or set {p}AUTH=token with {p}AUTH_TOKENS, or {p}AUTH=none)"
+            )
         if self.auth == "token" and not self.token_entries():
-            raise ValueError("auth=token needs auth_tokens or auth_tokens_file")
+            raise ValueError(f"{p}AUTH=token needs {p}AUTH_TOKENS or {p}AUTH_TOKENS_FILE")
         if self.auth == "none" and not is_loopback(self.host) and not self.auth_none_allow_remote:
-            raise ValueError(f"auth=none on {self.host}: serve on loopback, or set auth_none_allow_remote=true")
+            raise ValueError(
+                f"{p}AUTH=none on {self.host}: serve on loopback ({p}HOST), or set {p}AUTH_NONE_ALLOW_REMOTE=true"
+            )
         return self
 
     def token_entries(self) -> list[tuple[str, str]]:
@@ -137,12 +142,14 @@ def load_settings(cls: type[S], name_check: bool = True, **values: Any) -> S:
         lines = [f"invalid configuration for {cls.__name__}:"]
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
+            said = err["msg"].removeprefix("Value error, ")  # pydantic's word for a validator's own message
             if not field:  # a rule across settings: its input is all of them, secrets included
-                lines.append(f"  {prefix}*: {err['msg']}")
-            elif is_secret(cls, field):  # never echo a credential, however malformed
-                lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
+                lines.append(f"  {prefix}*: {said}")
+            elif is_secret(cls, field) or not given(cls, field.split(".")[0], values):
+                # Never echo a credential, however malformed; nor a default, refused for another setting's value.
+                lines.append(f"  {prefix}{field.upper()}: {said}")
             else:
-                lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+                lines.append(f"  {prefix}{field.upper()}: {said} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
     except SettingsError as exc:  # a JSON setting that is no JSON, refused before any validation: its value unquoted
@@ -156,6 +163,13 @@ def load_settings(cls: type[S], name_check: bool = True, **values: Any) -> S:
         for warning in unknown_settings(cls, os.environ):
             print(warning, file=sys.stderr)
     return settings
+
+
+def given(cls: type[BaseSettings], field: str, values: Mapping[str, Any]) -> bool:
+    """Whether a setting was given (in the environment, as pydantic-settings reads it: any case, or in `values`) rather
+    than left to its default: '(got False)' of a variable never set reads as a value the user gave."""
+    variable = f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+    return field in values or any(name.upper() == variable for name in os.environ)
 
 
 def unknown_settings(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:

@@ -92,7 +92,7 @@ def test_the_tokens_file_takes_comments_and_blank_lines_as_the_edges_key_file_do
 def test_a_tokens_file_of_comments_alone_gives_no_token(tmp_path) -> None:
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("# no service may call yet\n\n")
-    with pytest.raises(ValidationError, match="auth=token needs auth_tokens or auth_tokens_file"):
+    with pytest.raises(ValidationError, match="ROUTER_AUTH=token needs ROUTER_AUTH_TOKENS or ROUTER_AUTH_TOKENS_FILE"):
         RouterSettings(auth="token", auth_tokens_file=tokens_file)
 
 

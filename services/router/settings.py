@@ -264,9 +264,11 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     def _one_calibrated_aim(self) -> RouterSettings:
         # Two aims for one tenant (or for the default) would leave which one routes to the order they are read in.
         if self.default_strong_share is not None and self.default_quality_kept is not None:
-            raise ValueError("set default_strong_share or default_quality_kept, not both")
+            raise ValueError("set ROUTER_DEFAULT_STRONG_SHARE or ROUTER_DEFAULT_QUALITY_KEPT, not both")
         if both := sorted(self.tenant_strong_share.keys() & self.tenant_quality_kept.keys()):
-            raise ValueError(f"tenants with both a strong share and a quality kept: {', '.join(both)}")
+            raise ValueError(
+                f"tenants in both ROUTER_TENANT_STRONG_SHARE and ROUTER_TENANT_QUALITY_KEPT: {', '.join(both)}"
+            )
         return self
 
     @field_validator("heartbeat_ttl_s")
@@ -285,7 +287,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
         # would then settle its requests at their holds while they run.
         if self.heartbeat_ttl_s < 3 * self.upkeep_interval_s:
             raise ValueError(
-                "heartbeat_ttl_s must be at least 3 x upkeep_interval_s (a live router must never look dead)"
+                "ROUTER_HEARTBEAT_TTL_S must be at least 3 x ROUTER_UPKEEP_INTERVAL_S (a live router must never look "
+                "dead)"
             )
         return self
 
@@ -295,7 +298,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
         # from the store) charges it at its hold, and the router's own charge must still find the marker.
         if self.request_id_ttl_s < self.request_timeout_s + CHARGE_LANDS_S:
             raise ValueError(
-                f"request_id_ttl_s ({self.request_id_ttl_s} s) must be at least request_timeout_s "
+                f"ROUTER_REQUEST_ID_TTL_S ({self.request_id_ttl_s} s) must be at least ROUTER_REQUEST_TIMEOUT_S "
                 f"({self.request_timeout_s:g} s) + {CHARGE_LANDS_S} s: a request's charged marker must outlive it, "
                 "or a request the reconciler charged could be charged again by its own router"
             )
@@ -307,8 +310,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
         # request still running then would be charged its worst case, and its own charge refused as a repeat.
         if self.pending_stale_s < self.request_timeout_s + CHARGE_LANDS_S:
             raise ValueError(
-                f"pending_stale_s ({self.pending_stale_s:g} s) must be at least request_timeout_s "
+                f"ROUTER_PENDING_STALE_S ({self.pending_stale_s:g} s) must be at least ROUTER_REQUEST_TIMEOUT_S "
                 f"({self.request_timeout_s:g} s) + {CHARGE_LANDS_S} s for the charge to land: the reconciler "
-                "charges a pending charge older than pending_stale_s its hold, a request still running too"
+                "charges a pending charge older than ROUTER_PENDING_STALE_S its hold, a request still running too"
             )
         return self

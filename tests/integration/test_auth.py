@@ -250,9 +250,9 @@ async def test_bearer_tokens_identify_callers_without_certificates(secured: Secu
 
 def test_settings_refuse_unsafe_or_incomplete_auth(tmp_path: Path) -> None:
     cases = [
-        ({"auth": "mtls"}, "tls_dir"),
-        ({"auth": "token"}, "auth_tokens"),
-        ({"auth": "none", "host": "0.0.0.0"}, "auth_none_allow_remote"),
+        ({"auth": "mtls"}, "ROUTER_TLS_DIR"),
+        ({"auth": "token"}, "ROUTER_AUTH_TOKENS"),
+        ({"auth": "none", "host": "0.0.0.0"}, "ROUTER_AUTH_NONE_ALLOW_REMOTE"),
         ({"auth": "token", "auth_tokens": "not-a-digest=batch"}, "sha256"),
         ({"auth": "none", "callers": "=acme"}, "caller entry"),
         ({"auth": "mtls", "tls_dir": tmp_path}, "lacks tls.crt"),
@@ -283,5 +283,5 @@ def test_a_refused_configuration_names_the_problem_but_never_the_token(
     with pytest.raises(SystemExit):
         load_settings(RouterSettings)
     err = capsys.readouterr().err
-    assert "auth=mtls needs tls_dir" in err
+    assert "ROUTER_AUTH=mtls needs ROUTER_TLS_DIR" in err
     assert "sk-do-not-print" not in err

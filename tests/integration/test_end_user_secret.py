@@ -123,7 +123,7 @@ def test_a_secret_too_short_is_refused_at_start(secret: str) -> None:
         [sys.executable, "-m", "services.router"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert started.returncode == 2, started.stderr
-    assert "ROUTER_END_USER_HASH_SECRET: Value error, must be at least 16 bytes" in started.stderr
+    assert "ROUTER_END_USER_HASH_SECRET: must be at least 16 bytes" in started.stderr
     assert "READY" not in started.stdout
     if secret:
         assert secret not in started.stderr  # never echoed

@@ -49,4 +49,4 @@ def test_a_url_its_password_breaks_is_refused_at_start_without_quoting_it(comman
         status, output = run(*command, env={"ROUTER_REDIS_URL": url_cut_by_its_password(port)})
     assert_no_password(output)
     assert status == 2, output
-    assert "ROUTER_REDIS_URL: Value error, the port is not a number" in output
+    assert "ROUTER_REDIS_URL: the port is not a number" in output

@@ -201,9 +201,9 @@ async def test_a_quality_kept_needs_a_calibration_with_the_prompts_sizes() -> No
 
 
 def test_one_calibrated_aim_per_tenant_and_for_the_default() -> None:
-    with pytest.raises(ValidationError, match="default_strong_share or default_quality_kept, not both"):
+    with pytest.raises(ValidationError, match="ROUTER_DEFAULT_STRONG_SHARE or ROUTER_DEFAULT_QUALITY_KEPT, not both"):
         RouterSettings(default_strong_share=0.2, default_quality_kept=0.9)
-    with pytest.raises(ValidationError, match="both a strong share and a quality kept: acme"):
+    with pytest.raises(ValidationError, match="both ROUTER_TENANT_STRONG_SHARE and ROUTER_TENANT_QUALITY_KEPT: acme"):
         RouterSettings(tenant_strong_share={"acme": 0.2, "b": 0.1}, tenant_quality_kept={"acme": 0.9})
 
 

@@ -129,7 +129,7 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
 
 @pytest.mark.parametrize("ttl", [1, 359])
 def test_a_charged_marker_shorter_than_a_request_may_run_is_refused(ttl: int) -> None:
-    with pytest.raises(ValidationError, match="request_id_ttl_s"):
+    with pytest.raises(ValidationError, match="ROUTER_REQUEST_ID_TTL_S"):
         RouterSettings(request_id_ttl_s=ttl)  # request_timeout_s 300 + a minute for the charge to land
     assert RouterSettings(request_id_ttl_s=360).request_id_ttl_s == 360
 

@@ -11,7 +11,7 @@ from services.router.settings import MAX_HEARTBEAT_TTL_S, RouterSettings
 
 @pytest.mark.parametrize(("ttl", "interval"), [(1.0, 2.0), (5.0, 2.0), (0.0005, 0.0001)])
 def test_a_heartbeat_that_could_expire_between_beats_is_refused(ttl: float, interval: float) -> None:
-    with pytest.raises(ValidationError, match="heartbeat_ttl_s"):
+    with pytest.raises(ValidationError, match=r"(?i)heartbeat_ttl_s"):
         RouterSettings(heartbeat_ttl_s=ttl, upkeep_interval_s=interval)
 
 
@@ -31,7 +31,7 @@ def test_a_heartbeat_ttl_past_a_few_minutes_is_refused_at_start(
     with pytest.raises(SystemExit):
         load_settings(RouterSettings)
     refusal = capsys.readouterr().err
-    assert f"ROUTER_HEARTBEAT_TTL_S: Value error, must be at most {MAX_HEARTBEAT_TTL_S} s" in refusal, refusal
+    assert f"ROUTER_HEARTBEAT_TTL_S: must be at most {MAX_HEARTBEAT_TTL_S} s" in refusal, refusal
 
 
 def test_the_longest_heartbeat_ttl_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
