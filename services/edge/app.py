@@ -126,6 +126,9 @@ CALLER_REASONS = {
     "BUDGET_LIMIT_UNCONFIRMED",  # an admin's limit change: the routers finish it, setting it again confirms it
     "KEY_OF_ANOTHER_TENANT",  # names no tenant; the generic 502 blamed a provider for the deployment's key file
 }
+# Fields of the router's request that the edge fills itself, never from the caller's body: a router's refusal naming
+# one (KEY_OF_ANOTHER_TENANT's `tenant`, the key's) names no `param` an OpenAI caller could change.
+EDGE_FIELDS = {"tenant"}
 GENERIC_MESSAGES = {
     400: "the provider refused the request",
     429: "the provider is rate limiting requests",
@@ -180,6 +183,8 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
             generic = "the router failed unexpectedly"
         message = f"{generic} (request id {request_id})"
     param = error.metadata.get("field") or None
+    if param in EDGE_FIELDS:  # the router's request's, filled by the edge: no field the caller sent
+        param = None
     charged = error.metadata.get("charged_usd", "")
     return ApiError(
         status,
