@@ -4,10 +4,12 @@ ignored without a word and its default served (ROUTER_TENANT_BUDGET_UDS: no budg
 from __future__ import annotations
 
 import pytest
+from pydantic_settings import BaseSettings
 
-from llmrouter.settings import load_settings
+from llmrouter.settings import load_settings, unknown_settings
 from services.edge.settings import EdgeSettings
 from services.ledger.settings import LedgerSettings
+from services.router.settings import BudgetPeriodSettings, PendingStaleSettings, RequestIdSettings, RouterSettings
 
 
 def test_a_misspelt_setting_is_warned_of_with_the_name_it_is_close_to(
@@ -35,3 +37,14 @@ def test_no_warning_where_names_are_not_checked(
     load_settings(EdgeSettings, name_check=False)
     load_settings(LedgerSettings)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "part", [LedgerSettings, BudgetPeriodSettings, PendingStaleSettings, RequestIdSettings], ids=lambda c: c.__name__
+)
+def test_every_router_variable_another_command_reads_is_a_router_setting(part: type[BaseSettings]) -> None:
+    """The ledger's commands and sink, key_move and money_check read ROUTER_ variables set in a router pod (the chart's
+    router.env: ROUTER_KEY_MOVE_REPLICAS, the ledger's): the router, which warns of its prefix's unknown names, must
+    know each, or it would warn of a setting the operator set right."""
+    environ = {f"ROUTER_{field}".upper(): "1" for field in part.model_fields}
+    assert unknown_settings(RouterSettings, environ) == []
