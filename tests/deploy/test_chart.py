@@ -262,6 +262,7 @@ def test_pods_are_locked_down(docs: list[dict], svc: str) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # a Service named `router` would set ROUTER_PORT=tcp://...
     for c in pod["containers"]:
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True
@@ -1288,6 +1289,7 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
         assert var.removeprefix("ROUTER_").lower() in LedgerSettings.model_fields, var
     assert pod["securityContext"] == router["securityContext"]
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert pod["enableServiceLinks"] is False
     assert trim["securityContext"] == container(docs, "router")["securityContext"]
     assert trim["resources"]["requests"] and trim["resources"]["limits"]
     # It reaches the money Redis through the network policies, and nothing reaches it.

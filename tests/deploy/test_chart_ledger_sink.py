@@ -84,6 +84,7 @@ def test_the_sink_runs_apart_with_its_metrics_scraped() -> None:
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {v["name"] for v in pod["volumes"]} == {"tmp"}
     # The routers' sinks are off: the standalone one copies the ledger.
