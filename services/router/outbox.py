@@ -279,14 +279,18 @@ class Outbox:
         metrics.OUTBOX.inc()
         log.error(f"money store unreachable: {what} kept in the outbox", extra=fields)
 
-    async def replay(self, store: Store) -> int:
+    async def replay(self, store: Store, budget_s: float | None = None) -> int:
         """Land what the file holds, oldest first; returns how many landed. An entry the store fails for its own sake
         (StoreUnavailable) stays where it is, as do the later entries of its shard, not tried this replay; one failing
         otherwise stays where it is too, and the replay goes on with the next; after `poison_replays` such replays
         in a row it moves to the dead-letter file, as does a line that cannot be read at once (reading it again
         would not help). The file stays locked throughout, so a line appended meanwhile by another router is never
         rewritten away. What landed leaves the file however the replay ends (a cancellation): replayed again, each
-        would be counted again in the metrics."""
+        would be counted again in the metrics.
+        With `budget_s`, no entry is begun once that long has passed since the first was (the file's read not
+        counted: however long the file, each replay lands some): the rest stays in the file, in order, for the next
+        replay, and what landed leaves it now. A long outbox so lands in slices, each durable: a router killed
+        mid-replay (SIGKILL; its startup probe's budget spent) lands again, once each, only the slice under way."""
         async with self._lock:
             with await self._locked() as file:
                 waiting, unreadable, marked = _read(file)
@@ -299,8 +303,11 @@ class Outbox:
                 # their entries kept without a call that would wait out the cluster client's retries, seconds a shard,
                 # with the file locked.
                 away = await _shards_away(store) if waiting else set()
+                until = None if budget_s is None else time.monotonic() + budget_s
                 try:
                     for entry in waiting:
+                        if until is not None and done and time.monotonic() >= until:
+                            break  # the rest, from this entry on, waits for the next replay (remaining, below)
                         metrics.OUTBOX_REPLAY_REMAINING.set(len(waiting) - done)
                         if _charge_id(entry) not in self._landed:
                             shard = shard_of(entry.account.tenant)

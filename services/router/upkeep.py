@@ -28,6 +28,13 @@ PolicyCheck = Callable[[], Awaitable[bool]]
 # hundreds of charges in it; one out of reach fails the replay at its first call (a Redis call times out after 5 s).
 # The chart's terminationGracePeriodSeconds leaves it this long past the drain (helm deployment.yaml, $afterDrain).
 FINAL_REPLAY_S = 5.0
+# The longest a round's replay lands entries before it rewrites the outbox without them and lets the round go on
+# (Outbox.replay, budget_s); the rest lands in the next rounds. The first round runs before the router serves gRPC
+# health (first_round), and the chart's startupProbe gives a pod 2 minutes to answer it: a whole replay of an outbox
+# an outage left long (some 3,000 charges a second against a Redis on loopback, fewer across a network) outlasted
+# that, the kubelet killed the router mid-replay, and the next start replayed the same entries again, never the end.
+# Bounded, each round's replay is durable too: a router killed mid-replay loses only the slice under way.
+REPLAY_SLICE_S = 10.0
 
 
 class Upkeep:
@@ -65,6 +72,12 @@ class Upkeep:
         metrics.UPKEEP_ROUND_STARTED.set_function(lambda: self.round_started)
         self._task = asyncio.create_task(self._run())
 
+    async def first_round(self) -> None:
+        """The round run before the router serves (services.router.build): its heartbeat first, so no pending charge
+        of this router is ever admitted while it is not known alive, and the outbox replayed for REPLAY_SLICE_S at
+        most, the heartbeat beaten meanwhile; what is left lands in the rounds once it serves (start)."""
+        await self._beating_through(self.tick())
+
     async def looked(self) -> None:
         """Once the look at the heartbeats under way, if any, has ended."""
         if self.look is not None:
@@ -74,7 +87,7 @@ class Upkeep:
         """Stops the loop, then replays the outbox once more (the router's closers run this after its last charge is
         written): the outbox is on the pod's emptyDir unless the chart keeps it on a volume claim, and a charge left in
         one deleted with its pod is settled by the reconciler at its hold, not at what was generated. What does not
-        land in FINAL_REPLAY_S stays in the file, for the next router started on it (its first tick replays it)."""
+        land in FINAL_REPLAY_S stays in the file, for the next router started on it (its first round replays it)."""
         # The round stopped here, not from within the loop's cancellation: one slow to end (a lost cancellation, a
         # replay's rewrite run to its end) outlasted that, stop() cancelled the loop again, and it ran on past close,
         # the outbox locked, so the replay below waited FINAL_REPLAY_S for it and landed nothing.
@@ -168,7 +181,7 @@ class Upkeep:
         up none of the round's other duties: it failed every round while the disk stayed full, and the dead routers'
         pending charges were never settled. What it landed is counted, and the outbox gauge says what waits."""
         try:
-            await self.outbox.replay(self.store)
+            await self.outbox.replay(self.store, REPLAY_SLICE_S)
         except StoreUnavailable:
             raise
         except Exception:
