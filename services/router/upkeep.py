@@ -113,6 +113,11 @@ class Upkeep:
             )
 
     async def _run(self) -> None:
+        # The first round (first_round) found the store refusing the router before it served, with none to tell; the
+        # server then said SERVING, and the rounds report a change only: it went on saying so for as long as the
+        # store refused (full, read-only), and readiness sent it requests that were all refused.
+        if self.report is not None and self.up is False:
+            await self.report(False)
         while True:
             try:
                 await self._beating_through(self.tick())
