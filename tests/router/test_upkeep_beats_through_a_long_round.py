@@ -241,3 +241,38 @@ async def test_a_round_running_is_a_metric_of_its_start_and_none_running_is_0(re
         await earlier.close()
         await store.close()
         await earlier_store.close()
+
+
+async def test_the_first_round_before_the_router_serves_beats_through_a_long_replay_too(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The round run before the router serves (Upkeep.first_round, services.router.build) replays the outbox left from
+    before the start, up to REPLAY_SLICE_S and longer on a long file's read and rewrite: beaten only as it began, the
+    starting router looked dead a TTL later, and another router's reconciler charged its requests their holds."""
+    store = HeldStore(redis_url)
+    outbox = Outbox(tmp_path / "data")
+    waiting = Hold("r-outbox", 7_000, DAY, "router-1", "n-outbox")
+    upkeep = Upkeep(store, outbox, "router-1", INTERVAL_S, TTL_S, 3600)
+    first = None
+    try:
+        assert (await store.admit(ACCOUNT, Allowance("day"), waiting)).refused == ""
+        record = {"request_id": waiting.request_id, "cost_usd": "0.000000001234"}
+        await outbox.add(OutboxCharge(ACCOUNT, waiting, 1_234, record, "charge-1"))
+        first = asyncio.create_task(upkeep.first_round())
+        await eventually(store.charging.is_set, "the first round's replay began")
+        blocked_at = time.time()
+
+        async def beaten_through_four_ttls() -> bool:
+            return await beat_at(store, "router-1") > blocked_at + 4 * TTL_S
+
+        await eventually(beaten_through_four_ttls, "the starting router beat while its first round ran", timeout_s=10)
+        assert not first.done()
+        store.answer.set()
+        await asyncio.wait_for(first, 10)
+        assert await store.spent(ACCOUNT, DAY) == (1_234, 1_234)
+    finally:
+        store.answer.set()
+        if first is not None:
+            await asyncio.wait({first})
+        await upkeep.close()
+        await store.close()
