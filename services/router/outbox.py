@@ -258,9 +258,10 @@ class Outbox:
         # and so did marking them landed. The next replay drops them without landing them again: the store would
         # answer that each is this very charge, made before, and it would be counted again.
         self._landed: set[str] = set()
-        waiting = self.waiting()
+        with self.path.open(encoding="utf-8") as file:
+            waiting, _, _, undos = _scan(file)
         # The (tenant, request id) of each undo the file holds, as of its last read: a retry of one is not admitted yet.
-        self._undos = _undo_ids(waiting)
+        self._undos = set(undos.values())
         metrics.OUTBOX.set(len(waiting))
         metrics.OUTBOX_DEAD_LETTERS.set(len(self.dead_letters()))
 
@@ -293,22 +294,27 @@ class Outbox:
         mid-replay (SIGKILL; its startup probe's budget spent) lands again, once each, only the slice under way."""
         async with self._lock:
             with await self._locked() as file:
-                waiting, unreadable, marked = _read(file)
+                # Kept as lines, each parsed as its turn comes: parsed at once, an outbox an outage left long (some
+                # 3 KB an entry, against 0.5-1 KB a line) took more memory than the router's limit, and the kubelet
+                # killed it as it read the file, at each start.
+                waiting, unreadable, marked, undos = _scan(file)
                 kept: list[OutboxEntry] = []  # still waiting, in order
                 unread = "unreadable: cut short by a crash, or written by another version"
                 dead = [(line, unread) for line in unreadable]
-                landed: list[OutboxEntry] = []
-                done = 0  # entries of `waiting` dealt with
+                landed = 0
+                landed_ids: set[str] = set()
+                done = 0  # lines of `waiting` dealt with
                 # Shards the store failed this replay, for its own sake: first those whose master does not answer now,
                 # their entries kept without a call that would wait out the cluster client's retries, seconds a shard,
                 # with the file locked.
                 away = await _shards_away(store) if waiting else set()
                 until = None if budget_s is None else time.monotonic() + budget_s
                 try:
-                    for entry in waiting:
+                    for line in waiting:
                         if until is not None and done and time.monotonic() >= until:
                             break  # the rest, from this entry on, waits for the next replay (remaining, below)
                         metrics.OUTBOX_REPLAY_REMAINING.set(len(waiting) - done)
+                        entry = entry_from_json(line)  # read once already (_scan)
                         if _charge_id(entry) not in self._landed:
                             shard = shard_of(entry.account.tenant)
                             if shard in away:  # not asked again this replay: kept, in its place
@@ -333,26 +339,28 @@ class Outbox:
                                 continue
                             if _charge_id(entry):
                                 self._landed.add(_charge_id(entry))
-                        landed.append(entry)
+                        landed += 1
+                        landed_ids.add(_charge_id(entry))
                         self._failures.pop(entry.to_json(), None)
                         done += 1
                 finally:
                     metrics.OUTBOX_REPLAY_REMAINING.set(0)
-                    remaining = kept + waiting[done:]
-                    self._undos = _undo_ids(remaining)
+                    # The lines not reached as they were read: each would be written again the same (to_json).
+                    remaining = [entry.to_json() for entry in kept] + waiting[done:]
+                    self._undos = _undo_ids(kept) | {undo for at, undo in undos.items() if at >= done}
                     metrics.OUTBOX.set(len(remaining))
+                    landed_ids.discard("")
                     if landed or dead or marked:
                         # Run to its end through a cancellation (the router stopping), the file locked meanwhile:
                         # unlocked before it replaced the file, a line another router appends would be lost.
-                        landed_ids = {_charge_id(entry) for entry in landed} - {""}
                         rewrite = asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead], landed_ids)
                         try:
                             await _to_its_end(asyncio.ensure_future(rewrite))
                         except OSError:  # the dead letters were not moved (_rewrite): they wait in the outbox too
                             metrics.OUTBOX.set(len(remaining) + len(dead))
                             raise
-                        self._landed.difference_update(_charge_id(entry) for entry in landed)
-                        still = {entry.to_json() for entry in remaining}
+                        self._landed.difference_update(landed_ids)
+                        still = set(remaining)  # each line as its entry's to_json
                         self._failures = {line: n for line, n in self._failures.items() if line in still}
                         for line, why in dead:
                             log.critical(
@@ -362,8 +370,8 @@ class Outbox:
                     # Read each round: an operator who emptied the file (once its lines are looked into) sees it here.
                     metrics.OUTBOX_DEAD_LETTERS.set(len(self.dead_letters()))
                     if landed:
-                        log.info("outbox charges landed", extra={"landed": len(landed), "waiting": len(remaining)})
-            return len(landed)
+                        log.info("outbox charges landed", extra={"landed": landed, "waiting": len(remaining)})
+            return landed
 
     def _poisoned(self, entry: OutboxEntry, exc: Exception) -> bool:
         """Whether an entry that failed this replay, otherwise than by the store being away, has failed
@@ -375,7 +383,8 @@ class Outbox:
         return failed >= self.poison_replays
 
     def __len__(self) -> int:
-        return len(self.waiting())
+        with self.path.open(encoding="utf-8") as file:
+            return len(_scan(file)[0])
 
     async def _locked(self, mode: str = "r") -> IO[str]:
         """The file, open and locked (closing it unlocks); reopened if another router replaced it while this
@@ -408,7 +417,7 @@ class Outbox:
             return []
         return [line for line in self.dead_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def _rewrite(self, remaining: list[OutboxEntry], dead: list[str], landed_ids: set[str]) -> None:
+    def _rewrite(self, remaining: list[str], dead: list[str], landed_ids: set[str]) -> None:
         """Replace the file (its lock held by the caller) with what is still waiting, once the dead letters are on
         disk beside it: a crash in between leaves a line in both files, never in neither (landing one again is
         idempotent). When either cannot be written (a full disk), the charges of `landed_ids` are marked landed in
@@ -426,7 +435,7 @@ class Outbox:
                     out.flush()
                     os.fsync(out.fileno())
             with open(tmp, "w", encoding="utf-8", opener=private_opener) as out:
-                out.writelines(entry.to_json() + "\n" for entry in remaining)
+                out.writelines(line + "\n" for line in remaining)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -504,16 +513,32 @@ def _append_and_close(file: IO[str], line: str) -> None:
         os.fsync(file.fileno())
 
 
-def _read(file: IO[str]) -> tuple[list[OutboxEntry], list[str], int]:
-    """The entries of the file, the lines that are none (cut short by a crash, or of a shape this version does not
-    know: written by another version, or mangled), and how many lines are marked landed (LANDED_MARK)."""
-    entries, unreadable, marked = [], [], 0
+def _scan(file: IO[str]) -> tuple[list[str], list[str], int, dict[int, tuple[str, str]]]:
+    """The lines of the file's entries (each parsed to tell it readable, and kept as its entry is written: to_json),
+    the lines that are none (cut short by a crash, or of a shape this version does not know: written by another
+    version, or mangled), how many lines are marked landed (LANDED_MARK), and the undos among the entries, by their
+    index. A line, not its entry, for what a long outbox takes in memory."""
+    lines: list[str] = []
+    unreadable: list[str] = []
+    marked = 0
+    undos: dict[int, tuple[str, str]] = {}
     for line in file:
         if line.startswith(LANDED_MARK):
             marked += 1
         elif line.strip():
             try:
-                entries.append(entry_from_json(line))
+                entry = entry_from_json(line)
             except (ValueError, KeyError, TypeError, AttributeError):
                 unreadable.append(line.strip())
-    return entries, unreadable, marked
+                continue
+            if isinstance(entry, OutboxUndo):
+                undos[len(lines)] = _undo_id(entry)
+            lines.append(entry.to_json())
+    return lines, unreadable, marked, undos
+
+
+def _read(file: IO[str]) -> tuple[list[OutboxEntry], list[str], int]:
+    """The entries of the file, the lines that are none (cut short by a crash, or of a shape this version does not
+    know: written by another version, or mangled), and how many lines are marked landed (LANDED_MARK)."""
+    lines, unreadable, marked, _ = _scan(file)
+    return [entry_from_json(line) for line in lines], unreadable, marked
