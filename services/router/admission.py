@@ -123,6 +123,9 @@ class Admission:
         self.key_tenants = KeyTenants(store, self.undoing)
         self.end_users = EndUserScope(settings.end_user_hash_secret)
         self.rate_refused = RateRefused()
+        # The tenant label of the router's tenant-labelled metrics (its refusals here, routing's routed requests): one
+        # for all, so a tenant has the same label (its name or 'other') in each.
+        self.tenant_labels = metrics.BoundedLabels(settings.metrics_tenants)
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
@@ -431,7 +434,7 @@ class Admission:
         when below ROUTER_MIN_OUTPUT_TOKENS). `for_good`: the budget's settled spend alone leaves too little, so the
         same request can never be admitted this period (ErrorInfo `retryable: false`; the edge tells OpenAI's SDKs not
         to retry); otherwise the holds of requests in flight take part, and a retry once they settle may be admitted."""
-        metrics.BUDGET_REJECTIONS.inc()
+        metrics.BUDGET_REJECTIONS.labels(self.tenant_labels.label(routed.account.tenant), budget).inc()
         period = self.settings.budget_period
         short = self._short_answer(routed, routed.plan.order[0].model.name)
         if for_good:

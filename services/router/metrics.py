@@ -32,7 +32,12 @@ VERIFIER = Counter(
 FALLBACKS = Counter("llmrouter_router_fallbacks_total", "Provider failures routed around", ["from_model", "to_model"])
 CACHE = Counter("llmrouter_router_cache_requests_total", "Response cache lookups", ["result"])
 SCORE_CACHE = Counter("llmrouter_router_score_cache_requests_total", "Classifier score cache lookups", ["result"])
-BUDGET_REJECTIONS = Counter("llmrouter_router_budget_rejections_total", "Requests refused for an exhausted budget")
+BUDGET_REJECTIONS = Counter(
+    "llmrouter_router_budget_rejections_total",
+    "Requests refused for an exhausted budget, by tenant (as routed_total) and the scope of the budget that refused: "
+    "tenant or key",
+    ["tenant", "scope"],
+)
 RATE_LIMITED = Counter("llmrouter_router_rate_limited_total", "Requests refused by the rate limit")
 STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the store, else 0", ["store"])
 HOLD_TOTALS_TRUSTED = Gauge(

@@ -60,7 +60,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             self.available,
             settings.classifier_timeout_s,
             targets,
-            metrics.BoundedLabels(settings.metrics_tenants),
+            self.admission.tenant_labels,
             unclassified,
             ScoreCache(settings.score_cache_entries),
             settings.cache_scope,

@@ -172,7 +172,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # Strong shares and qualities kept are turned into quality targets with this file
     # (python -m services.classifier.calibrate).
     calibration_path: RepoPath = REPO_ROOT / "artefacts" / "classifier" / "calibration.json"
-    # Tenants with their own label on llmrouter_router_routed_total (the first seen); the rest are "other".
+    # Tenants with their own label on llmrouter_router_routed_total, quality_kept_ratio and budget_rejections_total (the
+    # first seen); the rest are "other".
     metrics_tenants: int = Field(default=20, ge=0, le=1000)
     # Output tokens assumed when the caller sets no max_tokens, for the cost estimates that rank models. What
     # admission holds is the worst case: the most the model may write.
