@@ -103,6 +103,7 @@ PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
 BACKLOG_AGE = f"llmrouter_router_ledger_sink_backlog_age_seconds{{{PROD}}}"
 ROUND_STARTED = f"llmrouter_router_upkeep_round_started_timestamp_seconds{{{PROD}}}"
 ROUTER_UP = f'job="llmrouter-router",{PROD}}}'
+REJECTED = "rate(llmrouter_router_budget_rejections_total"
 
 
 @pytest.mark.parametrize(
@@ -121,6 +122,13 @@ ROUTER_UP = f'job="llmrouter-router",{PROD}}}'
         # calls the open breaker refused unsent taken for successes: they dilute the probes' errors, an outage is quiet
         ("LLMRouterProviderHighErrorRatio", "expr", "error|timeout|circuit_open", "error|timeout"),
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
+        # one tenant's refusals taken for all: refusals spread over tenants, none past 5% alone, are missed
+        (
+            "LLMRouterBudgetRejectionsSpike",
+            "expr",
+            f"sum by (namespace, release) ({REJECTED}",
+            f"max by (namespace, release) ({REJECTED}",
+        ),
         ("LLMRouterMoneyStoreUnreachable", "expr", ',store="money"', ""),  # the cache store taken for the money's
         ("LLMRouterMoneyStoreMemoryHigh", "expr", ',store="money"', ""),  # a warm cache taken for the money store
         ("LLMRouterMoneyStoreMemoryCritical", "for", "5m", "0m"),  # no wait: the pending case fails
