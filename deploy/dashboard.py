@@ -284,6 +284,15 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Budget rejections by tenant and budget scope (top 10)",
+                "reqps",
+                # One tenant refused (its budget spent) or most (a default limit too low); `other`: the tenants past
+                # ROUTER_METRICS_TENANTS.
+                (f"topk(10, sum by (tenant, scope) ({rate(BUDGET_REJECTIONS)}))", "{{tenant}} ({{scope}} budget)"),
+            )
+        )
+        .with_panel(
+            series(
                 "Shares of requests refused for budget (alerts past 5%) and falling back to another model (past 10%)",
                 "percentunit",
                 (
