@@ -213,10 +213,6 @@ def _undo_id(entry: OutboxUndo) -> tuple[str, str]:
     return entry.account.tenant, entry.hold.request_id
 
 
-def _undo_ids(entries: list[OutboxEntry]) -> set[tuple[str, str]]:
-    return {_undo_id(entry) for entry in entries if isinstance(entry, OutboxUndo)}
-
-
 def entry_from_json(line: str) -> OutboxEntry:
     raw = loads_stored(line)
     if "undo" in raw:
@@ -298,7 +294,9 @@ class Outbox:
                 # 3 KB an entry, against 0.5-1 KB a line) took more memory than the router's limit, and the kubelet
                 # killed it as it read the file, at each start.
                 waiting, unreadable, marked, undos = _scan(file)
-                kept: list[OutboxEntry] = []  # still waiting, in order
+                # Still waiting, in order: indexes into `waiting`, not entries, which would take several times the
+                # file's size when the store keeps them all (a Redis Cluster out of reach: every shard away).
+                kept: list[int] = []
                 unread = "unreadable: cut short by a crash, or written by another version"
                 dead = [(line, unread) for line in unreadable]
                 landed = 0
@@ -318,7 +316,7 @@ class Outbox:
                         if _charge_id(entry) not in self._landed:
                             shard = shard_of(entry.account.tenant)
                             if shard in away:  # not asked again this replay: kept, in its place
-                                kept.append(entry)
+                                kept.append(done)
                                 done += 1
                                 continue
                             try:
@@ -327,14 +325,14 @@ class Outbox:
                                 if not store.shards_fail_apart:  # one server: every entry would wait its timeout
                                     break
                                 away.add(shard)
-                                kept.append(entry)
+                                kept.append(done)
                                 done += 1
                                 continue
                             except Exception as exc:  # this entry's own fault: the next ones are landed all the same
                                 if self._poisoned(entry, exc):
                                     dead.append((entry.to_json(), repr(exc)[:300]))
                                 else:
-                                    kept.append(entry)
+                                    kept.append(done)
                                 done += 1
                                 continue
                             if _charge_id(entry):
@@ -345,9 +343,10 @@ class Outbox:
                         done += 1
                 finally:
                     metrics.OUTBOX_REPLAY_REMAINING.set(0)
-                    # The lines not reached as they were read: each would be written again the same (to_json).
-                    remaining = [entry.to_json() for entry in kept] + waiting[done:]
-                    self._undos = _undo_ids(kept) | {undo for at, undo in undos.items() if at >= done}
+                    # The lines kept and those not reached, as they were read: each as its entry is written (to_json).
+                    remaining = [waiting[at] for at in kept] + waiting[done:]
+                    still_at = set(kept)
+                    self._undos = {undo for at, undo in undos.items() if at >= done or at in still_at}
                     metrics.OUTBOX.set(len(remaining))
                     landed_ids.discard("")
                     if landed or dead or marked:
