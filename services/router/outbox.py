@@ -446,6 +446,9 @@ class Outbox:
                 if dead_size is not None:  # cutting a file short needs no room
                     os.truncate(self.dead_path, dead_size)
             raise
+        # The new file's name made durable: until then a power loss may bring back the file replaced, and with it lose
+        # the charges appended since to the new one (fsynced as they were, their file's name was not).
+        _sync_dir(self.path.parent)
 
     def _mark_landed(self, charge_ids: set[str]) -> None:
         """Write LANDED_MARK over the first byte of the lines of these charges (the file's lock held by the caller)."""
@@ -464,6 +467,19 @@ class Outbox:
                 offset += len(line)
             file.flush()
             os.fsync(file.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    """fsync the directory, for the names in it. Failing, it is said, not raised: the file it names is whole either
+    way, and raised here (the rename done) the replay would take its rewrite for undone."""
+    try:
+        directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        log.exception("outbox directory not synced: a power loss now may bring back the outbox as it was")
 
 
 async def _to_its_end(work: asyncio.Future[None]) -> None:
