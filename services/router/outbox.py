@@ -39,7 +39,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import grpc
 
@@ -51,6 +51,7 @@ from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store
 from services.router.store.keys import SHARDS, shard_of
 
 log = logging.getLogger("llmrouter.router")
+T = TypeVar("T")
 
 LOCK_POLL_S = 0.01  # how often a router waiting for the file's lock tries again
 # Written over the first byte of a line whose charge landed when the file could not be rewritten without it (a full
@@ -292,8 +293,12 @@ class Outbox:
             with await self._locked() as file:
                 # Kept as lines, each parsed as its turn comes: parsed at once, an outbox an outage left long (some
                 # 3 KB an entry, against 0.5-1 KB a line) took more memory than the router's limit, and the kubelet
-                # killed it as it read the file, at each start.
-                waiting, unreadable, marked, undos = _scan(file)
+                # killed it as it read the file, at each start. Read off the loop, each line parsed: some 6 s for an
+                # outbox of 100,000 lines, read again each round while a long one lands a slice a round, and the router
+                # served nothing meanwhile. Run to its end through a cancellation: the file is closed as this block is
+                # left.
+                read = asyncio.ensure_future(asyncio.to_thread(_scan, file))
+                waiting, unreadable, marked, undos = await _to_its_end(read)
                 # Still waiting, in order: indexes into `waiting`, not entries, which would take several times the
                 # file's size when the store keeps them all (a Redis Cluster out of reach: every shard away).
                 kept: list[int] = []
@@ -482,7 +487,7 @@ def _sync_dir(path: Path) -> None:
         log.exception("outbox directory not synced: a power loss now may bring back the outbox as it was")
 
 
-async def _to_its_end(work: asyncio.Future[None]) -> None:
+async def _to_its_end(work: asyncio.Future[T]) -> T:
     """Await `work` until it is done, even when cancelled meanwhile (a shielded wait ends at the cancellation while
     the work runs on); the cancellation is raised once it is."""
     cancelled = False
@@ -493,9 +498,9 @@ async def _to_its_end(work: asyncio.Future[None]) -> None:
             cancelled = True
     if cancelled:
         if not work.cancelled() and (error := work.exception()) is not None:
-            log.error("outbox rewrite failed as its replay was cancelled", exc_info=error)
+            log.error("outbox read or rewrite failed as its replay was cancelled", exc_info=error)
         raise asyncio.CancelledError
-    work.result()
+    return work.result()
 
 
 async def _shards_away(store: Store) -> set[int]:

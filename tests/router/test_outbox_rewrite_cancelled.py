@@ -2,8 +2,9 @@
 file locked until that rewrite is done. The rewrite was shielded, but the cancelled replay left its `with` at once,
 closing the file and so unlocking it while the rewrite thread had yet to replace it: another router sharing the data
 dir then locked the old file, appended its charge (its answer already released) and the rewrite's os.replace threw
-it away. The rewrite is held back here by keeping the one worker of the loop's executor busy: the thread that runs it
-starts only once the other router has tried to lock the file. A fresh event loop, so the session's executor is left
+it away. The rewrite is held back here by keeping the one worker of the loop's executor busy as it is handed over (the
+replay's read of the file handed over before it runs at once): the thread that runs it starts only once the other
+router has tried to lock the file. A fresh event loop, so the session's executor is left
 alone."""
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ ACCOUNT = Account("acme", "key1")
 
 
 class CountingExecutor(ThreadPoolExecutor):
-    """The loop's executor, with one worker: counts the work handed to it (busy's, then the rewrite's)."""
+    """The loop's executor, with one worker: counts the work handed to it (the replay's read of the file, then its
+    rewrite), and keeps the worker busy, until `gate` is set, before the rewrite."""
 
     def __init__(self) -> None:
         super().__init__(max_workers=1)
         self.submitted = 0
+        self.gate = threading.Event()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         self.submitted += 1
+        if self.submitted == 2:  # the rewrite, queued behind the gate
+            super().submit(self.gate.wait)
         return super().submit(fn, *args, **kwargs)
 
 
@@ -47,10 +52,8 @@ async def cancelled_during_rewrite(
     replaying, other_router = Outbox(data_dir), Outbox(data_dir)
     with replaying.path.open("a", encoding="utf-8") as file:
         file.write('{"cut short by a crash\n')  # unreadable: dead-lettered, so the replay rewrites the file
-    gate = threading.Event()
-    busy = asyncio.ensure_future(asyncio.to_thread(gate.wait))  # the executor's one worker, taken
     replay = asyncio.create_task(replaying.replay(MemoryStore()))
-    await eventually(lambda: executor.submitted == 2, "the replay's rewrite is queued behind `busy`")
+    await eventually(lambda: executor.submitted == 2, "the replay's rewrite is queued behind the gate")
     replay.cancel()
     # The other router tries the lock once the cancellation has reached the replay (it runs first): it appends at
     # once if the replay let the file go, else it waits for the lock.
@@ -65,8 +68,7 @@ async def cancelled_during_rewrite(
     charge = OutboxCharge(ACCOUNT, hold, 900, {"request_id": "r-late", "ts": time.time()}, "c0ffee02")
     adding = asyncio.create_task(other_router.add(charge))
     await asyncio.wait_for(tried_lock.wait(), 5)
-    gate.set()
-    await busy
+    executor.gate.set()
     await asyncio.wait_for(adding, 5)
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(replay, 5)
