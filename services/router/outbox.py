@@ -247,6 +247,9 @@ class Outbox:
         self.path = data_dir / "charges-outbox.jsonl"
         self.dead_path = data_dir / "charges-outbox.dead.jsonl"
         private_file(self.path)
+        # Its name made durable before a charge is kept in it: a power loss would lose the file made just now, and
+        # with it the charges appended to it (fsynced as each was).
+        _sync_dir(data_dir)
         private_file(self.dead_path, create=False)
         # Replays in a row that failed each entry still waiting (by its line) otherwise than by the store being away.
         self._failures: dict[str, int] = {}
