@@ -209,10 +209,7 @@ class Runner:
                 break
             if batch_id in self.runs or not self._may_run(state, left_s <= 0):
                 continue
-            # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails, or
-            # must first ask the router, out of reach then, what became of the lines of an offer whose reply was lost).
-            waits = "failures" in state or OFFER_IN_DOUBT in state
-            if parked_s > 0 and (state.get("status") != b"cancelling" or waits):
+            if parked_s > 0 and _waits_parked(state):
                 wake_s = min(wake_s, parked_s)
                 continue
             # Past its window, a batch that finds no place still ends on time, `expired`; cancelled, it ends at once,
@@ -225,11 +222,24 @@ class Runner:
             # Only batches no other edge runs run here (its run renews the lease taken now).
             self._leasing = batch_id
             if await self.store.lease(batch_id, self.owner, LEASE_S):
+                if (parked_s := await self._parked_now(batch_id)) > 0:
+                    await self.store.release(batch_id, self.owner)
+                    wake_s = min(wake_s, parked_s)
+                    self._leasing = None
+                    continue
                 self.start(batch_id, expiring=self._full())
                 if batch_id not in self.runs:  # the edge began stopping meanwhile: the batch is any edge's again
                     await self.store.release(batch_id, self.owner)
             self._leasing = None
         return wake_s
+
+    async def _parked_now(self, batch_id: str) -> float:
+        """How long the batch, just leased, must still wait, as it stands now: its state and park were read before the
+        lease, and a run ending meanwhile (here, or on another edge, its lease then free) may have parked it since. Run
+        on that stale read, a batch backing off from a router out of reach asked it again at once."""
+        (state,) = await self.store.fields([batch_key(batch_id)], ["status", "failures", OFFER_IN_DOUBT])
+        (parked_s,) = await self.store.parked_s([batch_id])
+        return parked_s if parked_s > 0 and _waits_parked(state) else 0.0
 
     def _may_run(self, batch: dict[str, bytes], past_window: bool) -> bool:
         """A batch whose key this edge does not serve (revoked, or not yet given to this edge in a rolling change of
@@ -735,3 +745,9 @@ def file_fields(
     if lines is not None:
         fields["lines"] = str(lines)
     return fields
+
+
+def _waits_parked(state: dict[str, bytes]) -> bool:
+    """A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails, or must first
+    ask the router, out of reach then, what became of the lines of an offer whose reply was lost)."""
+    return state.get("status") != b"cancelling" or "failures" in state or OFFER_IN_DOUBT in state
