@@ -223,7 +223,8 @@ class Runner:
             self._leasing = batch_id
             if await self.store.lease(batch_id, self.owner, LEASE_S):
                 if (parked_s := await self._parked_now(batch_id)) > 0:
-                    await self.store.release(batch_id, self.owner)
+                    if batch_id not in self.runs:  # else started here meanwhile (a cancel): its run holds this lease
+                        await self.store.release(batch_id, self.owner)
                     wake_s = min(wake_s, parked_s)
                     self._leasing = None
                     continue

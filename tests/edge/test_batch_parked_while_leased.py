@@ -5,6 +5,7 @@ the ask that parked it (a CI run). A real Redis and a Redis Cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ import pytest
 
 from services.batches.deferral import OFFER_IN_DOUBT
 from services.batches.runner import LEASE_S, UNREACHED, Runner
-from services.batches.store import RedisStore, batch_key
+from services.batches.store import RedisStore, batch_key, file_key
 from tests.edge.conftest import opened_runner
 from tests.edge.test_batch_window_clock import put_batch
 
@@ -58,5 +59,47 @@ async def test_a_batch_parked_as_its_lease_is_taken_waits_for_its_time(
             assert 0 < wake_s <= PARK_S  # it looks again at the park's end
             assert await store.lease(batch_id, "another-edge", LEASE_S)  # its lease was given back
         assert (await store.get(batch_key(batch_id)))["status"] == status.encode()
+    finally:
+        await store.activate(batch_id, False)
+
+
+async def test_a_parked_batch_a_cancel_started_here_meanwhile_keeps_its_runs_lease(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parked between the adoption's reads and its lease, a batch a cancel on this edge started meanwhile: its run
+    holds the lease (the same owner's as the adoption's), which the adoption then does not give back (given back,
+    another edge ran the batch alongside this one's run)."""
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", 3600, status="cancelling")
+    await store.put(batch_key(batch_id), {OFFER_IN_DOUBT: "1", "failures": "1"}, 600)  # parked, it waits cancelled
+    input_key = file_key((await store.get(batch_key(batch_id)))["input_file_id"].decode())
+    reading, go = asyncio.Event(), asyncio.Event()
+    lease, content = store.lease, store.content
+    adopting = True
+
+    async def run_held_at_its_input(key: str) -> bytes | None:
+        if key == input_key:
+            reading.set()
+            await go.wait()
+        return await content(key)
+
+    async def parked_and_started_then_leased(leased_id: str, owner: str, ttl_s: int) -> bool:
+        nonlocal adopting
+        if leased_id == batch_id and adopting:  # the adoption's lease, not its run's
+            adopting = False
+            await store.back_off(batch_id, PARK_S, PARK_S)  # a failed run on another edge ended
+            runner.start(batch_id)  # the cancel on this edge (api.cancel_batch) starts it here
+            await reading.wait()  # its run leased it, and reads its input
+        return await lease(leased_id, owner, ttl_s)
+
+    monkeypatch.setattr(store, "content", run_held_at_its_input)
+    monkeypatch.setattr(store, "lease", parked_and_started_then_leased)
+    try:
+        async with opened_runner(store) as runner:
+            try:
+                await adopted(runner)
+                assert batch_id in runner.runs
+                assert not await store.lease(batch_id, "another-edge", LEASE_S)  # its run's lease is kept
+            finally:
+                go.set()  # its run ends (closing the runner waits for it)
     finally:
         await store.activate(batch_id, False)
