@@ -88,7 +88,8 @@ async def test_a_parked_batch_a_cancel_started_here_meanwhile_keeps_its_runs_lea
             adopting = False
             await store.back_off(batch_id, PARK_S, PARK_S)  # a failed run on another edge ended
             runner.start(batch_id)  # the cancel on this edge (api.cancel_batch) starts it here
-            await reading.wait()  # its run leased it, and reads its input
+            async with asyncio.timeout(10):  # a failure, not a hang, if its run never gets there
+                await reading.wait()  # its run leased it, and reads its input
         return await lease(leased_id, owner, ttl_s)
 
     monkeypatch.setattr(store, "content", run_held_at_its_input)
