@@ -242,6 +242,10 @@ class Outbox:
         `poison_replays`: how many replays in a row an entry fails otherwise before it is dead-lettered."""
         self.marked_s = marked_s
         self.poison_replays = poison_replays
+        # Entries the replay under way has yet to try (0 while none runs), read at each scrape from this outbox (a
+        # process's last opened): another outbox's replay, ending, resets nothing.
+        self.replay_remaining = 0
+        metrics.OUTBOX_REPLAY_REMAINING.set_function(lambda: self.replay_remaining)
         # Whoever could write here could have charges replayed against any tenant: checked, or refused (UnsafePath).
         private_dir(data_dir)
         self.path = data_dir / "charges-outbox.jsonl"
@@ -319,7 +323,7 @@ class Outbox:
                     for line in waiting:
                         if until is not None and done and time.monotonic() >= until:
                             break  # the rest, from this entry on, waits for the next replay (remaining, below)
-                        metrics.OUTBOX_REPLAY_REMAINING.set(len(waiting) - done)
+                        self.replay_remaining = len(waiting) - done
                         entry = entry_from_json(line)  # read once already (_scan)
                         if _charge_id(entry) not in self._landed:
                             shard = shard_of(entry.account.tenant)
@@ -350,7 +354,7 @@ class Outbox:
                         self._failures.pop(entry.to_json(), None)
                         done += 1
                 finally:
-                    metrics.OUTBOX_REPLAY_REMAINING.set(0)
+                    self.replay_remaining = 0
                     # The lines kept and those not reached, as they were read: each as its entry is written (to_json).
                     remaining = [waiting[at] for at in kept] + waiting[done:]
                     still_at = set(kept)
