@@ -7,29 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from services.batches.deferral import OFFER_IN_DOUBT
-from services.batches.runner import LEASE_S, UNREACHED, Runner
-from services.batches.store import RedisStore, batch_key, file_key
+from services.batches.runner import LEASE_S, UNREACHED
+from services.batches.store import Store, batch_key, file_key
 from tests.edge.conftest import opened_runner
 from tests.edge.test_batch_window_clock import put_batch
 
 PARK_S = 30.0
 
 
-@pytest.fixture
-async def store(any_redis_url: str) -> AsyncIterator[RedisStore]:
-    store = RedisStore(any_redis_url)
-    try:
-        yield store
-    finally:
-        await store.close()
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The shared stores only: in memory, a batch has one edge, which no other can take it from."""
+    return str(request.getfixturevalue(f"any_redis_url_{request.param}"))
 
 
-def parked_as_leased(store: RedisStore, batch_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def parked_as_leased(store: Store, batch_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The batch parked by a run that ended just before this runner's lease: between the adoption's reads and it."""
     lease = store.lease
 
@@ -41,20 +37,16 @@ def parked_as_leased(store: RedisStore, batch_id: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(store, "lease", parked_then_leased)
 
 
-async def adopted(runner: Runner) -> float:
-    return await runner._adopt()
-
-
 @pytest.mark.parametrize("status", ["in_progress", "cancelling"])
 async def test_a_batch_parked_as_its_lease_is_taken_waits_for_its_time(
-    store: RedisStore, monkeypatch: pytest.MonkeyPatch, status: str
+    store: Store, monkeypatch: pytest.MonkeyPatch, status: str
 ) -> None:
     batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", 3600, status=status)
     await store.put(batch_key(batch_id), {OFFER_IN_DOUBT: "1"}, 600)  # a cancelled one must ask the router first
     parked_as_leased(store, batch_id, monkeypatch)
     try:
         async with opened_runner(store) as runner:
-            wake_s = await adopted(runner)
+            wake_s = await runner._adopt()
             assert batch_id not in runner.runs
             assert 0 < wake_s <= PARK_S  # it looks again at the park's end
             assert await store.lease(batch_id, "another-edge", LEASE_S)  # its lease was given back
@@ -64,7 +56,7 @@ async def test_a_batch_parked_as_its_lease_is_taken_waits_for_its_time(
 
 
 async def test_a_parked_batch_a_cancel_started_here_meanwhile_keeps_its_runs_lease(
-    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Parked between the adoption's reads and its lease, a batch a cancel on this edge started meanwhile: its run
     holds the lease (the same owner's as the adoption's), which the adoption then does not give back (given back,
@@ -97,7 +89,7 @@ async def test_a_parked_batch_a_cancel_started_here_meanwhile_keeps_its_runs_lea
     try:
         async with opened_runner(store) as runner:
             try:
-                await adopted(runner)
+                await runner._adopt()
                 assert batch_id in runner.runs
                 assert not await store.lease(batch_id, "another-edge", LEASE_S)  # its run's lease is kept
             finally:

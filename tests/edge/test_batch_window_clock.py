@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from services.batches import idempotent, results, wire
 from services.batches.api import TAKEN_OVER, BatchApi
 from services.batches.runner import Runner, file_fields
-from services.batches.store import RedisStore, batch_key, file_key, readers_key
+from services.batches.store import RedisStore, Store, batch_key, file_key, readers_key
 from services.edge.openai_api import ApiError
 from tests.edge.conftest import opened_runner
 from tests.integration.conftest import served_router
@@ -61,7 +61,7 @@ def skew_clock(monkeypatch: pytest.MonkeyPatch, skew_s: float) -> None:
     monkeypatch.setattr(time, "time", lambda: real() + skew_s)
 
 
-async def put_input(store: RedisStore, tenant: str, line: bytes = b'{"custom_id": "a"}\n') -> str:
+async def put_input(store: Store, tenant: str, line: bytes = b'{"custom_id": "a"}\n') -> str:
     """A batch input file of `tenant`, of one line: its id."""
     input_id = f"file-{uuid.uuid4().hex}"
     await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", line, "batch", 1), 600)
@@ -79,7 +79,7 @@ def edge_client(api: BatchApi) -> httpx.AsyncClient:
 
 
 async def put_batch(
-    store: RedisStore,
+    store: Store,
     tenant: str,
     expires_in_s: float,
     line: bytes = b'{"custom_id": "a"}\n',
