@@ -121,6 +121,8 @@ REJECTED = "rate(llmrouter_router_budget_rejections_total"
         ("LLMRouterCircuitBreakerOpen", "expr", "[5m]", "[1m]"),  # a slow failing probe hides a flapping outage
         # calls the open breaker refused unsent taken for successes: they dilute the probes' errors, an outage is quiet
         ("LLMRouterProviderHighErrorRatio", "expr", "error|timeout|circuit_open", "error|timeout"),
+        # the callers' refusals counted as calls: a provider rate-limiting most of our valid calls is quiet
+        ("LLMRouterProviderRateLimited", "expr", 'outcome!="refused"}[15m])) > 0.05\n', "}[15m])) > 0.05\n"),
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
         # one tenant's refusals taken for all: refusals spread over tenants, none past 5% alone, are missed
         (
