@@ -21,6 +21,7 @@ import grpc
 from llmrouter.deadlines import MIN_SEND_S, PROVIDERS_MARGIN_S
 from llmrouter.errors import USAGE_FINAL, ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
+from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2
@@ -63,6 +64,9 @@ _REFUSED_STATUSES = frozenset({400, 422})
 
 log = logging.getLogger("llmrouter.providers")
 MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself
+# The largest answer a reply carries: the gRPC message limit, less room for a stream chunk's wrapping. Only an upstream
+# writing far past any honest answer (128k tokens are about 1 MB) reaches it; sent, the reply failed in gRPC itself.
+MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
 
 
 class Dispatcher:
@@ -256,7 +260,8 @@ class Dispatcher:
         finally:
             metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
         end.content, end.refusal = "".join(delivered), "".join(refused)
-        yield provider_pb2.GenerateChunk(final=await self._response(model, request, end, retries, start, wasted))
+        final = await self._response(model, request, end, retries, start, wasted, streamed=True)
+        yield provider_pb2.GenerateChunk(final=final)
 
     def _deadline(self, budget_s: float | None) -> float:
         """The provider's total timeout, shortened to just before the caller's own gRPC deadline when that
@@ -409,8 +414,6 @@ class Dispatcher:
         """The caller already holds part of the answer: fail, charging exactly what was served, the tool calls the
         upstream had streamed so far (generated and sent, so billed, though a caller gets them only whole), and
         what attempts that failed before it consumed."""
-        metrics.REQUESTS.labels(self.provider, model.name, _outcome(err)).inc()
-        log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
         # message_delta, OpenAI's usage chunk, sent once it finished generating) and what it bills.
@@ -419,7 +422,14 @@ class Dispatcher:
         output_tokens = reported if exact else counted
         usage, cost = await settle(model, request, output, end.input_tokens, output_tokens, *_cache_counts(end))
         usage.estimated |= not exact
-        usage, cost = wasted.on_top(usage, cost)
+        return self._cut(model, request, err, *wasted.on_top(usage, cost))
+
+    def _cut(
+        self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, usage: common_pb2.Usage, cost: str
+    ) -> ServiceError:
+        """A stream failed after its caller got part of the answer: charged `usage`, priced `cost`."""
+        metrics.REQUESTS.labels(self.provider, model.name, _outcome(err)).inc()
+        log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         metadata = {
             "provider": self.provider,
@@ -443,6 +453,7 @@ class Dispatcher:
         retries: int,
         start: float,
         wasted: Wasted | None = None,
+        streamed: bool = False,
     ) -> provider_pb2.GenerateResponse:
         tool_calls = json.dumps(done.tool_calls) if done.tool_calls else ""
         # Without the provider's count, the refusal and the tool calls are output too, the calls as their JSON.
@@ -450,9 +461,7 @@ class Dispatcher:
         usage, cost = await settle(model, request, output, done.input_tokens, done.output_tokens, *_cache_counts(done))
         if wasted is not None:
             usage, cost = wasted.on_top(usage, cost)
-        metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
-        self._count_tokens(model, usage.input_tokens, usage.output_tokens)
-        return provider_pb2.GenerateResponse(
+        reply = provider_pb2.GenerateResponse(
             content=done.content,
             refusal=done.refusal,
             usage=usage,
@@ -466,6 +475,15 @@ class Dispatcher:
             mean_logprob=done.mean_logprob,
             logprobs_json=_callers_logprobs(done, request),
         )
+        if reply.ByteSize() > MAX_REPLY_BYTES:
+            err = UpstreamError("bad_response", f"answer of {reply.ByteSize()} bytes, past what a reply carries")
+            if not streamed:  # as a malformed answer: generated, undelivered, owed at its worst case
+                raise self._failure(model, request, err, retries, None)
+            # Its deltas were delivered, and what it bills is known: cut at its end, charged that usage.
+            raise self._cut(model, request, err, usage, cost)
+        metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
+        self._count_tokens(model, usage.input_tokens, usage.output_tokens)
+        return reply
 
     def _count_tokens(self, model: ModelSpec, input_tokens: int, output_tokens: int) -> None:
         metrics.TOKENS.labels(self.provider, model.name, "input").inc(input_tokens)
