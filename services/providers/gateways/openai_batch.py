@@ -109,5 +109,7 @@ def _line(raw: str) -> LineResult:
             "provider batch line failed",
             extra={"custom_id": custom_id, "status": status, "error": str(reason.get("message"))[:300]},
         )
-        message = f"the provider failed the line (status {status})" if status else "the provider failed the line"
+        # Only a status that is one is quoted: any other JSON the file holds there is the provider's own words.
+        code_said = isinstance(status, int) and not isinstance(status, bool) and status
+        message = f"the provider failed the line (status {status})" if code_said else "the provider failed the line"
     return LineResult(custom_id, None, message)
