@@ -175,9 +175,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         not serve before any of it (key_tenants.py)."""
         account = admission.account_for(request)
         limits = await self.admission.limits(request)
-        await self.admission.key_tenants.check(account)
+        # Validated before the key is bound: a request refused as invalid takes no money, and binds it to no tenant.
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
+        await self.admission.key_tenants.check(account)
         self.admission.refuse_if_rate_limited(account)
         if count:
             await self.admission.count(account)

@@ -1,12 +1,13 @@
 """A direct gRPC caller of the router sending fields no edge would: a CollectBatch naming a model of 20,000 characters
 is refused NO_BATCH_PRICE, the name cut in the refusal's metadata (quoted whole, it passed gRPC's 16 KiB hard limit on
 metadata, and the caller got "Stream removed" instead). A request naming both api_key and api_key_id (one is instead
-of the other) is refused INVALID_ARGUMENT: it was charged to api_key's key without a word. A real router gRPC server
-over the in-process store."""
+of the other) is refused INVALID_ARGUMENT: it was charged to api_key's key without a word. A request refused for its
+escalation or verifier_threshold binds its key to no tenant. A real router gRPC server over the in-process store."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -55,3 +56,29 @@ async def test_a_request_naming_both_a_key_and_a_key_id_is_refused(tmp_path: Pat
     error = ServiceError.from_rpc_error(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "api_key_id")
     assert provider.generated == 0
+
+
+@pytest.mark.parametrize("invalid_field", [{"escalation": "bogus"}, {"verifier_threshold": 2.0}])
+async def test_a_request_refused_as_invalid_binds_its_key_to_no_tenant(
+    tmp_path: Path, invalid_field: dict[str, Any]
+) -> None:
+    """A key is bound for good to the first tenant a request that may take money names it with (key_tenants.py). A
+    request whose escalation or verifier_threshold is refused takes none: it bound the key to the tenant it named
+    all the same, and the key's own tenant was refused PERMISSION_DENIED from then on."""
+    provider = Answering()
+
+    def ask(tenant: str, **fields: Any) -> router_pb2.CompleteRequest:
+        message = common_pb2.ChatMessage(role="user", content="Hello")
+        return router_pb2.CompleteRequest(messages=[message], model="cheap", tenant=tenant, api_key="sk-k", **fields)
+
+    async with (
+        served_router(tmp_path, MemoryStore(), provider, CACHE_REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = router_pb2_grpc.RouterStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Complete(ask("mistaken", **invalid_field), timeout=10)
+        answer = await stub.Complete(ask("owner"), timeout=10)
+    error = ServiceError.from_rpc_error(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, next(iter(invalid_field)))
+    assert answer.content and provider.generated == 1
