@@ -133,9 +133,24 @@ class Routing:
         except grpc.RpcError as err:
             log.warning("classifier unavailable; routing without it", extra={"code": str(err.code())})
             return None, ""
-        scores = dict(reply.results[0].quality)
+        scores = predictions(reply)
+        if scores is None:  # no prediction to route on: as though the classifier were down, and not kept
+            log.warning("classifier reply malformed; routing without it", extra={"version": reply.model_version})
+            return None, ""
         self.score_cache.put(key, scores, reply.model_version)
         return scores, reply.model_version
+
+
+def predictions(reply: classifier_pb2.ScoreResponse) -> dict[str, float] | None:
+    """The one prompt's predictions of a Score reply; None unless it holds one result of scores in [0, 1], as the
+    contract gives them. A NaN put every model below the bar of quality it set (policy.near_best): routed on nothing,
+    the request failed INTERNAL."""
+    if len(reply.results) != 1:
+        return None
+    scores = dict(reply.results[0].quality)
+    if not all(0.0 <= score <= 1.0 for score in scores.values()):  # NaN fails the comparison too
+        return None
+    return scores
 
 
 async def planned(
