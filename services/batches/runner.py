@@ -721,12 +721,16 @@ def not_admitted(error: ServiceError) -> bool:
     `retryable` true: services/router/shutdown_cut.py); or one it may have admitted, cut mid-call (cut_mid_call:
     Refused.maybe), whose retry the router answers as a duplicate if it was. With the router's ErrorInfo (reason
     UPSTREAM_ERROR: its own call to the providers broke, or the providers' OVERLOADED passed on), the request was
-    admitted."""
+    admitted. A budget refusal is one too unless the router says it is for good (`retryable: false`: the spend alone
+    leaves too little): the holds of requests in flight took the room, the batch's own lines among them, and it may be
+    admitted once they settle; written as the line's 429, a batch lost lines its budget would have paid for."""
     released = error.reason == "SHUTTING_DOWN" and error.metadata.get("retryable") == "true"
+    held_room = error.reason == "BUDGET_EXCEEDED" and error.metadata.get("retryable") != "false"
     return (
         admitted_nothing(error)
         or error.cut_mid_call
         or released
+        or held_room
         or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
     )
 
