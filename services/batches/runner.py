@@ -439,7 +439,8 @@ class Runner:
                         if pending.wait_s() != 0 or self.stopping or renewing.done():
                             continue
                         index = pending.take()
-                        group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt, ending))
+                        line = self._line(batch_id, batch, index, lines, pending, in_doubt, ending, not deferred)
+                        group.create_task(line)
                         sending = True
                     finally:
                         if not sending:  # a store error too: a slot lost was lost for good, and once all were, no
@@ -554,11 +555,13 @@ class Runner:
         pending: Pending,
         in_doubt: set[int],
         ending: Callable[[], str],
+        holds_settle: bool,
     ) -> None:
         """Send one line and record its result. `in_doubt`: the run's lines sent before that may have been admitted
         then (resent past the window: only the router knows). `ending`: why the batch ends ("expired", "cancelled"),
         or "" while it runs on; once it ends, a line whose charge is open is written pending rather than asked
-        again."""
+        again. `holds_settle`: the batch has no lines at providers, so a line refused for the budget's holds in flight
+        may wait for them (not_admitted)."""
         try:
             # Parsed as the chat route parses a body: a large one off the event loop, which a line of megabytes of
             # tiny values held for seconds (a batch of three lines of 8 MB of empty arrays: over a minute).
@@ -572,7 +575,7 @@ class Runner:
                 return
             custom_id = line["custom_id"]
             await self.store.put(sent_key(batch_id), {str(index): SENT})
-            answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
+            answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"], holds_settle)
             if isinstance(answered, Refused):
                 if answered.maybe:  # perhaps admitted by a router that died mid-call: in doubt
                     in_doubt.add(index)
@@ -598,7 +601,7 @@ class Runner:
             self.slots.release()
 
     async def _complete(
-        self, batch: dict[str, bytes], request_id: str, body: Any
+        self, batch: dict[str, bytes], request_id: str, body: Any, holds_settle: bool
     ) -> tuple[int, Any] | Refused | ChargeOpen:
         """(HTTP status, body) of one line, as POST /v1/chat/completions would answer it; Refused when the router
         did not admit it (nothing claimed, nothing charged): the line is sent again, with the same request id;
@@ -616,7 +619,7 @@ class Runner:
             response = await self.router.Complete(message, timeout=self.timeout_s)
         except grpc.RpcError as err:
             error = ServiceError.from_rpc_error(err)
-            if not_admitted(error):
+            if not_admitted(error, holds_settle):
                 return Refused(seconds(error.metadata.get("retry_after_s", "")), error.cut_mid_call)
             api_error = self.error_for(err, request_id)
             # Its body says what the failed line was charged (x_router), as the ledger does: a duplicate's, what the
@@ -714,7 +717,7 @@ def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str | No
     return {i: unparsed.custom_id(lines.raw(i)) for i in indices}
 
 
-def not_admitted(error: ServiceError) -> bool:
+def not_admitted(error: ServiceError, holds_settle: bool = True) -> bool:
     """A line the router did not admit, which may be sent again under the same request id: a call it admitted nothing
     of (router_refusals.admitted_nothing), or one it refused before admission (its money store out of reach, a rate
     limit), or one a draining router refused as its cut ran, charged nothing and its id released (SHUTTING_DOWN,
@@ -723,9 +726,11 @@ def not_admitted(error: ServiceError) -> bool:
     UPSTREAM_ERROR: its own call to the providers broke, or the providers' OVERLOADED passed on), the request was
     admitted. A budget refusal is one too unless the router says it is for good (`retryable: false`: the spend alone
     leaves too little): the holds of requests in flight took the room, the batch's own lines among them, and it may be
-    admitted once they settle; written as the line's 429, a batch lost lines its budget would have paid for."""
+    admitted once they settle; written as the line's 429, a batch lost lines its budget would have paid for. Unless
+    they may not settle in time (`holds_settle` false): the batch's own lines at providers hold its budget until its
+    run collects them, once its other lines have ended, so a line waiting for that room waited out the window."""
     released = error.reason == "SHUTTING_DOWN" and error.metadata.get("retryable") == "true"
-    held_room = error.reason == "BUDGET_EXCEEDED" and error.metadata.get("retryable") != "false"
+    held_room = holds_settle and error.reason == "BUDGET_EXCEEDED" and error.metadata.get("retryable") != "false"
     return (
         admitted_nothing(error)
         or error.cut_mid_call

@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import json
 import secrets
+from decimal import Decimal
 
 import redis.asyncio as redis
 
 from services.batches.runner import REFUSED
 from services.batches.store import sent_key
-from services.router.store import Account, Allowance, Hold, RedisStore, key_id, period_id
+from services.router.store import Account, Allowance, Hold, RedisStore, key_id, period_id, to_pico
 from tests.integration.conftest import Chain, keyed_batch_edge, sdk_edge
-from tests.integration.test_provider_batches import finished
+from tests.integration.test_provider_batches import (
+    BATCHED,
+    REALTIME,
+    Stack,
+    finished,
+    lines_of,
+    money,
+    serving,
+    stack,
+)
 from tests.waiting import eventually
+
+__all__ = ["stack"]  # the fixture, shared
 
 USD = 10**12  # pico-dollars
 
@@ -70,3 +82,37 @@ async def test_a_line_refused_for_the_holds_in_flight_waits_for_them_to_settle(c
     finally:
         await batches.aclose()
         await store.close()
+
+
+async def test_a_line_refused_for_the_holds_of_its_batchs_provider_lines_fails_at_once(stack: Stack) -> None:
+    """The batch's own lines at a provider hold its budget until its run collects them, after its other lines end:
+    a line waiting for that room would wait out the window, and the provider lines' answers with it."""
+    limit = to_pico(Decimal("0.002"))
+    store = RedisStore(stack.redis_url)
+    try:
+        await store.set_limit("tenant", stack.tenant, limit)
+    finally:
+        await store.close()
+    # Each line's short answer is its whole max_tokens: the batch line's hold (~0.0012) leaves too little room for the
+    # realtime line's (~0.0015), which the budget alone would pay for.
+    lines = [
+        {"model": BATCHED, "max_tokens": 1000, "messages": [{"role": "user", "content": "at the provider"}]},
+        {"model": REALTIME, "max_tokens": 1000, "messages": [{"role": "user", "content": "in real time"}]},
+    ]
+    content = "".join(
+        json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
+        for i, body in enumerate(lines)
+    ).encode()
+    async with serving(stack, min_output_tokens=100_000) as client:
+        uploaded = await client.files.create(file=("lines.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await finished(client, batch.id, timeout_s=30)
+        assert done.status == "completed" and done.request_counts is not None
+        output, errors = await lines_of(client, done.output_file_id), await lines_of(client, done.error_file_id)
+    assert list(output) == ["req-0"] and list(errors) == ["req-1"], (output, errors)
+    refusal = errors["req-1"]["response"]
+    assert refusal["status_code"] == 429 and refusal["body"]["error"]["code"] == "insufficient_quota"
+    charged, spend, held, _ = await money(stack)
+    assert spend <= limit and held == 0 and list(charged) == [f"{batch.id}:req-0"]
