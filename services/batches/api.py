@@ -419,7 +419,7 @@ class BatchApi:
                 *self._unclaim(claim, batch_id),
             )
             raise
-        self.runner.start(batch_id)
+        self.runner.start(batch_id, tenant=tenant)
         return None
 
     def _unclaim(self, claim: Claim | None, item_id: str) -> list[Callable[[], Awaitable[None]]]:
@@ -490,9 +490,10 @@ class BatchApi:
     async def cancel_batch(self, request: Request) -> Response:
         """Lines not yet sent are not sent; those in flight finish (those in doubt too: runner.py). The batch ends
         `cancelled`, with the files of the lines that finished. A batch already ending or ended is returned as it is."""
-        batch_id, _ = await self._batch(request)
+        batch_id, fields = await self._batch(request)
         if await self.store.advance(batch_id, CANCELLABLE, "cancelling") is not None:  # not one its run ended meanwhile
-            self.runner.start(batch_id)  # on this edge, if no other runs it: it ends the batch
+            # On this edge, if no other runs it: it ends the batch.
+            self.runner.start(batch_id, tenant=fields["tenant"].decode())
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
 
     async def _batch(self, request: Request) -> tuple[str, dict[str, bytes]]:

@@ -157,12 +157,17 @@ class Runner:
         max_running: int = 4,
         max_file_bytes: int = 100 * 1024 * 1024,
         tenant_file_bytes: int | None = None,
+        max_running_per_tenant: int | None = None,
     ) -> None:
         self.store = store
         self.tenant_file_bytes = tenant_file_bytes  # the file quota an output is counted against, never refused by
         # Each batch running holds its input file's content: past max_running the others stay in the store's
         # active set, run by another edge, or here once a batch running here ends.
         self.max_running = max_running
+        # One tenant's at most (None: all of them): a batch keeps its place until it ends, so a tenant with as many long
+        # batches as there are places held them all, for hours, and another tenant's batch waited past its window.
+        self.max_running_per_tenant = max_running if max_running_per_tenant is None else max_running_per_tenant
+        self._tenant_of: dict[str, str] = {}  # the tenant of each batch run here, when its starter knew it
         # Batches whose run ended them or parked them (not one that stopped, to resume later): their place is free.
         self._ended_here: set[str] = set()
         # Runs only waiting for their provider batches (up to the provider's 24 h): their input file dropped, they
@@ -215,7 +220,10 @@ class Runner:
             # Past its window, a batch that finds no place still ends on time, `expired`; cancelled, it ends at once,
             # `cancelled`, as OpenAI's do, not after the batches running (_expiring).
             ending = "tenant" in state and (left_s <= 0 or state.get("status") == b"cancelling")
-            if self._full() and not (ending and not self._expiring):
+            tenant = state["tenant"].decode() if "tenant" in state else None
+            # Its tenant's places here all taken: one of them ending frees one (_ended wakes the adoption).
+            tenant_full = tenant is not None and self._tenant_full(tenant)
+            if (self._full() or tenant_full) and not (ending and not self._expiring):
                 if "tenant" in state and not ending:  # it expires then: looked at again at that time
                     wake_s = min(wake_s, left_s)
                 continue
@@ -228,7 +236,8 @@ class Runner:
                     wake_s = min(wake_s, parked_s)
                     self._leasing = None
                     continue
-                self.start(batch_id, expiring=self._full())
+                placeless = self._full() or (tenant is not None and self._tenant_full(tenant))
+                self.start(batch_id, expiring=placeless, tenant=tenant)
                 if batch_id not in self.runs:  # the edge began stopping meanwhile: the batch is any edge's again
                     await self.store.release(batch_id, self.owner)
             self._leasing = None
@@ -269,11 +278,15 @@ class Runner:
                 wake_s = LEASE_S / 2
                 log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
-    def start(self, batch_id: str, expiring: bool = False) -> None:
-        """`expiring`: a batch past its window or cancelled, run without a place (_expiring)."""
-        if batch_id not in self.runs and not self.stopping and (expiring or not self._full()):
+    def start(self, batch_id: str, expiring: bool = False, tenant: str | None = None) -> None:
+        """`expiring`: a batch past its window or cancelled, run without a place (_expiring). `tenant`: the batch's,
+        when known, which holds at most max_running_per_tenant places here."""
+        placed = not self._full() and (tenant is None or not self._tenant_full(tenant))
+        if batch_id not in self.runs and not self.stopping and (expiring or placed):
             task = asyncio.create_task(self._run(batch_id))
             self.runs[batch_id] = task
+            if tenant is not None:
+                self._tenant_of[batch_id] = tenant
             if expiring:
                 self._expiring.add(batch_id)
             RUNNING.inc()
@@ -284,8 +297,15 @@ class Runner:
     def _full(self) -> bool:
         return len(self.runs) - len(self._collecting | self._expiring) >= self.max_running
 
+    def _tenant_full(self, tenant: str) -> bool:
+        placeless = self._collecting | self._expiring
+        held = sum(1 for batch_id, of in self._tenant_of.items() if of == tenant and batch_id not in placeless)
+        return held >= self.max_running_per_tenant
+
     def _ended(self, batch_id: str) -> None:
         self.runs.pop(batch_id, None)
+        if self._tenant_of.pop(batch_id, None) is not None:  # its tenant's batch waiting for a place may start now
+            self._freed.set()
         self._collecting.discard(batch_id)
         self._expiring.discard(batch_id)
         RUNNING.dec()

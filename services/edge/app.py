@@ -1018,6 +1018,8 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_max_running,
         settings.batch_max_file_bytes,
         settings.files_tenant_bytes,
+        # With tenants, one runs at most half the batches (at least one), as it holds at most half the upload places.
+        max(1, settings.batch_max_running // 2) if edge.keys else settings.batch_max_running,
     )
     batches = BatchApi(
         store,

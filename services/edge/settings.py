@@ -87,7 +87,8 @@ class EdgeSettings(ServiceSettings):
     # File uploads at once in this process, each held whole in memory: past it a 429 (Retry-After) before the body.
     batch_max_concurrent_uploads: int = Field(default=4, gt=0)
     # Batches this process runs at once, each holding its input file's content: the others wait in the store,
-    # run by another edge or here as a run ends. Memory: see deploy/README.md (edge sizing).
+    # run by another edge or here as a run ends; with API keys, at most half of them (at least one) one tenant's.
+    # Memory: see deploy/README.md (edge sizing).
     batch_max_running: int = Field(default=4, gt=0)
     # How long an uploaded file, and an ended batch with its output and error files, are kept.
     batch_retention_s: int = Field(default=30 * 86_400, gt=0)
