@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -81,9 +81,17 @@ class Deferral:
         self.max_file_bytes = max_file_bytes  # a line's answer keeps log-probabilities up to its share of it
 
     async def offer(
-        self, batch_id: str, batch: dict[str, bytes], lines: wire.Lines, done: set[str]
+        self,
+        batch_id: str,
+        batch: dict[str, bytes],
+        lines: wire.Lines,
+        done: set[str],
+        offering: Callable[[], Awaitable[bool]] | None = None,
     ) -> dict[int, dict[str, str]] | Unreached:
-        """The deferred lines (index -> model and provider batch), the lines not yet offered offered first;
+        """The deferred lines (index -> model and provider batch), the lines not yet offered offered first, a part at
+        a time while `offering()` holds (the batch not cancelled nor past its window, its run going on): each part the
+        router takes may be sent to providers and charged, and a 50,000-line batch's offer takes 250 calls. Stopped
+        so, the lines an earlier offer whose reply was lost sent are looked for as a cancelled batch's are (recover).
         Unreached when the router did not take the call (the batch is resumed later)."""
         deferred = await self.recorded(batch_id)
         if batch.get("offered") == b"1":
@@ -92,6 +100,11 @@ class Deferral:
         pending = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
         parts = _parts(batch_id, batch, lines, pending)
         while part := await in_parser(lambda: next(parts, [])):  # each part's lines parsed off the event loop
+            if offering is not None and not await offering():  # not marked `offered`: a resumed run goes on
+                if doubted:
+                    return await self.recover(batch_id, batch, lines, done)
+                await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)  # each reply of this offer recorded
+                return deferred
             if not marked:
                 # Written before the call: a crash or a lost reply leaves it, and the batch, cancelled or expired
                 # before it offers again, asks the router what became of its lines (recover).

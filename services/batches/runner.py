@@ -399,7 +399,12 @@ class Runner:
                     batch_id, batch, lines, set(done)
                 )
             else:
-                deferred = await self.deferral.offer(batch_id, batch, lines, set(done))
+
+                async def offering() -> bool:
+                    stopped = self.stopping or renewing.done() or past_window()
+                    return not stopped and not await self._cancelling(batch_id)
+
+                deferred = await self.deferral.offer(batch_id, batch, lines, set(done), offering)
             if isinstance(deferred, Unreached):  # resumed at its park's end
                 await self._park_unreached(batch_id, batch, deferred)
                 return
