@@ -6,7 +6,8 @@ serves at once, without it (the demo's answers take the local model tens of seco
 While serving it supervises: a service that exits is reported at once and the whole stack stops with a non-zero
 status (a half stack would answer /healthz while every request fails).
 
-Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT). The services
+Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT, *_METRICS_PORT);
+`--port-offset N` moves every one not set by N from its default, for a second stack beside the first. The services
 authenticate each other with mTLS: unless *_TLS_DIR says otherwise, a throwaway CA and one certificate per
 service are made at start in a temporary directory, deleted at exit (or, the launcher killed, by the next launch:
 services/stale_certificates.py). The services stop with their launcher, even a killed one
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +42,13 @@ from services.router.settings import RouterSettings
 
 START_TIMEOUT_S = 180
 SERVICES = ("classifier", "providers", "router", "edge")
+SETTINGS = (ClassifierSettings, ProvidersSettings, RouterSettings, EdgeSettings)
+MAX_PORT_OFFSET = 65535 - max(
+    field.default
+    for settings in SETTINGS
+    for name, field in settings.model_fields.items()
+    if name.endswith("port") and field.default
+)
 POLL_S = 0.2
 
 
@@ -110,6 +118,16 @@ def with_throwaway_certificates(env: dict[str, str], directory: Path) -> dict[st
         env.setdefault(f"{prefix}_TLS_DIR", str(authority.write(directory / name, name, hosts)))
     print(f"mTLS certificates of this run (CN = service): {directory}/<service>, deleted at exit", flush=True)
     return env
+
+
+def with_port_offset(env: MutableMapping[str, str], offset: int) -> None:
+    """Each service's ports that `env` does not set, `offset` above their defaults (a port whose default is none, a
+    health port sharing the service's, stays so)."""
+    for settings in SETTINGS:
+        prefix = settings.model_config.get("env_prefix", "")
+        for name, field in settings.model_fields.items():
+            if name.endswith("port") and field.default:
+                env.setdefault(f"{prefix}{name.upper()}", str(field.default + offset))
 
 
 @contextmanager
@@ -228,7 +246,18 @@ def main() -> None:
     demo = parser.add_mutually_exclusive_group()
     demo.add_argument("--once", action="store_true", help="stop after the routing demo")
     demo.add_argument("--no-demo", action="store_true", help="serve without running the routing demo first")
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="move every port not set in the environment N above its default (edge 8080+N, metrics 9101+N...), "
+        "for a second stack beside the first",
+    )
     args = parser.parse_args()
+    if not 0 <= args.port_offset <= MAX_PORT_OFFSET:
+        parser.error(f"--port-offset must be 0 to {MAX_PORT_OFFSET}: the highest default port moved by it is a port")
+    with_port_offset(os.environ, args.port_offset)  # where the services' settings, and the launcher's, read them
     SIGNALS.install()
     try:
         serve(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from llmrouter.ports import GRPC_BIND_FAILED
@@ -83,14 +85,14 @@ def stack_env(**extra: str) -> dict[str, str]:
 
 
 def start_stack(
-    env: dict[str, str] | None = None, own_session: bool = False
+    env: dict[str, str] | None = None, own_session: bool = False, args: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[str], list[str]]:
     """The stack serving at once (the demo, tests/integration/test_stack.py, adds 20-40 s), on free ports unless `env`
     gives its own. A port free when chosen may be taken by the other test worker before a service binds it: then it
     starts again on others. `own_session`: the launcher leads a process group of its own, as a terminal's job does."""
     for _ in range(3):
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "services", "--no-demo"],
+            [sys.executable, "-m", "services", "--no-demo", *args],
             cwd=ROOT,
             env=env or stack_env(),
             stdout=subprocess.PIPE,
@@ -291,3 +293,32 @@ def test_a_closed_terminal_stops_the_stack_as_sigterm_does() -> None:
             launcher.wait(timeout=60)
         for pid in stack_processes(int(env["EDGE_PORT"])):
             os.kill(pid, signal.SIGKILL)
+
+
+def free_port_offset() -> int:
+    """An offset moving every default port of the stack to one free now."""
+    defaults = (8080, 50051, 50052, 50053, 9101, 9102, 9103, 9104, 9105)
+    for offset in random.sample(range(1000, 15000), 50):
+        try:
+            for port in defaults:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    raise AssertionError("no free port offset")
+
+
+def test_a_port_offset_moves_the_stack_beside_a_first_one() -> None:
+    """A second `make run` beside the first needed a dozen port settings; --port-offset N moves each port not set."""
+    offset = free_port_offset()
+    env = {k: v for k, v in stack_env().items() if not k.endswith("PORT")}
+    launcher, printed = start_stack(env, args=("--port-offset", str(offset)))
+    try:
+        assert f"http://127.0.0.1:{8080 + offset}/v1" in "".join(printed)
+        assert httpx.get(f"http://127.0.0.1:{8080 + offset}/v1/models").status_code == 200
+        for port in (9101, 9102, 9103, 9104):
+            assert "llmrouter_" in httpx.get(f"http://127.0.0.1:{port + offset}/metrics").text
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=60)
