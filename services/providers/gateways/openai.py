@@ -23,6 +23,9 @@ from services.providers.gateways.base import (
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
 
 PATH = "/chat/completions"
+# The finish_reason of a generation that failed part-way (OpenRouter's, some OpenAI-compatible servers'), sent with or
+# without an error object: served as a natural end ("stop", openai_finish_reason), it passed a cut answer off as whole.
+FAILED = "error"
 
 
 class OpenAIGateway:
@@ -34,13 +37,16 @@ class OpenAIGateway:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        return completion(await post_json(self.client, PATH, body(request, confidence=True, names=self.names)))
+        done = completion(await post_json(self.client, PATH, body(request, confidence=True, names=self.names)))
+        if done.finish_reason == FAILED:  # an answer cut short, perhaps billed whole: its outcome is unknown
+            raise UpstreamError("bad_response", "upstream said the generation failed (finish_reason error)")
+        return done
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         payload = {**body(request, names=self.names), "stream": True, "stream_options": {"include_usage": True}}
         end = Completion()
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, keyed by their index
-        done = started = False
+        done = started = failed = False
         try:
             async for _, data in post_sse(self.client, PATH, payload):
                 if data.strip() == "[DONE]":
@@ -63,7 +69,9 @@ class OpenAIGateway:
                     generated = "".join(_add_fragment(calls, fragment) for fragment in fragments)
                     if len(calls) > known or generated:  # said as soon as it starts, and as it grows (StreamEvent)
                         yield Completion(tool_calls=[calls[i] for i in sorted(calls)], tool_text=generated)
-                    end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
+                    finish = json_text(choice.get("finish_reason"), "finish reason")
+                    end.finish_reason = finish or end.finish_reason
+                    failed |= finish == FAILED
                     _add_logprobs(end, choice.get("logprobs"))
                 if said := chunk.get("usage") or _groq_usage(chunk):
                     reported = _usage(said)
@@ -76,6 +84,9 @@ class OpenAIGateway:
                     yield told
             if not done and not end.finish_reason:
                 raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
+            if failed:
+                # Read on to its end for the usage that follows it (what it bills): a cut stream, not an answer.
+                raise UpstreamError("unavailable", "upstream said the generation failed mid-stream", retryable=True)
         except UpstreamError as exc:
             if started:  # the upstream was generating: what it made so far is billed
                 exc.consumed = Completion(
