@@ -23,7 +23,7 @@ from services.providers.gateways.base import (
     json_text,
     token_count,
 )
-from services.providers.gateways.http import loads, make_client, post_json, post_sse
+from services.providers.gateways.http import event_error, loads, make_client, post_json, post_sse
 
 PATH = "/v1/messages"
 API_VERSION = "2023-06-01"
@@ -112,10 +112,7 @@ class AnthropicGateway:
                     stopped = True
                     break
                 elif kind == "error":
-                    error = json_obj(payload.get("error"), "error")
-                    raise UpstreamError(
-                        "unavailable", f"upstream error mid-stream: {error.get('type', 'unknown')}", retryable=True
-                    )
+                    raise event_error(json_obj(payload.get("error"), "error"), started)
             if not stopped:
                 raise UpstreamError("unavailable", "upstream stream ended before message_stop", retryable=True)
         except UpstreamError as exc:

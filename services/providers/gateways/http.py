@@ -140,10 +140,78 @@ async def post_json(client: HttpClient, path: str, body: dict[str, Any]) -> dict
             if response.status != 200:
                 raise status_error(response.status, response.headers, await _error_body(response))
             raw = await _read(response.content, MAX_ANSWER_BYTES)
+            headers = response.headers
     except TRANSPORT_ERRORS as exc:
         # An answer cut short is lost too: the upstream generated what it bills, which never arrived whole.
         raise transport_error(exc) from None
-    return loads(raw, "response")
+    payload = loads(raw, "response")
+    if "error" in payload and not ("choices" in payload or "content" in payload):  # OpenAI's answer, Anthropic's
+        raise answered_error(payload["error"], headers, raw)
+    return payload
+
+
+# An error object's code or type (OpenAI's, Anthropic's; OpenRouter's code is the status itself) as the HTTP status
+# the upstream would have sent it with.
+_ERROR_STATUSES = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+# Of those, the refusals made before a model runs (the request's own fault, our key, a rate limit), which no upstream
+# bills whatever it answered with. Not 402 or 408 (OpenRouter's credits running out, its timeout), which it may say
+# once the model is generating, nor a server's failure.
+_REFUSED_BEFORE_RUNNING = frozenset({400, 401, 403, 404, 413, 422, 429})
+
+
+def error_status(error: Any) -> int | None:
+    """The HTTP status an upstream's error object stands for, None when it names none this service knows."""
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    if isinstance(code, str) and code.isdigit() and len(code) == 3:
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return code
+    for name in (code, error.get("type")):
+        if isinstance(name, str) and name in _ERROR_STATUSES:
+            return _ERROR_STATUSES[name]
+    return None
+
+
+def answered_error(error: Any, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
+    """A 200 whose body is an error object, no answer. A refusal made before a model runs is taken as its status
+    would be (a rate limit retried, a bad request refused). Any other (a server's failure, or no status named) stays
+    an answer lost: OpenRouter documents its 200 with an error body as a failure while the model generated, what it
+    bills for it unknown, so it is owed at its worst case and never retried."""
+    status = error_status(error)
+    if status in _REFUSED_BEFORE_RUNNING:
+        return status_error(status, headers, raw)
+    return UpstreamError("bad_response", f"upstream answered 200 with an error: {_error_message(raw)}")
+
+
+def event_error(error: Any, started: bool) -> UpstreamError:
+    """An error a stream sent as an event. Before any other event (nothing generated, the stream's order says), a
+    refusal made before a model runs is taken as its status would be; any other, or one after the upstream began
+    answering, is a failure retried, what the attempt consumed charged."""
+    status = None if started else error_status(error)
+    if status in _REFUSED_BEFORE_RUNNING:
+        said = error.get("message") if isinstance(error, dict) else None  # the one field status_error reads
+        return status_error(
+            status, {}, json.dumps({"error": {"message": said if isinstance(said, str) else ""}}).encode()
+        )
+    kind = error.get("type") if isinstance(error, dict) else None
+    kind = kind[:_MAX_ERROR_CHARS] if isinstance(kind, str) else "unknown"
+    return UpstreamError("unavailable", f"upstream error mid-stream: {kind}", retryable=True)
 
 
 async def post_sse(client: HttpClient, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, str]]:

@@ -20,7 +20,7 @@ from services.providers.gateways.base import (
     json_text,
     token_count,
 )
-from services.providers.gateways.http import loads, make_client, post_json, post_sse
+from services.providers.gateways.http import event_error, loads, make_client, post_json, post_sse
 
 PATH = "/chat/completions"
 # The finish_reason of a generation that failed part-way (OpenRouter's, some OpenAI-compatible servers'), sent with or
@@ -54,7 +54,7 @@ class OpenAIGateway:
                     break
                 chunk = loads(data)
                 if "error" in chunk:
-                    raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
+                    raise event_error(chunk["error"], started)
                 started = True  # answering: an error as the first event consumed nothing, as a 5xx status
                 for item in json_list(chunk.get("choices"), "choices"):
                     choice = json_obj(item, "choice")
