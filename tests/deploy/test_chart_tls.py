@@ -239,6 +239,30 @@ def test_cert_manager_issues_each_identity_from_the_release_ca() -> None:
         assert cert["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
 
 
+# RFC 5280's upper bound on a common name; cert-manager's webhook refuses a Certificate whose commonName passes it.
+COMMON_NAME_BYTES = 64
+
+
+@pytest.mark.parametrize("release", ["a" * 51 + "-b", "payments-platform-team-llm-gateway-" + "x" * 12, "llm"])
+def test_every_common_name_fits_what_cert_manager_takes(release: str) -> None:
+    """The release CA was named "<fullname> CA", up to 66 bytes: with a release name of 47 characters or more
+    cert-manager refused it, and the install failed. The CA's name is cut to fit (a shorter one is as before), and a
+    generated CA is named the same."""
+    certificates = by_kind(render(release=release, cert_manager=True), "Certificate")
+    fullname = release if "llm-cost-router" in release else f"{release}-llm-cost-router"
+    (ca,) = [c for c in certificates.values() if c["spec"].get("isCA")]
+    common_name = ca["spec"]["commonName"]
+    assert common_name.endswith(" CA") and fullname[:40] in common_name
+    if len(fullname) <= COMMON_NAME_BYTES - 3:
+        assert common_name == f"{fullname} CA"
+    for cert in certificates.values():
+        assert len(cert["spec"]["commonName"].encode()) <= COMMON_NAME_BYTES, cert["spec"]["commonName"]
+    generated = secrets(render(release=release))
+    (ca_secret,) = [s for s in generated.values() if "ca.crt" not in s]
+    subject = certificate(ca_secret).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert subject == common_name
+
+
 def test_turning_tls_off_is_explicit_and_unauthenticated() -> None:
     docs = render("--set", "tls.enabled=false", cert_manager=True)
     assert {"Certificate", "Issuer"}.isdisjoint({d["kind"] for d in docs}) and secrets(docs) == {}

@@ -426,6 +426,12 @@ certManager, generated or existingSecrets; empty without TLS. */}}
 {{- list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) | toJson }}
 {{- end }}
 
+{{/* The release CA's common name, "<fullname> CA", the fullname cut so it fits the 64 bytes RFC 5280 allows (which
+cert-manager enforces: it refuses a longer one, and the install fails); shorter names are as before. */}}
+{{- define "llmrouter.caCommonName" -}}
+{{- printf "%s CA" (include "llmrouter.fullname" . | trunc 61 | trimSuffix "-") }}
+{{- end }}
+
 {{/* tls.mode generated: the Secrets' data (base64) as JSON, {"ca": {tls.crt, tls.key}, "<service>": {tls.crt,
 tls.key, ca.crt}}. What the cluster holds is kept (lookup): the CA, and each service's certificate while the CA
 that signed it is the current one; anything missing is generated. Computed once per render and kept in .Values,
@@ -439,7 +445,7 @@ since the Secrets and the pods' checksum annotations must see the same random ke
 {{- if and (index $caData "tls.crt") (index $caData "tls.key") }}
 {{- $ca = buildCustomCert (index $caData "tls.crt") (index $caData "tls.key") }}
 {{- else }}
-{{- $ca = genCA (printf "%s CA" (include "llmrouter.fullname" .)) $days }}
+{{- $ca = genCA (include "llmrouter.caCommonName" .) $days }}
 {{- $caData = dict "tls.crt" ($ca.Cert | b64enc) "tls.key" ($ca.Key | b64enc) }}
 {{- end }}
 {{- $generated := dict "ca" $caData }}
