@@ -236,6 +236,9 @@ output "values_yaml" {
 output "edge_endpoint" {
   value = local.edge_endpoint
 }
+output "helm_timeout_seconds" {
+  value = local.helm_timeout_seconds
+}
 """
 
 

@@ -22,7 +22,7 @@ resource "helm_release" "llm_cost_router" {
   atomic          = true
   cleanup_on_fail = true
   wait            = true
-  timeout         = 600
+  timeout         = local.helm_timeout_seconds # values.tf: the router StatefulSet's rollout, one pod at a time
 
   depends_on = [kubernetes_namespace_v1.this]
 }

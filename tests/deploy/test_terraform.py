@@ -445,3 +445,34 @@ def test_the_prometheus_release_label_reaches_the_monitoring_objects(tmp_path: P
     for kind in ("ServiceMonitor", "PrometheusRule"):
         (monitoring,) = by_kind(docs, kind).values()
         assert monitoring["metadata"]["labels"]["release"] == "prom_1.x"
+
+
+# The startup probe's allowance (60 x 2 s), which each router pod of a StatefulSet rollout may take before the next.
+ROUTER_START_S = 120
+
+
+@pytest.mark.parametrize(
+    ("variables", "pods", "grace"),
+    [
+        ({}, None, None),
+        ({"autoscaling": {"router": {"min_replicas": 2, "max_replicas": 12}}}, 12, None),
+        ({"extra_values": [yaml.safe_dump({"terminationGracePeriodSeconds": 900, "drainSeconds": 880})]}, None, 900),
+        ({"extra_values": [yaml.safe_dump({"router": {"autoscaling": {"enabled": False}, "replicas": 3}})]}, 3, None),
+    ],
+)
+def test_the_release_waits_out_the_routers_statefulset_rolling_pod_by_pod(
+    variables: dict, pods: int | None, grace: int | None
+) -> None:
+    """With the outbox on a volume the router is a StatefulSet, whose rollout stops each pod (its drain, up to
+    terminationGracePeriodSeconds) and starts its successor before the next: helm's fixed 600 s wait ran out at two
+    pods serving long completions, and the atomic release was rolled back (every pod rolled again). The wait is 600 s
+    plus that much per router pod the chart may run, as the chart, the module and extra_values give them."""
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())
+    pods = pods or chart["router"]["autoscaling"]["maxReplicas"]
+    grace = grace or chart["terminationGracePeriodSeconds"]
+    assert module_outputs(variables)["helm_timeout_seconds"] == 600
+    persistent = module_outputs({**variables, "outbox_persistence": {"enabled": True}})["helm_timeout_seconds"]
+    assert persistent == 600 + pods * (grace + ROUTER_START_S)
+    assert re.search(
+        r"^\s*timeout\s*=\s*local\.helm_timeout_seconds\b", (ROOT / "terraform" / "main.tf").read_text(), re.M
+    )
