@@ -1,6 +1,6 @@
 """A Kubernetes API server on loopback, speaking just enough of the real wire format for
-`helm template --dry-run=server`: discovery of the kinds the chart renders, and GET of Secrets (what the chart's
-`lookup` reads). No cluster is reachable here; this lets the tests see what an upgrade renders when the cluster
+`helm template --dry-run=server`: discovery of the kinds the chart renders, and GET of Secrets and Services (what the
+chart's `lookup` reads). No cluster is reachable here; this lets the tests see what an upgrade renders when the cluster
 already holds the release's Secrets."""
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ CERT_MANAGER = {"cert-manager.io/v1": [("Certificate", "certificates", True), ("
 
 
 class KubeApi:
-    """Serves discovery for `resources` and the Secrets in `self.secrets` ((namespace, name) -> object)."""
+    """Serves discovery for `resources`, the Secrets in `self.secrets` and the Services in `self.services`
+    ((namespace, name) -> object)."""
 
     def __init__(self, directory: Path, resources: dict[str, list[tuple[str, str, bool]]] = RESOURCES) -> None:
         self.resources = resources
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.kubeconfig = directory / "kubeconfig"
         server = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -55,12 +57,17 @@ class KubeApi:
         self._server.shutdown()
         self._server.server_close()
 
-    def store(self, secret: dict[str, Any], release: str = "llm") -> None:
-        """Keep a Secret as the cluster holds it after `helm install` (with Helm's ownership annotations)."""
-        meta = secret["metadata"]
+    def store(self, obj: dict[str, Any], release: str = "llm") -> None:
+        """Keep a Secret or a Service as the cluster holds it after `helm install` (with Helm's ownership annotations;
+        a Service's cluster IP as the API server gives it, unless headless)."""
+        meta = obj["metadata"]
         owner = {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": meta["namespace"]}
         meta["annotations"] = {**meta.get("annotations", {}), **owner}
-        self.secrets[(meta["namespace"], meta["name"])] = secret
+        if obj["kind"] == "Service":
+            obj["spec"].setdefault("clusterIP", f"10.96.0.{len(self.services) + 10}")
+            self.services[(meta["namespace"], meta["name"])] = obj
+        else:
+            self.secrets[(meta["namespace"], meta["name"])] = obj
 
     def _answer(self, path: str) -> dict[str, Any] | None:
         parts = path.strip("/").split("/")
@@ -84,8 +91,8 @@ class KubeApi:
                 for kind, plural, namespaced in self.resources[group_version]
             ]
             return {"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}
-        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "secrets":
-            return self.secrets.get((parts[3], parts[5]))
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("secrets", "services"):
+            return (self.secrets if parts[4] == "secrets" else self.services).get((parts[3], parts[5]))
         return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
