@@ -1,7 +1,7 @@
 """A Kubernetes API server on loopback, speaking just enough of the real wire format for
-`helm template --dry-run=server`: discovery of the kinds the chart renders, and GET of Secrets and Services (what the
-chart's `lookup` reads). No cluster is reachable here; this lets the tests see what an upgrade renders when the cluster
-already holds the release's Secrets."""
+`helm template --dry-run=server`: discovery of the kinds the chart renders, and GET of Secrets, Services and
+StatefulSets (what the chart's `lookup` reads). No cluster is reachable here; this lets the tests see what an upgrade
+renders when the cluster already holds the release's objects."""
 
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ CERT_MANAGER = {"cert-manager.io/v1": [("Certificate", "certificates", True), ("
 
 
 class KubeApi:
-    """Serves discovery for `resources`, the Secrets in `self.secrets` and the Services in `self.services`
-    ((namespace, name) -> object)."""
+    """Serves discovery for `resources`, the Secrets in `self.secrets`, the Services in `self.services` and the
+    StatefulSets in `self.statefulsets` ((namespace, name) -> object)."""
 
     def __init__(self, directory: Path, resources: dict[str, list[tuple[str, str, bool]]] = RESOURCES) -> None:
         self.resources = resources
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.statefulsets: dict[tuple[str, str], dict[str, Any]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.kubeconfig = directory / "kubeconfig"
         server = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -58,14 +59,16 @@ class KubeApi:
         self._server.server_close()
 
     def store(self, obj: dict[str, Any], release: str = "llm") -> None:
-        """Keep a Secret or a Service as the cluster holds it after `helm install` (with Helm's ownership annotations;
-        a Service's cluster IP as the API server gives it, unless headless)."""
+        """Keep a Secret, a Service or a StatefulSet as the cluster holds it after `helm install` (with Helm's
+        ownership annotations; a Service's cluster IP as the API server gives it, unless headless)."""
         meta = obj["metadata"]
         owner = {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": meta["namespace"]}
         meta["annotations"] = {**meta.get("annotations", {}), **owner}
         if obj["kind"] == "Service":
             obj["spec"].setdefault("clusterIP", f"10.96.0.{len(self.services) + 10}")
             self.services[(meta["namespace"], meta["name"])] = obj
+        elif obj["kind"] == "StatefulSet":
+            self.statefulsets[(meta["namespace"], meta["name"])] = obj
         else:
             self.secrets[(meta["namespace"], meta["name"])] = obj
 
@@ -93,6 +96,8 @@ class KubeApi:
             return {"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("secrets", "services"):
             return (self.secrets if parts[4] == "secrets" else self.services).get((parts[3], parts[5]))
+        if parts[:4] == ["apis", "apps", "v1", "namespaces"] and len(parts) == 7 and parts[5] == "statefulsets":
+            return self.statefulsets.get((parts[4], parts[6]))
         return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -259,6 +259,51 @@ router is then a StatefulSet. */}}
 {{- if .Values.router.outbox.persistence.enabled }}true{{ end }}
 {{- end }}
 
+{{/* The spec of a StatefulSet's claim template: as the installed StatefulSet has it (lookup, on helm upgrade), else the
+one wanted. Kubernetes refuses any change to a StatefulSet's claim templates: a new size or class in values stopped
+the upgrade part-way through; the claims are kept as they were made (grow the PVCs themselves; NOTES.txt says when
+values ask for other). Call with (list $ <StatefulSet name> <claim name> <wanted spec>); JSON. */}}
+{{- define "llmrouter.claimSpec" -}}
+{{- $root := index . 0 }}
+{{- $claim := index . 2 }}
+{{- $spec := index . 3 }}
+{{- $live := (lookup "apps/v1" "StatefulSet" $root.Release.Namespace (index . 1)).spec | default dict }}
+{{- range $live.volumeClaimTemplates | default list }}
+{{- if eq .metadata.name $claim }}{{ $spec = pick .spec "accessModes" "storageClassName" "resources" "volumeMode" }}{{ end }}
+{{- end }}
+{{- toJson $spec }}
+{{- end }}
+
+{{/* The claim spec values ask for: an in-chart Redis' "data" (list $ "money"), or the router's "outbox" (list $ "outbox"). */}}
+{{- define "llmrouter.claimWanted" -}}
+{{- $root := index . 0 }}
+{{- $spec := dict }}
+{{- if eq (index . 1) "outbox" }}
+{{- with $root.Values.router.outbox.persistence }}
+{{- $spec = dict "accessModes" .accessModes "resources" (dict "requests" (dict "storage" (toString .size))) }}
+{{- with .storageClassName }}{{ $_ := set $spec "storageClassName" (ternary "" . (eq . "-")) }}{{ end }}
+{{- end }}
+{{- else }}
+{{- with (index $root.Values.redis (index . 1)).persistence }}
+{{- $spec = dict "accessModes" (list "ReadWriteOnce") "resources" (dict "requests" (dict "storage" (toString .size))) }}
+{{- with .storageClass }}{{ $_ := set $spec "storageClassName" . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- toJson $spec }}
+{{- end }}
+
+{{/* "<StatefulSet> keeps claims of ..." where a StatefulSet's claims (llmrouter.claimSpec) are not what values ask for;
+"" else. Call with (list $ <StatefulSet name> <claim name> <wanted spec> <values path>). */}}
+{{- define "llmrouter.claimKept" -}}
+{{- $wanted := index . 3 }}
+{{- $kept := include "llmrouter.claimSpec" (slice . 0 4) | fromJson }}
+{{- $size := $kept.resources.requests.storage }}
+{{- $class := $kept.storageClassName | default "" }}
+{{- if or (ne (toString $size) (toString $wanted.resources.requests.storage)) (ne $class ($wanted.storageClassName | default "")) (ne (toJson $kept.accessModes) (toJson $wanted.accessModes)) }}
+{{- printf "%s keeps its claims as they were made (%s%s, %s), not %s's (%s%s, %s): Kubernetes refuses changing a StatefulSet's claim templates; grow each PVC itself where its StorageClass allows (deploy/README.md)" (index . 1) $size (ternary (printf " of class %s" $class) "" (ne $class "")) (join "," $kept.accessModes) (index . 4) $wanted.resources.requests.storage (ternary (printf " of class %s" ($wanted.storageClassName | default "")) "" (ne ($wanted.storageClassName | default "") "")) (join "," $wanted.accessModes) }}
+{{- end }}
+{{- end }}
+
 {{/* The kind of a service's workload: a StatefulSet for the router with a persistent outbox, else a Deployment. */}}
 {{- define "llmrouter.workloadKind" -}}
 {{- $root := index . 0 }}
