@@ -144,9 +144,11 @@ class Charger:
     ) -> None:
         cost = Decimal(response.cost_usd or "0")
         baseline_model = self.available.baseline()
+        # The strongest model writing the answer served, once (an escalated request's weak generation is no part of it).
+        answered = served.answer_usage if served is not None and served.answer_usage is not None else response.usage
         baseline = (
             # Its prompt read from (or written to) the cache as this one's was: savings are the routing's alone.
-            baseline_model.usage_cost_usd(response.usage)
+            baseline_model.usage_cost_usd(answered)
             if baseline_model and not response.cache_hit and not capped  # a capped report's tokens claim no savings
             else cost
         )

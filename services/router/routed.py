@@ -107,6 +107,10 @@ class Served:
     # Each generation billed, as (model, its usage): the tokens above summed, each at its own model's prices (an
     # escalated answer's weak one is another model's), so the ledger shows what `cost` is made of.
     generations: list[tuple[str, common_pb2.Usage]] = field(default_factory=list)
+    # The usage of the generation whose answer is served (None: the only one there is): what the strongest model would
+    # have taken to write it, the ledger's baseline. Not every generation's summed: an escalated request asked for its
+    # prompt twice, and the strongest model alone would have answered it once.
+    answer_usage: common_pb2.Usage | None = None
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> bool:
         """A generation, charged: its answer is the one served unless an answer came before and this one has none
@@ -121,6 +125,7 @@ class Served:
             self.finish_reason = reply.finish_reason
             self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
             self.logprobs_json = reply.logprobs_json
+            self.answer_usage = reply.usage
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.cached_input_tokens += reply.usage.cached_input_tokens
