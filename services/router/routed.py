@@ -59,6 +59,9 @@ class Routed:
     unanswered_hold_pico: int = 0
     # Its settlement met a charge made before (the reconciler's): the charge it tells is that one, not its own.
     charged_before: bool = False
+    # The models of the plan an attempt of this request failed on: no escalation goes back to one (it failed just now,
+    # and an outcome unknown would be owed its worst case again).
+    failed_models: set[str] = field(default_factory=set)
 
     def most_held_pico(self) -> int:
         """The most the store may hold for it, so the most the ledger can charge it."""

@@ -154,8 +154,7 @@ class Serving:
         order = routed.plan.order
         for index, option in enumerate(order):
             # Token log-probabilities inform escalation, so they are asked for only when it could follow.
-            assert routed.registry is not None  # set with the plan
-            stronger = None if routed.escalation == "off" else policy.escalation_target(order, option, routed.registry)
+            stronger = None if routed.escalation == "off" else _escalation_target(routed, option)
             try:
                 reply = await self.providers.Generate(
                     generate_request(
@@ -166,6 +165,7 @@ class Serving:
             except grpc.RpcError as err:
                 error = provider_failure(err, routed.request_id)
                 routed.owed += attempt_cost(error, option.model, worst_usd(routed, option.model))
+                routed.failed_models.add(option.model.name)
                 await self._fall_back_or_raise(routed, error, index, routed.time_left(context))
                 continue
             served = Served(option.model)
@@ -176,10 +176,10 @@ class Serving:
         raise AssertionError("unreachable: the last option raises")
 
     async def _escalate_if_weak(self, routed: Routed, context: Any, served: Served, weak: policy.Option) -> None:
-        """A weak answer (a signal of escalation.py) is asked again of the cheapest stronger tier, once; the
-        first answer stays charged either way, because it was generated."""
-        assert routed.registry is not None  # set with the plan
-        target = policy.escalation_target(routed.plan.order, weak, routed.registry)
+        """A weak answer (a signal of escalation.py) is asked again of the cheapest stronger tier, once, never of a
+        model an attempt of this request failed on (a weaker fallback's answer, its first choice down); the first answer
+        stays charged either way, because it was generated."""
+        target = _escalation_target(routed, weak)
         if target is None or routed.escalation == "off":
             return
         capped = routed.decision.HasField("max_tokens_capped")
@@ -328,6 +328,14 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def _escalation_target(routed: Routed, weak: policy.Option) -> policy.Option | None:
+    """Where a weak answer by `weak` would be escalated: the cheapest stronger tier of the plan, of the models no
+    attempt of the request failed on."""
+    assert routed.registry is not None  # set with the plan
+    untried = [o for o in routed.plan.order if o.model.name not in routed.failed_models]
+    return policy.escalation_target(untried, weak, routed.registry)
 
 
 def _kept_for_no_reader(routed: Routed, served: Served, why: str) -> bool:
