@@ -222,6 +222,8 @@ class Serving:
             failed = ServiceError.from_rpc_error(err)
             routed.owed += attempt_cost(failed, target.model, worst_usd(routed, target.model, max_tokens))
             served.circumstance = "the stronger model failed"
+            # What it owes is on the ledger line with no generation of its own: said there, with what was tried and why.
+            routed.note = f"escalation to {target.model.name} ({why}) failed ({failed.reason}): the weak answer kept"
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         if served.add(reply, target.model):
