@@ -102,9 +102,7 @@ def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.D
     caps = {}
     for option in plan.order:
         model = option.model
-        cap = min(model.max_output_tokens, model.context_window - limits.input_tokens)
-        if limits.max_output_tokens is not None:
-            cap = min(cap, limits.max_output_tokens)
+        cap = unpriced_cap(model, limits)
         if limits.max_cost_usd is not None:
             affordable = affordable_output(model, limits.billed_input(model), floor_pico(limits.max_cost_usd))
             if affordable < cap and option is plan.order[0]:
@@ -112,6 +110,13 @@ def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.D
             cap = min(cap, affordable)
         caps[model.name] = cap
     return caps
+
+
+def unpriced_cap(model: ModelSpec, limits: policy.Limits) -> int:
+    """The most `model` may write on this request before money has its say: the caller's max_tokens, the model's output
+    limit and the room left in its context window."""
+    cap = min(model.max_output_tokens, model.context_window - limits.input_tokens)
+    return cap if limits.max_output_tokens is None else min(cap, limits.max_output_tokens)
 
 
 class Admission:

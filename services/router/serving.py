@@ -19,7 +19,7 @@ from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import UPSTREAM_REASONS, upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import escalation, metrics, policy
-from services.router.admission import Admission
+from services.router.admission import Admission, unpriced_cap
 from services.router.costs import affordable_output, floor_pico, least_pico, worst_pico
 from services.router.cued_stream import Cue, provider_chunks
 from services.router.end_users import EndUserScope
@@ -182,7 +182,9 @@ class Serving:
         target = _escalation_target(routed, weak)
         if target is None or routed.escalation == "off":
             return
-        capped = routed.decision.HasField("max_tokens_capped")
+        # Whether max_cost_usd or a budget's remainder lowered the answering model's max_tokens: the decision says so of
+        # the plan's first choice alone, and a weaker fallback may have answered.
+        capped = routed.max_tokens[served.model.name] < unpriced_cap(served.model, routed.limits)
         why: str | None = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
