@@ -170,8 +170,10 @@ class Charger:
             reported = f"{response.usage.input_tokens} in, {response.usage.output_tokens} out"
             detail += f"; usage reported {capped} ({reported}): charged the hold"
         escalated = generated and response.escalated
-        # Served by another model than the one chosen, not by escalation: a fallback after a failure.
-        fallback = generated and bool(response.model) and response.model != routed.decision.model and not escalated
+        # First answered by another model than the one chosen: a fallback after a failure, escalated or not (an
+        # escalated answer's model is the stronger one, never the one chosen: its weak answer's says if one fell back).
+        first = served.generations[0][0] if served is not None and served.generations else response.model
+        fallback = generated and bool(first) and first != routed.decision.model
         record = {
             "request_id": routed.request_id,
             "ts": time.time(),
