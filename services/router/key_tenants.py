@@ -8,7 +8,8 @@ Bound: end users' key ids (16 hex digits, from the edge or a caller that may act
 (no key: its budget is each tenant's own spend and holds) and a caller's own key, `caller:<name>`, whose tenant the
 router's own caller list fixes (admission.account_for). Only requests that take money or count against the rate limit
 are checked: Complete, CompleteStream, Decide and a SubmitBatch's lines; a FindDeferred or CollectBatch only reads or
-settles lines admitted before.
+settles lines admitted before. Checked before it is routed (refuse_if_another, binding nothing), a request binds its key
+as it is admitted or counted (a Decide's answer too): one refused before (invalid, or as routed) binds it to none.
 
 A binding changes only by an operator's move (key_move.py; README, *A key serves one tenant*), which then gives every
 shard a new key-moves token (store/keys.py, key_moves_key). A router remembers a binding it read with the token of the
@@ -69,14 +70,23 @@ class KeyTenants:
             return known[0].moves
         binding = await self._bind(account)
         if binding.tenant != account.tenant:
-            raise ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "KEY_OF_ANOTHER_TENANT",
-                "this API key belongs to another tenant: a key serves the one tenant it was first used with",
-                {"field": "tenant"},
-            )
+            raise another_tenant()
         self._remember(account.key, binding, now + BOUND_S)
         return binding.moves
+
+    async def refuse_if_another(self, account: Account) -> None:
+        """Before a request is routed: refused as check refuses it when its key is bound to another tenant, binding the
+        key to none. Bound only as the request is admitted or counted against the rate limit (under_binding): one
+        refused as it is routed (no model it names, none within its limits) takes no money and is counted nowhere, and
+        bound for good to the tenant it named, the key's own tenant was refused from then on."""
+        if not is_bound(account.key):
+            return
+        known = self._known.get(account.key)
+        if known is not None and known[0].tenant == account.tenant and time.monotonic() < known[1]:
+            return
+        tenant = await self._asked(lambda: self.store.key_tenant(account.key))
+        if tenant is not None and tenant != account.tenant:
+            raise another_tenant()
 
     async def under_binding(
         self, account: Account, send: Callable[[str], Awaitable[Answer]], refusal: Callable[[Answer], str]
@@ -101,15 +111,19 @@ class KeyTenants:
         """Asked of the store as an admission is sent (undoing.py): refused at once while the store was out of reach a
         moment ago, but for a probe, so an outage costs no request a wait for the store's timeouts; found out of reach
         here, the requests after it are refused at once too (each would be refused all the same, after its wait)."""
+        return await self._asked(lambda: self.store.bind_key(account.key, account.tenant))
+
+    async def _asked(self, ask: Callable[[], Awaitable[Answer]]) -> Answer:
+        """A binding asked of the store, or read (refuse_if_another), as _bind says."""
         if not self.undoing.may_send():
             raise StoreUnavailable()
         try:
-            binding = await self.store.bind_key(account.key, account.tenant)
+            answer = await ask()
         except StoreUnavailable:
             self.undoing.out_of_reach()
             raise
         self.undoing.answered()
-        return binding
+        return answer
 
     def _remember(self, key: str, binding: KeyBinding, until: float) -> None:
         self._known.pop(key, None)  # re-inserted last: the oldest entry is the first forgotten
@@ -122,3 +136,13 @@ class KeyTenants:
         known = self._known.get(key)
         if known is not None and known[0].moves == moves:
             del self._known[key]
+
+
+def another_tenant() -> ServiceError:
+    """The refusal of a key named with a tenant it is not bound to; which tenant it is bound to is not said."""
+    return ServiceError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "KEY_OF_ANOTHER_TENANT",
+        "this API key belongs to another tenant: a key serves the one tenant it was first used with",
+        {"field": "tenant"},
+    )

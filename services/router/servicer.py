@@ -172,13 +172,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """Validate, route, and (last, so nothing after it can fail before serving) admit. `count`: a request never
         admitted (a Decide) is counted against the rate limit instead, before the classifier is asked. An account this
         router saw rate limited in the current window is refused before either, and a key named with a tenant it does
-        not serve before any of it (key_tenants.py)."""
+        not serve before any of it (key_tenants.py). The key is bound to the tenant named by the admission, or a
+        Decide's count or answer: a request refused before (invalid, or as it is routed) takes no money, binds none."""
         account = admission.account_for(request)
         limits = await self.admission.limits(request)
-        # Validated before the key is bound: a request refused as invalid takes no money, and binds it to no tenant.
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
-        await self.admission.key_tenants.check(account)
+        await self.admission.key_tenants.refuse_if_another(account)
         self.admission.refuse_if_rate_limited(account)
         if count:
             await self.admission.count(account)
@@ -195,6 +195,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         routed.verifier_threshold = verifier_threshold
         if admit:
             await self._admit(routed)
+        elif count:  # a Decide answered binds the key, as its count does where a rate limit is set
+            await self.admission.key_tenants.check(account)
         return routed
 
     async def _admit(self, routed: Routed) -> None:

@@ -2,7 +2,8 @@
 is refused NO_BATCH_PRICE, the name cut in the refusal's metadata (quoted whole, it passed gRPC's 16 KiB hard limit on
 metadata, and the caller got "Stream removed" instead). A request naming both api_key and api_key_id (one is instead
 of the other) is refused INVALID_ARGUMENT: it was charged to api_key's key without a word. A request refused for its
-escalation or verifier_threshold binds its key to no tenant. A real router gRPC server over the in-process store."""
+escalation or verifier_threshold, or as it is routed, binds its key to no tenant. A real router gRPC server over the
+in-process store."""
 
 from __future__ import annotations
 
@@ -81,4 +82,49 @@ async def test_a_request_refused_as_invalid_binds_its_key_to_no_tenant(
         answer = await stub.Complete(ask("owner"), timeout=10)
     error = ServiceError.from_rpc_error(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, next(iter(invalid_field)))
+    assert answer.content and provider.generated == 1
+
+
+# Requests valid as sent, refused once routed (after the key's binding was first checked), each taking no money and
+# counting against no rate limit (none is set): the model named is unknown, over the model's context window, or costs
+# more than max_cost_usd allows.
+ROUTED_REFUSALS = {
+    "unknown-model": ({"model": "nope"}, grpc.StatusCode.NOT_FOUND),
+    "over-window": ({"messages": [common_pb2.ChatMessage(role="user", content="word " * 9_000)]}, None),
+    "over-max-cost": ({"max_cost_usd": "0.000000001"}, None),
+}
+
+
+@pytest.mark.parametrize("rpc", ["Complete", "CompleteStream", "Decide", "SubmitBatch"])
+@pytest.mark.parametrize("refused_as", ROUTED_REFUSALS.values(), ids=ROUTED_REFUSALS.keys())
+async def test_a_request_refused_as_routed_binds_its_key_to_no_tenant(
+    tmp_path: Path, rpc: str, refused_as: tuple[dict[str, Any], grpc.StatusCode | None]
+) -> None:
+    """A request refused as it is routed (no model it names, none within its limits) takes no money and, with no rate
+    limit set, is counted nowhere: it bound its key to the tenant it named all the same, and the key's own tenant
+    was refused KEY_OF_ANOTHER_TENANT from then on. A SubmitBatch line so refused is not deferred (sent to Complete)."""
+    fields, code = refused_as
+    provider = Answering()
+
+    def ask(tenant: str, **more: Any) -> router_pb2.CompleteRequest:
+        message = common_pb2.ChatMessage(role="user", content="Hello")
+        more = {"messages": [message], "model": "cheap", **more}
+        return router_pb2.CompleteRequest(tenant=tenant, api_key="sk-k", request_id=f"r-{tenant}", **more)
+
+    async with (
+        served_router(tmp_path, MemoryStore(), provider, CACHE_REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = router_pb2_grpc.RouterStub(channel)
+        mistaken = ask("mistaken", **fields)
+        if rpc == "SubmitBatch":  # the line is not deferred: no batch price
+            (line,) = (await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[mistaken]), timeout=10)).lines
+            assert not line.deferred
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                call = getattr(stub, rpc)(mistaken, timeout=10)
+                _ = [chunk async for chunk in call] if rpc == "CompleteStream" else await call
+            error = ServiceError.from_rpc_error(refused.value)
+            assert error.code == (code or grpc.StatusCode.INVALID_ARGUMENT), error
+        answer = await stub.Complete(ask("owner"), timeout=10)
     assert answer.content and provider.generated == 1
