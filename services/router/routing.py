@@ -74,7 +74,7 @@ class Routing:
             version = ""
         else:
             prompt = scored_prompt(request)
-            scores, version = await self._classify(prompt, account, time_remaining)
+            scores, version = await self._classify(prompt, account, time_remaining, predicted_models(registry))
             fallback = ideal_fallback = policy.STRONGEST
             if scores is not None:
                 target: Target | None = await self.targets.choose(request, tenant, models, registry, version)
@@ -118,9 +118,10 @@ class Routing:
                 metrics.QUALITY_KEPT.labels(tenant).observe(plan.order[0].quality / best)
 
     async def _classify(
-        self, prompt: str, account: Account, time_remaining: float | None
+        self, prompt: str, account: Account, time_remaining: float | None, predicted: frozenset[str]
     ) -> tuple[dict[str, float] | None, str]:
-        """The classifier's predictions for `prompt`; None when it cannot answer in time."""
+        """The classifier's predictions for `prompt`; None when it cannot answer in time, or its answer holds none to
+        route on (predictions: `predicted`, the names the registry takes predictions for)."""
         shared = tenant_wide(self.cache_scope, self.tenant_cache_scope, account.tenant)
         key = prompt_key(account.tenant, prompt, None if shared else account.key)
         if (kept := self.score_cache.get(key)) is not None:
@@ -133,7 +134,7 @@ class Routing:
         except grpc.RpcError as err:
             log.warning("classifier unavailable; routing without it", extra={"code": str(err.code())})
             return None, ""
-        scores = predictions(reply)
+        scores = predictions(reply, predicted)
         if scores is None:  # no prediction to route on: as though the classifier were down, and not kept
             log.warning("classifier reply malformed; routing without it", extra={"version": reply.model_version})
             return None, ""
@@ -141,16 +142,25 @@ class Routing:
         return scores, reply.model_version
 
 
-def predictions(reply: classifier_pb2.ScoreResponse) -> dict[str, float] | None:
+def predictions(reply: classifier_pb2.ScoreResponse, predicted: frozenset[str]) -> dict[str, float] | None:
     """The one prompt's predictions of a Score reply; None unless it holds one result of scores in [0, 1], as the
-    contract gives them. A NaN put every model below the bar of quality it set (policy.near_best): routed on nothing,
-    the request failed INTERNAL."""
+    contract gives them, one of them for a model of `predicted` when that names any. A NaN put every model below the
+    bar of quality it set (policy.near_best): routed on nothing, the request failed INTERNAL. A result predicting none
+    of them (empty, or another registry's classifier) put every such model at -1, each 'predicted' as good as the
+    best: routed to the cheapest as though the classifier had chosen it."""
     if len(reply.results) != 1:
         return None
     scores = dict(reply.results[0].quality)
     if not all(0.0 <= score <= 1.0 for score in scores.values()):  # NaN fails the comparison too
         return None
+    if predicted and predicted.isdisjoint(scores):
+        return None
     return scores
+
+
+def predicted_models(registry: Registry) -> frozenset[str]:
+    """The classifier's models the registry takes predictions for (quality_from)."""
+    return frozenset(m.quality_from for m in registry.models if m.quality_from)
 
 
 async def planned(

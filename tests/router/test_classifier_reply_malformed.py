@@ -1,5 +1,6 @@
 """A classifier reply that holds no prediction the router can use (a score that is NaN, or no number in [0, 1], the
-range the contract gives; or no result for the prompt asked about) is routed as the classifier's outage is, on
+range the contract gives; no result for the prompt asked about; or none for a model the registry takes predictions
+for) is routed as the classifier's outage is, on
 ROUTER_CLASSIFIER_FALLBACK, never failed. A NaN score put every model of the plan below a NaN bar (policy.near_best),
 and the request failed INTERNAL; a reply with no result failed it so too (IndexError). The Score reply is held to
 what the verifier's Verify reply is held to (services/verifier/client.py). A real router gRPC server over the
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY as METRICS
 
 from llmrouter.registry import Registry
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2, router_pb2
@@ -69,3 +71,30 @@ async def test_a_malformed_classifier_reply_routes_as_without_the_classifier(
     assert decision.reason.startswith("classifier unavailable") and decision.classifier_version == ""
     assert answer.decision.reason.startswith("classifier unavailable") and answer.content
     assert provider.generated == 1
+
+
+@pytest.mark.parametrize("quality", [{}, {"retired-model": 0.7}], ids=["empty", "unknown-models"])
+async def test_a_reply_predicting_no_model_of_the_registry_routes_as_without_the_classifier(
+    tmp_path: Path, quality: dict[str, float]
+) -> None:
+    """A reply whose one result predicts none of the models the registry takes predictions for (an empty map; another
+    registry's classifier, or a retrain naming its heads anew) holds nothing to route on: each such model was put at
+    quality -1, every one 'predicted within the target of the best', and the request went to the cheapest, told it was
+    predicted so; counted as classified, and its scores kept. It is routed as the classifier's outage is."""
+    provider = Answering()
+    request = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="Hello")], model="auto", max_tokens=50, request_id="r-1"
+    )
+    before = routed_unclassified()
+    async with router_stub(tmp_path, MemoryStore(), provider, REGISTRY, Malformed(quality)) as stub:
+        decision = await stub.Decide(request, timeout=10)
+        answer = await stub.Complete(request, timeout=10)
+    assert decision.reason.startswith("classifier unavailable") and decision.classifier_version == ""
+    assert answer.decision.reason.startswith("classifier unavailable") and answer.model == "cheap"
+    assert routed_unclassified() == before + 1
+
+
+def routed_unclassified() -> float:
+    """Requests served by the cheap model (the fallback's) and counted as routed without the classifier."""
+    labels = {"model": "cheap", "reason": "classifier_unavailable", "outcome": "ok"}
+    return METRICS.get_sample_value("llmrouter_router_requests_total", labels) or 0.0
