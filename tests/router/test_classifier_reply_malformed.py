@@ -98,3 +98,28 @@ def routed_unclassified() -> float:
     """Requests served by the cheap model (the fallback's) and counted as routed without the classifier."""
     labels = {"model": "cheap", "reason": "classifier_unavailable", "outcome": "ok"}
     return METRICS.get_sample_value("llmrouter_router_requests_total", labels) or 0.0
+
+
+async def test_a_session_turn_the_classifier_answers_malformed_stays_on_its_model(tmp_path: Path) -> None:
+    """A session's turn routed without the classifier stays on the session's model, as in an outage (sessions.stick):
+    the fallback (the strongest tier here) is a guess, and moves no session up for good; nothing of the malformed
+    reply is kept, so the turn after, answered well, is routed on its predictions again."""
+    provider = Answering()
+    classifier = Malformed({"cheap": 0.9, "strong": 0.95})  # the cheap model within the default target
+
+    def turn(n: int) -> router_pb2.CompleteRequest:
+        message = common_pb2.ChatMessage(role="user", content=f"Turn {n}")  # each scored afresh, none answered twice
+        return router_pb2.CompleteRequest(messages=[message], model="auto", max_tokens=50, session_id="s-1")
+
+    async with router_stub(
+        tmp_path, MemoryStore(), provider, REGISTRY, classifier, classifier_fallback="strongest"
+    ) as stub:
+        first = await stub.Complete(turn(1), timeout=10)
+        classifier.quality = {"cheap": math.nan, "strong": 0.9}
+        second = await stub.Complete(turn(2), timeout=10)
+        classifier.quality = {"cheap": 0.9, "strong": 0.95}
+        third = await stub.Decide(turn(3), timeout=10)
+    assert first.model == "cheap" and not first.decision.session_affinity
+    assert second.model == "cheap" and second.decision.session_affinity
+    assert "the turn alone would pick strong" in second.decision.reason
+    assert third.model == "cheap" and third.classifier_version == "broken"
