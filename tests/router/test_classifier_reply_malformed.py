@@ -21,6 +21,8 @@ from services.router.store import MemoryStore
 from tests.router.servicer_kit import router_stub
 from tests.router.test_admission import REGISTRY as PRIORED
 from tests.router.test_cache_money import Answering
+from tests.router.test_collect_model import LINE, BatchProvider
+from tests.router.test_collect_model import REGISTRY as BATCH_REGISTRY
 
 # test_admission's registry, each model's quality from the classifier's prediction for it.
 REGISTRY = Registry.model_validate(
@@ -123,3 +125,26 @@ async def test_a_session_turn_the_classifier_answers_malformed_stays_on_its_mode
     assert second.model == "cheap" and second.decision.session_affinity
     assert "the turn alone would pick strong" in second.decision.reason
     assert third.model == "cheap" and third.classifier_version == "broken"
+
+
+@pytest.mark.parametrize("quality", [{"cheap": math.nan, "strong": 0.9}, None], ids=["nan", "no-result"])
+async def test_a_batch_line_the_classifier_answers_malformed_is_deferred_on_the_fallback(
+    tmp_path: Path, quality: dict[str, float] | None
+) -> None:
+    """A SubmitBatch line is routed as a Complete is: on the fallback, deferred at its model's batch price. Failed by
+    the reply (INTERNAL before), it was not deferred, and went to Complete at the full price."""
+    registry = Registry.model_validate(
+        {
+            **BATCH_REGISTRY.model_dump(mode="json", exclude_none=True),
+            "models": [
+                {**m.model_dump(mode="json", exclude_none=True), "quality_from": m.name, "quality_prior": None}
+                for m in BATCH_REGISTRY.models
+            ],
+        }
+    )
+    line = router_pb2.CompleteRequest()
+    line.CopyFrom(LINE)
+    line.model = "auto"
+    async with router_stub(tmp_path, MemoryStore(), BatchProvider(), registry, Malformed(quality)) as stub:
+        (sent,) = (await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)).lines
+    assert sent.deferred and sent.model == "cheap" and sent.provider_batch_id == "pbatch-1"
