@@ -77,8 +77,8 @@ class KeyTenants:
     async def refuse_if_another(self, account: Account) -> None:
         """Before a request is routed: refused as check refuses it when its key is bound to another tenant, binding the
         key to none. Bound only as the request is admitted or counted against the rate limit (under_binding): one
-        refused as it is routed (no model it names, none within its limits) takes no money and is counted nowhere, and
-        bound for good to the tenant it named, the key's own tenant was refused from then on."""
+        refused as it is routed (no model it names, none within its limits) takes no money and is counted nowhere;
+        bound for good to the tenant it named there, it left the key's own tenant refused from then on."""
         if not is_bound(account.key):
             return
         known = self._known.get(account.key)
