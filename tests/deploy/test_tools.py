@@ -122,6 +122,9 @@ REJECTED = "rate(llmrouter_router_budget_rejections_total"
         # calls the open breaker refused unsent taken for successes: they dilute the probes' errors, an outage is quiet
         ("LLMRouterProviderHighErrorRatio", "expr", "error|timeout|circuit_open", "error|timeout"),
         # the callers' refusals counted as calls: a provider rate-limiting most of our valid calls is quiet
+        # a provider batch's lines, counted all at once when collected, dilute the share: the firing case fails
+        ("LLMRouterRoutingWithoutClassifier", "expr", ',reason!~"batch|reconciled"}', "}"),
+        ("LLMRouterRoutingWithoutClassifier", "expr", "\nand ", "\nor "),  # no floor: a trickle warns
         ("LLMRouterProviderRateLimited", "expr", 'outcome!="refused"}[15m])) > 0.05\n', "}[15m])) > 0.05\n"),
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
         # one tenant's refusals taken for all: refusals spread over tenants, none past 5% alone, are missed
