@@ -207,6 +207,11 @@ class Serving:
         if _kept_for_no_reader(routed, served, why):  # left, or cut by the drain, while the hold grew
             return
         shortest = min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name])
+        unpriced = unpriced_cap(target.model, routed.limits)
+        if why == "truncated" and max_tokens < unpriced:
+            # Money (max_cost_usd, the budgets) cutting the stronger model at no more than the weak answer wrote would
+            # cut it shorter still: its answer served in the longer one's stead, both paid for.
+            shortest = max(shortest, min(served.output_tokens + 1, unpriced))
         if max_tokens < shortest:
             if _cap_alone_refuses(routed, served, target.model, shortest):  # as the caller asked: nothing to warn of
                 log.info("max_cost_usd leaves no room to escalate; keeping the weak answer", extra={"signal": why})
