@@ -27,6 +27,12 @@ def setting_entries(variable: str, text: str, path: Path | None) -> list[tuple[s
     given = enumerate((entry for line in text.splitlines() for entry in uncommented(line).split(",")), 1)
     entries = [(f"{variable} entry {number}", entry) for number, entry in given]
     if path is not None:
-        read = enumerate(path.read_text().splitlines(), 1)
-        entries += [(f"{variable}_FILE line {number}", line) for number, line in read]
+        entries += file_entries(variable, path.read_text())
     return [(place, bare) for place, entry in entries if (bare := bare_entry(entry))]
+
+
+def file_entries(variable: str, text: str) -> list[tuple[str, str]]:
+    """(where, entry) for each entry of the variable's file, as read (`text`), placed by its own line:
+    `EDGE_API_KEYS_FILE line 3`. Comments and blank lines dropped."""
+    read = enumerate(text.splitlines(), 1)
+    return [(f"{variable}_FILE line {number}", bare) for number, line in read if (bare := bare_entry(line))]

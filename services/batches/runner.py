@@ -6,7 +6,7 @@ bytes and where each line is, a line parsed as it is sent; one that cannot be is
 others wait in the store's active set, but one past its window, or cancelled, runs without a place (one such at a
 time), so that it ends on time, `expired`, or at once, `cancelled` (a cancelled batch with no line at a provider ends
 without reading its input file). An edge runs only the batches of keys it serves (Runner._may_run): a revoked key's
-batch sends nothing more.
+batch sends nothing more, one running as its key is revoked (the key file reloaded) no new line.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A line the
 router never admitted (the router unreachable or restarting, the money store down, a rate limit) is retried with the
@@ -394,6 +394,14 @@ class Runner:
                 return
             lines = await wire.index_off_loop(content)  # validated at upload; each line parsed as it is sent
             done = await self.store.get(results_key(batch_id))
+            served = self._serves(batch)
+
+            def revoked() -> bool:
+                """Its key taken out of the key file (reloaded) while it ran: it sends no new line from here, those in
+                flight finishing, and is left to an edge that serves the key (or, cancelled or past its window, to a
+                run that only ends it). Not a run that began on a key not served: that one is here to end the batch."""
+                return served and not self._serves(batch)
+
             if batch["status"] == b"cancelling" or past_window():  # no line goes out any more
                 deferred: dict[int, dict[str, str]] | Unreached = await self.deferral.recover(
                     batch_id, batch, lines, set(done)
@@ -401,7 +409,7 @@ class Runner:
             else:
 
                 async def offering() -> bool:
-                    stopped = self.stopping or renewing.done() or past_window()
+                    stopped = self.stopping or renewing.done() or past_window() or revoked()
                     return not stopped and not await self._cancelling(batch_id)
 
                 deferred = await self.deferral.offer(batch_id, batch, lines, set(done), offering)
@@ -416,7 +424,7 @@ class Runner:
             unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
             in_doubt = {i for i in unfinished if sent.get(str(i)) == SENT}
             left_in_doubt: set[int] = set()
-            if not self._serves(batch):
+            if not served:
                 # Here only to be ended (_may_run): a line in doubt is not sent again either, on a key this edge does
                 # not serve (one that never reached the router would run, a revoked key spending). Its outcome is
                 # left unknown: the ledger has it.
@@ -433,7 +441,8 @@ class Runner:
 
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
-                    if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
+                    # Stopping, the lease lost, or the key revoked: another edge resumes it.
+                    if self.stopping or renewing.done() or revoked():
                         return
                     if past_window() and pending.keep(in_doubt):
                         expired = True  # the lines in flight finish (those refused meanwhile wait); no new one is sent
@@ -461,7 +470,7 @@ class Runner:
                             cancelled = True  # the lines in flight finish, those in doubt sent again; no other
                             pending.keep(in_doubt)
                         # parked, stopping, or expired or cancelled with nothing to send, while waiting for the slot
-                        if pending.wait_s() != 0 or self.stopping or renewing.done():
+                        if pending.wait_s() != 0 or self.stopping or renewing.done() or revoked():
                             continue
                         index = pending.take()
                         line = self._line(batch_id, batch, index, lines, pending, in_doubt, ending, not deferred)

@@ -38,6 +38,8 @@ from services.batches.store import open_store
 from services.edge import idempotency, legacy, replays, responses, router_headers
 from services.edge.access_log import AccessLog
 from services.edge.content_coding import ContentCoding
+from services.edge.key_reload import LiveKeys
+from services.edge.keys import KeyRing
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import (
     ApiError,
@@ -400,7 +402,7 @@ class Edge:
         self.settings = settings
         self.router = router_pb2_grpc.RouterStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
-        self.keys = settings.key_ring()
+        self.live_keys = LiveKeys(settings.api_keys, settings.api_keys_file, settings.api_keys_reload_s)
         self.replays = Replays(
             settings.idempotency_replay_s,
             settings.idempotency_max_answer_bytes,
@@ -413,6 +415,16 @@ class Edge:
         self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
         self._keeping: dict[str, set[asyncio.Task[None]]] = {}  # streams' events (or digests) being kept, by request id
 
+    @property
+    def keys(self) -> KeyRing:
+        """The key ring in force now (EDGE_API_KEYS_FILE is reloaded as it changes): read once per use."""
+        return self.live_keys.ring
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the edge has API keys, as it started: one whose key file lost every key refuses every caller."""
+        return self.live_keys.keyed
+
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
         configured every caller is the one anonymous tenant, sent without a key: a made-up bearer string must
@@ -424,7 +436,7 @@ class Edge:
             raise ApiError(
                 400, "more than one Authorization header", param="authorization", code="ambiguous_credentials"
             )
-        if not self.keys:
+        if not self.keyed:
             return ANONYMOUS_TENANT, ""
         # The header's bytes read as UTF-8, as the key tool digested the key: read as Starlette reads headers (latin-1),
         # a key past ASCII was another string, and refused for ever. Read before the key is stripped: in latin-1 the
@@ -443,8 +455,8 @@ class Edge:
 
     def serves(self, tenant: str, key_id: str) -> bool:
         """Whether this edge would serve the caller a batch was created by (its tenant and key id): a batch of a key
-        taken out of the key file (revoked) sends no more lines from here."""
-        if not self.keys:
+        taken out of the key file (revoked) sends no more lines from here, even one running as the key is."""
+        if not self.keyed:
             return tenant == ANONYMOUS_TENANT and key_id == KEYLESS
         return self.keys.serves(tenant, key_id)
 
@@ -1019,7 +1031,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_max_file_bytes,
         settings.files_tenant_bytes,
         # With tenants, one runs at most half the batches (at least one), as it holds at most half the upload places.
-        max(1, settings.batch_max_running // 2) if edge.keys else settings.batch_max_running,
+        max(1, settings.batch_max_running // 2) if edge.keyed else settings.batch_max_running,
     )
     batches = BatchApi(
         store,
@@ -1031,7 +1043,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_max_concurrent_uploads,
         # With tenants, one holds at most half the places (at least one): its stalled or slow transfers leave the
         # others room. Without keys there is one tenant, which may have them all.
-        max(1, settings.batch_max_concurrent_uploads // 2) if edge.keys else settings.batch_max_concurrent_uploads,
+        max(1, settings.batch_max_concurrent_uploads // 2) if edge.keyed else settings.batch_max_concurrent_uploads,
         settings.max_body_bytes,
         settings.files_tenant_bytes,
     )
@@ -1039,6 +1051,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        edge.live_keys.start()
         await runner.resume()
         try:
             yield
@@ -1047,6 +1060,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
             await runner.close()
             await store.close()
             await edge.close()
+            await edge.live_keys.close()
             if access_log is not None:
                 access_log.close()
 

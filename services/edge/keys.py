@@ -36,8 +36,9 @@ class KeyRing:
     def __init__(self, entries: list[tuple[bytes, str]], admins: frozenset[bytes] = frozenset()) -> None:
         self.entries = entries
         self.admins = admins
-        # Asked for every active batch at each adoption pass: a lookup, not a pass over the entries. A ring is built
-        # once, as the edge starts (a change of keys is a restart), so this never goes stale.
+        # Asked for every active batch at each adoption pass, and before each line a batch sends: a lookup, not a pass
+        # over the entries. A ring is never changed (a reload of the key file builds a new one), so this never goes
+        # stale.
         self.key_ids = frozenset((known.hex()[:16], tenant) for known, tenant in entries)
 
     def __bool__(self) -> bool:

@@ -25,6 +25,9 @@ class EdgeSettings(ServiceSettings):
     # newline-separated in api_keys, one per line in api_keys_file. Both may be set; the entries add up.
     api_keys: SecretStr = SecretStr("")  # secret in case a raw key is pasted here by mistake: never echoed
     api_keys_file: Path | None = None
+    # How often api_keys_file is read again (services/edge/key_reload.py): a key taken out of it is refused, and one
+    # added served, within this of the file's change (a mounted Secret's, within about a minute of its edit).
+    api_keys_reload_s: float = Field(default=5.0, gt=0)
     # No keys: every caller is one anonymous tenant. Only on a loopback host, unless this says so.
     allow_anonymous: bool = Field(default=False, validate_default=True)
     # A completion's deadline at the edge: longer than the router's own limit on it (ROUTER_REQUEST_TIMEOUT_S, 300 s,

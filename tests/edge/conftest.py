@@ -36,10 +36,10 @@ class Edge:
 
 
 @asynccontextmanager
-async def recorded_edge(**settings: Any) -> AsyncIterator[Edge]:
-    """A real edge on loopback before a recording stand-in router of its own, for the block. settings: the edge's,
-    over these (no access log, no metrics port)."""
-    router = RecordingRouter()
+async def recorded_edge(router: RecordingRouter | None = None, **settings: Any) -> AsyncIterator[Edge]:
+    """A real edge on loopback before a recording stand-in router (`router`, else one of its own), for the block.
+    settings: the edge's, over these (no access log, no metrics port)."""
+    router = router if router is not None else RecordingRouter()
     async with served_router(router) as router_addr:
         edge_settings = quiet_edge_settings(router_addr, **settings)
         async with served_edge(edge_settings) as base_url:
