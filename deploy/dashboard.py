@@ -435,12 +435,17 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Registry valid (0: an invalid new registry was refused)",
+                "Registry and edge API keys valid (0: an invalid new file was refused)",
                 "short",
                 (f"min by (service) ({s('llmrouter_registry_valid')})", "{{service}}"),
                 (
                     f"sum by (service, outcome) (increase({s('llmrouter_registry_reloads_total')}[1h]))",
                     "{{service}} {{outcome}}/h",
+                ),
+                (f"min({s('llmrouter_edge_api_keys_valid')})", "edge API keys"),
+                (
+                    f"sum by (outcome) (increase({s('llmrouter_edge_api_keys_reloads_total')}[1h]))",
+                    "edge API keys {{outcome}}/h",
                 ),
                 span=12,
             )
