@@ -10,7 +10,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -20,8 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from services.batches import idempotent, wire
+from services.batches import idempotent, output_files, wire
 from services.batches.idempotent import Claim
+from services.batches.output_files import FileGone
 from services.batches.quota import FileQuota
 from services.batches.runner import Runner, file_fields
 from services.batches.store import (
@@ -51,7 +52,6 @@ FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted"
 FILE_LISTING = ("after", "limit", "order", "purpose")  # OpenAI's query parameters of each listing
 BATCH_LISTING = ("after", "limit")
 UPLOAD_FIELDS = ("file", "purpose")
-SENT_PART_BYTES = 1024 * 1024  # a file's content sent at a time
 PAGE_CHUNK = 1000  # ids read from an index at a time
 # A batch failed as a retry took over its stalled creation (_batch_there): its record names it no longer.
 TAKEN_OVER = "taken_over"
@@ -302,16 +302,22 @@ class BatchApi:
         return JSONResponse(wire.file_body(file_id, fields))
 
     async def file_content(self, request: Request) -> Response:
-        """The content is read whole (up to max_file_bytes, or an output file's size), so a download takes one of
-        the uploads' places, until the content is sent."""
-        file_id, _ = await self._file(request)
+        """Sent a part at a time as it is read (output_files.parts): a batch's output or error file in its stored
+        parts, whatever its size; one stored whole (an upload, up to max_file_bytes) read whole. A download takes one
+        of the uploads' places until its content is sent."""
+        file_id, fields = await self._file(request)
         tenant, _ = self.caller(request)
         async with AsyncExitStack() as held:
             await held.enter_async_context(self._upload_slot(tenant))
-            content = await self.store.content(file_key(file_id))
-            if content is None:  # deleted or expired since
-                raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
-            return _Sent(content, held.pop_all())
+            parts = output_files.parts(self.store, file_key(file_id), fields)
+            held.push_async_callback(parts.aclose)
+            try:
+                first = await anext(parts)
+            except StopAsyncIteration:  # an empty file
+                first = b""
+            except FileGone:  # deleted or expired since
+                raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found") from None
+            return _Sent(first, parts, int(fields["bytes"]), held.pop_all())
 
     async def create_batch(self, request: Request) -> Response:
         tenant, key = self.caller(request)
@@ -507,27 +513,28 @@ class BatchApi:
     async def _file(self, request: Request) -> tuple[str, dict[str, bytes]]:
         tenant, _ = self.caller(request)
         file_id = request.path_params["id"]
-        fields = (await self.store.fields([file_key(file_id)], [*FILE_LISTED, "creating"]))[0]  # not its content
+        fields = (await self.store.fields([file_key(file_id)], [*FILE_LISTED, "creating", "parts"]))[0]  # no content
         if not _readable(fields, tenant):
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields
 
 
 class _Sent(Response):
-    """A file's content that gives back its upload place once sent or its client gone: returned by the handler,
-    the content is held until then (a slow reader holds it for long). Sent a part at a time: the server takes a
-    whole body into its send buffer at once, so the last send returned (and the place went) before the client had
-    read any of it."""
+    """A file's content, its first part read, that gives back its upload place once sent or its client gone: returned
+    by the handler, the place is held until then (a slow reader holds it for long). Each part is read once the client
+    took the last (the server takes a whole body into its send buffer at once, so the last send returned, and the
+    place went, before the client had read any of it). A file gone as it is sent cuts the response short: its
+    Content-Length tells the client."""
 
-    def __init__(self, content: bytes, place: AsyncExitStack) -> None:
-        super().__init__(content, media_type="application/jsonl")
-        self.place = place
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], size: int, place: AsyncExitStack) -> None:
+        super().__init__(media_type="application/jsonl", headers={"content-length": str(size)})
+        self.first, self.rest, self.place = first, rest, place
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            for start in range(0, len(self.body), SENT_PART_BYTES):  # each waits for the client to take the last
-                part = self.body[start : start + SENT_PART_BYTES]
+            await send({"type": "http.response.body", "body": self.first, "more_body": True})
+            async for part in self.rest:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

@@ -192,7 +192,7 @@ class Deferral:
         for index, entry in sorted(deferred.items()):
             groups.setdefault((entry["model"], entry["provider_batch_id"]), []).append(index)
         while True:
-            done = await self.store.get(results_key(batch_id))
+            done = await self.store.names(results_key(batch_id))
             for key, indices in list(groups.items()):
                 waiting = [i for i in indices if str(i) not in done]
                 if not waiting or await self._collect(batch_id, batch, custom_ids, key, waiting):

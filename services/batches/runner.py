@@ -63,7 +63,7 @@ from prometheus_client import Gauge
 from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
-from services.batches import results, unparsed, wire
+from services.batches import output_files, results, unparsed, wire
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached, without_large_logprobs
 from services.batches.pending import Pending
 from services.batches.quota import PAST_QUOTA_DETAILS, count_output, counted_bytes
@@ -122,6 +122,7 @@ Serves = Callable[[str, str], bool]  # (tenant, key id) -> whether this edge ser
 
 SENT, REFUSED = b"sent", b"refused"  # a line's mark in sent_key: sent to the router; not admitted by it
 FINISHING = ("validating", "in_progress", "finalizing")  # it ends `completed` from these (finalizing: run again)
+KINDS = (("output", True), ("error", False))  # a batch's files, and whether their lines are answers
 MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stored, so its lines cannot be run.")
 
 
@@ -393,7 +394,7 @@ class Runner:
                 await self._finish(batch_id, batch, "failed", wire.batch_errors(*MISSING_INPUT, "input_file_id"))
                 return
             lines = await wire.index_off_loop(content)  # validated at upload; each line parsed as it is sent
-            done = await self.store.get(results_key(batch_id))
+            done = await self.store.names(results_key(batch_id))
             served = self._serves(batch)
 
             def revoked() -> bool:
@@ -404,7 +405,7 @@ class Runner:
 
             if batch["status"] == b"cancelling" or past_window():  # no line goes out any more
                 deferred: dict[int, dict[str, str]] | Unreached = await self.deferral.recover(
-                    batch_id, batch, lines, set(done)
+                    batch_id, batch, lines, done
                 )
             else:
 
@@ -412,14 +413,14 @@ class Runner:
                     stopped = self.stopping or renewing.done() or past_window() or revoked()
                     return not stopped and not await self._cancelling(batch_id)
 
-                deferred = await self.deferral.offer(batch_id, batch, lines, set(done), offering)
+                deferred = await self.deferral.offer(batch_id, batch, lines, done, offering)
             if isinstance(deferred, Unreached):  # resumed at its park's end
                 await self._park_unreached(batch_id, batch, deferred)
                 return
             for counter in (UNREACHED, OVERLOADED):
                 if counter in batch:
                     await self.store.drop(batch_key(batch_id), counter)
-            done = await self.store.get(results_key(batch_id))
+            done = await self.store.names(results_key(batch_id))
             sent = await self.store.get(sent_key(batch_id))
             unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
             in_doubt = {i for i in unfinished if sent.get(str(i)) == SENT}
@@ -574,7 +575,7 @@ class Runner:
         sent = await self.store.get(sent_key(batch_id))
         if SENT not in sent.values():
             return False
-        done = await self.store.get(results_key(batch_id))
+        done = await self.store.names(results_key(batch_id))
         return any(mark == SENT and index not in done for index, mark in sent.items())
 
     async def _cancelling(self, batch_id: str) -> bool:
@@ -675,7 +676,7 @@ class Runner:
         again (`in_doubt`: their key not served here) go to the error file as of an unknown outcome."""
         expired_at = await stamp(self.store, batch_key(batch_id))  # by the clock its expires_at is
         await self.store.put_once(batch_key(batch_id), "expired_at", expired_at.encode())  # when, kept if run again
-        done = await self.store.get(results_key(batch_id))
+        done = await self.store.names(results_key(batch_id))
         unsent = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
         # Up to every line parsed for its custom_id: off the event loop, as the file's check is.
         custom_ids = await asyncio.to_thread(lambda: [unparsed.custom_id(lines.raw(i)) for i in unsent])
@@ -695,8 +696,6 @@ class Runner:
             # cancel answered (`cancelling`), with every line's result.
             finalizing = await self.store.advance(batch_id, FINISHING, "finalizing")
             status = "completed" if finalizing is not None else "cancelled"
-        results = await self.store.get(results_key(batch_id))
-        parsed = [json.loads(results[str(i)]) for i in range(int(batch["total"])) if str(i) in results]
         tenant = batch["tenant"].decode()
         fields: dict[str, str | bytes] = {"status": status}
         counted: dict[str, int] = {}  # output and error file id -> the bytes it counts
@@ -705,21 +704,31 @@ class Runner:
             fields[f"{status}_at"] = ended
         if errors is not None:
             fields["errors"] = errors
-        for kind, ok in (("output", True), ("error", False)):
-            lines = [r["line"] for r in parsed if r["ok"] is ok]
-            if lines:
-                content = ("\n".join(lines) + "\n").encode()
+        # Each file written a part at a time as the results are read a part's worth at a time (output_files.py), not
+        # joined whole: a batch's answers are bounded by no upload.
+        writers = {ok: output_files.PartWriter(self.store, file_key(f"file-{batch_id}-{kind}")) for kind, ok in KINDS}
+        finished = 0
+        async for result in output_files.results(self.store, batch_id, int(batch["total"])):
+            await writers[result["ok"]].write((result["line"] + "\n").encode())
+            finished += 1
+        for kind, ok in KINDS:
+            writer = writers[ok]
+            await writer.close()
+            if writer.size:
                 file_id = f"file-{batch_id}-{kind}"
                 # Counted against the tenant's quota, never refused: its lines were served and charged, and this
                 # write settles the batch. The tenant's uploads are refused while its outputs fill its quota; one
                 # past it says so in its status_details.
-                counted[file_id] = counted_bytes(len(content))
-                stored = file_fields(tenant, f"{batch_id}_{kind}.jsonl", content) | {"created_at": ended}
+                counted[file_id] = counted_bytes(writer.size)
+                filename = f"{batch_id}_{kind}.jsonl"
+                stored = output_files.stored_fields(tenant, filename, writer.size, writer.parts) | {"created_at": ended}
                 if again:  # written, as its record was, by the finish cut: dated when that one ended, not now
                     stored |= (await self.store.fields([file_key(file_id)], ["created_at"]))[0]
-                if await count_output(self.store, tenant, file_id, len(content), self.tenant_file_bytes):
+                if await count_output(self.store, tenant, file_id, writer.size, self.tenant_file_bytes):
                     stored["status_details"] = PAST_QUOTA_DETAILS
                 await self.store.put(file_key(file_id), stored)
+                if again:  # the finish cut an edge of an earlier version's, which stored it whole: its parts now
+                    await self.store.drop(file_key(file_id), "content")
                 fields[f"{kind}_file_id"] = file_id
         await self.store.put(batch_key(batch_id), fields)
         kept = [
@@ -744,7 +753,7 @@ class Runner:
         await delete_if_unread(self.store, input_id)  # deleted while the batch ran: now it goes
         await self.store.activate(batch_id, False)
         self._ended_here.add(batch_id)
-        log.info("batch ended", extra={"id": batch_id, "lines": len(parsed), "status": fields["status"]})
+        log.info("batch ended", extra={"id": batch_id, "lines": finished, "status": fields["status"]})
 
 
 def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str | None]:

@@ -2,7 +2,8 @@
 restarted edge resumes from), or in process without it (a restart loses them). Per tenant: a file or batch
 of another tenant is not found.
 
-Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content);
+Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content; a
+batch's output and error files, `parts` and their content in `part:<n>` instead: output_files.py);
 `batch:<id>` a hash (the batch's fields, counters included, `parked_until`: the epoch time, by Redis's clock,
 before which no edge runs it again, `failures`: its runs that failed in a row, and `unreached`: its runs in a row
 that found the router out of reach, runner.py); `batch:<id>:results` a hash from line index to its result line,
@@ -112,6 +113,16 @@ class Store(Protocol):
 
     async def get(self, key: str) -> dict[str, bytes]: ...
 
+    async def names(self, key: str) -> set[str]:
+        """The hash's field names, not their values: which lines of a batch have a result, without the results (a
+        batch's answers run to hundreds of MB)."""
+
+    async def sizes(self, key: str, names: list[str]) -> list[int]:
+        """The bytes of each of these fields of the hash (0 for one not set): how many to read at once (values)."""
+
+    async def values(self, key: str, names: list[str]) -> list[bytes | None]:
+        """These fields of the hash (None for one not set), in their order."""
+
     async def complete(self, key: str, fields: dict[str, str | bytes], ttl_s: int) -> bool:
         """The fields of an item still `creating` written, its `creating` dropped and its expiry set to ttl_s, in one
         step: False when it is not (gone, or abandoned as a retry took its creation over), nothing written."""
@@ -177,9 +188,10 @@ class Store(Protocol):
     async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
         """These fields (all with None) of each hash: a file's metadata read without its content."""
 
-    async def content(self, key: str) -> bytes | None:
-        """A file's content (None when the file is gone), read one at a time: reading a reply, redis-py holds it
-        in its stream's buffer too, so a file read takes twice its size for a moment."""
+    async def content(self, key: str, field: str = "content") -> bytes | None:
+        """A file's content, or one part of it (`field`: output_files.part_field), None when gone; read one at a time:
+        reading a reply, redis-py holds it in its stream's buffer too, so a file read takes twice its size for a
+        moment."""
 
     async def drop(self, key: str, field: str) -> None: ...
 
@@ -564,6 +576,18 @@ class RedisStore:
         raw = await self.redis.hgetall(key)
         return {_text(k): _bytes(v) for k, v in raw.items()}
 
+    async def names(self, key: str) -> set[str]:
+        return {_text(name) for name in await self.redis.hkeys(key)}
+
+    async def sizes(self, key: str, names: list[str]) -> list[int]:
+        async with self.redis.pipeline(transaction=False) as pipe:  # one key: one slot
+            for name in names:
+                pipe.hstrlen(key, name)
+            return [int(size) for size in await pipe.execute()]
+
+    async def values(self, key: str, names: list[str]) -> list[bytes | None]:
+        return [None if value is None else _bytes(value) for value in await self.redis.hmget(key, names)]
+
     async def put_once(self, key: str, field: str, value: bytes) -> bool:
         return bool(await self.redis.hsetnx(key, field, value))
 
@@ -635,9 +659,9 @@ class RedisStore:
             return [{_text(k): _bytes(v) for k, v in reply.items()} for reply in replies]
         return [{n: _bytes(v) for n, v in zip(names, reply, strict=True) if v is not None} for reply in replies]
 
-    async def content(self, key: str) -> bytes | None:
+    async def content(self, key: str, field: str = "content") -> bytes | None:
         async with self._reading:
-            value = await self.redis.hget(key, "content")
+            value = await self.redis.hget(key, field)
         return None if value is None else _bytes(value)
 
     async def drop(self, key: str, field: str) -> None:
@@ -778,6 +802,17 @@ class MemoryStore:
             self.expiry.pop(key, None)
         return dict(self.hashes.get(key, {}))
 
+    async def names(self, key: str) -> set[str]:
+        return set(await self.get(key))
+
+    async def sizes(self, key: str, names: list[str]) -> list[int]:
+        entry = await self.get(key)
+        return [len(entry.get(name, b"")) for name in names]
+
+    async def values(self, key: str, names: list[str]) -> list[bytes | None]:
+        entry = await self.get(key)
+        return [entry.get(name) for name in names]
+
     async def put_once(self, key: str, field: str, value: bytes) -> bool:
         entry = self.hashes.setdefault(key, {})
         if field in entry:
@@ -857,8 +892,8 @@ class MemoryStore:
         found = [await self.get(key) for key in keys]
         return found if names is None else [{n: f[n] for n in names if n in f} for f in found]
 
-    async def content(self, key: str) -> bytes | None:
-        return (await self.get(key)).get("content")
+    async def content(self, key: str, field: str = "content") -> bytes | None:
+        return (await self.get(key)).get(field)
 
     async def drop(self, key: str, field: str) -> None:
         self.hashes.get(key, {}).pop(field, None)

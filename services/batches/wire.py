@@ -209,10 +209,10 @@ def output_line(custom_id: str | None, request_id: str, status: int, body: dict[
 
 
 def logprobs_room(batch: dict[str, bytes], max_file_bytes: int) -> int:
-    """What one line's answer may hold of log-probabilities (as JSON): its share of a file's most bytes. A batch's
-    output file is read, joined and served whole by an edge, which holds up to max_file_bytes of one (deploy/README.md,
-    Edge memory); log-probabilities run to kilobytes a token, so a batch's many answers with them all would pass it
-    many times over (its finish failing for good, or the edge out of memory at every adoption)."""
+    """What one line's answer may hold of log-probabilities (as JSON): its share of a file's most bytes.
+    Log-probabilities run to kilobytes a token, so a batch's many answers with them all would pass that many times
+    over, in the batch Redis (which never evicts) and its tenant's file quota: an output file is written and read a
+    part at a time (output_files.py), but stored whole."""
     return max_file_bytes // max(1, int(batch.get("total", b"1")))
 
 

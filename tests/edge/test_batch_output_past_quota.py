@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from services.batches import wire
 from services.batches.api import FILE_LISTED
+from services.batches.output_files import part_field
 from services.batches.quota import MIN_COUNTED_BYTES
 from services.batches.store import Store, batch_key, file_key, results_key
 from tests.edge.conftest import opened_runner
@@ -35,7 +36,7 @@ async def _finish(store: Store, batch_id: str, rerun: bool = False) -> dict[str,
         await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
     output_id = (await store.get(batch_key(batch_id)))["output_file_id"].decode()
     assert output_id in await store.counted_files("t1")  # counted as long as it is kept, whatever the quota
-    assert (await store.content(file_key(output_id))) is not None
+    assert (await store.content(file_key(output_id), part_field(0))) is not None
     return (await store.fields([file_key(output_id)], FILE_LISTED))[0]
 
 

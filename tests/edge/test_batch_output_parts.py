@@ -1,0 +1,135 @@
+"""A batch's output and error files, bounded by no upload, are written and downloaded a part at a time. Before, a
+finish read every line's result at once, parsed them all, joined them and stored one record, and a run resumed read
+every result too: hundreds of MB of answers, held several times over, killed the edge that ran the finish, and the next
+to adopt the batch. Now a run resumed to end such a batch holds about a part, not the file; the files' bytes, part
+boundaries through multi-byte characters, download exactly (the openai SDK's files.content, a real edge, on a real
+Redis and a Redis Cluster), as does a file stored whole by an edge of an earlier version, and a finish run again
+writes the same files (one stored whole then, in parts)."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+import uuid
+
+import openai
+
+from services.batches import wire
+from services.batches.output_files import PART_BYTES, part_field
+from services.batches.runner import file_fields
+from services.batches.store import RedisStore, Store, batch_key, file_key, readers_key, results_key
+from tests.edge.conftest import opened_runner, recorded_edge
+
+TENANT = "default"  # an edge's without API keys
+ANSWER = "é✓ answer " * 300  # about 4 KB of UTF-8, its characters of 1 to 3 bytes: parts split some of them
+
+
+def result_line(batch_id: str, index: int) -> tuple[bool, str]:
+    """A line's result as a run records it: every seventh an error."""
+    ok = index % 7 != 0
+    body = {"choices": [{"message": {"content": f"{index} {ANSWER}"}}]} if ok else {"error": {"message": str(index)}}
+    line = wire.output_line(str(index), f"{batch_id}:{index}", 200 if ok else 400, body)
+    return ok, line
+
+
+async def put_results(store: Store, batch_id: str, lines: int) -> None:
+    for start in range(0, lines, 500):
+        written: dict[str, str | bytes] = {}
+        for i in range(start, min(lines, start + 500)):
+            ok, line = result_line(batch_id, i)
+            written[str(i)] = json.dumps({"ok": ok, "line": line, "cost": "0", "cost_pending": False})
+        await store.put(results_key(batch_id), written)
+
+
+def expected(batch_id: str, lines: int, ok: bool) -> bytes:
+    results = (result_line(batch_id, i) for i in range(lines))
+    return "".join(line + "\n" for good, line in results if good is ok).encode()
+
+
+async def put_batch(store: Store, batch_id: str, lines: int, status: str) -> None:
+    """A batch of `lines` lines, all recorded, every line offered (none to a provider); its input file stored."""
+    input_id = f"file-in-{batch_id}"
+    content = b"".join(b'{"custom_id": "%d"}\n' % i for i in range(lines))
+    await store.put(file_key(input_id), file_fields(TENANT, "in.jsonl", content, "batch", lines) | {"created_at": "1"})
+    created = int(await store.clock(batch_key(batch_id)))
+    batch: dict[str, str | bytes] = {"status": status, "tenant": TENANT, "key_id": "k", "total": str(lines)}
+    batch |= {"input_file_id": input_id, "created_at": str(created), "expires_at": str(created + 86400)}
+    batch |= {"endpoint": wire.ENDPOINT, "completion_window": "24h", "offered": "1"}
+    await store.put(batch_key(batch_id), batch)
+    await store.put(readers_key(input_id), {batch_id: "1"})
+    await store.activate(batch_id, True)
+    await put_results(store, batch_id, lines)
+
+
+async def stored(store: Store, file_id: str) -> bytes:
+    fields = (await store.fields([file_key(file_id)], ["parts", "bytes"]))[0]
+    parts = [await store.content(file_key(file_id), part_field(i)) for i in range(int(fields["parts"]))]
+    assert all(part is not None and len(part) <= PART_BYTES for part in parts)
+    content = b"".join(part or b"" for part in parts)
+    assert len(content) == int(fields["bytes"])
+    return content
+
+
+async def test_a_run_ending_a_batch_of_a_large_output_holds_about_a_part(redis_url: str) -> None:
+    """A batch whose finish was cut past `finalizing` (its edge out of memory), run again by the next edge: the run,
+    input file and all, holds a few parts, not its 30 MB of answers."""
+    lines, batch_id = 8_000, "b-large"
+    store = RedisStore(redis_url)
+    try:
+        await put_batch(store, batch_id, lines, "finalizing")
+        async with opened_runner(store, retention_s=600) as runner:
+            tracemalloc.start()
+            try:
+                await runner._adopt()
+                assert batch_id in runner.runs
+                await runner.runs[batch_id]
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        batch = await store.get(batch_key(batch_id))
+        assert batch["status"] == b"completed" and not await store.is_active(batch_id)
+        output = await stored(store, batch["output_file_id"].decode())
+        assert output == expected(batch_id, lines, True)
+        assert await stored(store, batch["error_file_id"].decode()) == expected(batch_id, lines, False)
+    finally:
+        await store.close()
+    assert len(output) > 30 * PART_BYTES
+    assert peak < 8 * PART_BYTES, f"a run ending a batch of a {len(output)} byte output held {peak} bytes"
+
+
+async def test_output_files_download_exactly_and_a_finish_run_again_writes_the_same(any_redis_url: str) -> None:
+    lines, batch_id = 1_000, f"b-{uuid.uuid4().hex}"
+    store = RedisStore(any_redis_url)
+    try:
+        await put_batch(store, batch_id, lines, "in_progress")
+        async with opened_runner(store, retention_s=600) as runner:
+            await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
+            output_id, error_id = f"file-{batch_id}-output", f"file-{batch_id}-error"
+            first = [await store.get(file_key(i)) for i in (output_id, error_id)]
+            assert int(first[0]["parts"]) > 3  # several parts, the last partial
+            # Run again as it ended (the finish cut past its status): the same files, dated as before.
+            await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
+            assert [await store.get(file_key(i)) for i in (output_id, error_id)] == first
+        # An output an edge of an earlier version stored whole, and its finish run again here: in parts now.
+        old_id = f"b-old-{uuid.uuid4().hex}"
+        await put_batch(store, old_id, 20, "completed")
+        whole = file_fields(TENANT, f"{old_id}_output.jsonl", expected(old_id, 20, True)) | {"created_at": "7"}
+        await store.put(file_key(f"file-{old_id}-output"), whole)
+        whole_kept_id = "file-whole"  # and one that stays so
+        await store.put(file_key(whole_kept_id), file_fields(TENANT, "w.jsonl", expected(old_id, 20, False)))
+        await store.put(file_key(whole_kept_id), {"created_at": "7"})
+        async with opened_runner(store, retention_s=600) as runner:
+            await runner._finish(old_id, await store.get(batch_key(old_id)), "completed")
+        rewritten = await store.get(file_key(f"file-{old_id}-output"))
+        assert "content" not in rewritten and rewritten["created_at"] == b"7"
+        assert await stored(store, f"file-{old_id}-output") == expected(old_id, 20, True)
+    finally:
+        await store.close()
+    async with (
+        recorded_edge(batch_redis_url=any_redis_url) as edge,
+        openai.AsyncOpenAI(base_url=edge.base_url, api_key="unused", max_retries=0) as client,
+    ):
+        assert (await client.files.content(output_id)).content == expected(batch_id, lines, True)
+        assert (await client.files.content(error_id)).content == expected(batch_id, lines, False)
+        assert (await client.files.content(f"file-{old_id}-output")).content == expected(old_id, 20, True)
+        assert (await client.files.content(whole_kept_id)).content == expected(old_id, 20, False)
