@@ -1,21 +1,23 @@
 """A batch's output and error files, bounded by no upload, are written and downloaded a part at a time. Before, a
-finish read every line's result at once, parsed them all, joined them and stored one record, and a run resumed read
-every result too: hundreds of MB of answers, held several times over, killed the edge that ran the finish, and the next
-to adopt the batch. Now a run resumed to end such a batch holds about a part, not the file; the files' bytes, part
-boundaries through multi-byte characters, download exactly (the openai SDK's files.content, a real edge, on a real
-Redis and a Redis Cluster), as does a file stored whole by an edge of an earlier version, and a finish run again
-writes the same files (one stored whole then, in parts)."""
+finish read every line's result at once, parsed them all, joined them and stored one record, a run resumed read every
+result too, and a download read the file whole: hundreds of MB of answers, held several times over, killed the edge
+that ran the finish, and the next to adopt the batch. Now a run resumed to end such a batch, and a download, hold about
+a part, not the file; the files' bytes, part boundaries through multi-byte characters, download exactly (the openai
+SDK's files.content, a real edge, on a real Redis and a Redis Cluster), as does a file stored whole by an edge of an
+earlier version, and a finish run again writes the same files (one stored whole then, in parts)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tracemalloc
 import uuid
 
+import httpx
 import openai
 
 from services.batches import wire
-from services.batches.output_files import PART_BYTES, part_field
+from services.batches.output_files import PART_BYTES, PartWriter, part_field, stored_fields
 from services.batches.runner import file_fields
 from services.batches.store import RedisStore, Store, batch_key, file_key, readers_key, results_key
 from tests.edge.conftest import opened_runner, recorded_edge
@@ -133,3 +135,33 @@ async def test_output_files_download_exactly_and_a_finish_run_again_writes_the_s
         assert (await client.files.content(error_id)).content == expected(batch_id, lines, False)
         assert (await client.files.content(f"file-{old_id}-output")).content == expected(old_id, 20, True)
         assert (await client.files.content(whole_kept_id)).content == expected(old_id, 20, False)
+
+
+async def test_a_download_of_a_large_output_holds_about_a_part(redis_url: str) -> None:
+    file_id, written = "file-b-large-output", hashlib.sha256()
+    store = RedisStore(redis_url)
+    try:
+        writer = PartWriter(store, file_key(file_id))
+        for i in range(6_000):
+            line = (f"{i:08d}é" * 400 + "\n").encode()  # 4 KB
+            written.update(line)
+            await writer.write(line)
+        await writer.close()
+        fields = stored_fields(TENANT, "b-large_output.jsonl", writer.size, writer.parts) | {"created_at": "1"}
+        await store.put(file_key(file_id), fields)
+    finally:
+        await store.close()
+    read, size = hashlib.sha256(), 0
+    async with recorded_edge(batch_redis_url=redis_url) as edge, httpx.AsyncClient(base_url=edge.base_url) as http:
+        tracemalloc.start()
+        try:
+            async with http.stream("GET", f"/files/{file_id}/content", timeout=30) as reply:
+                assert reply.status_code == 200 and int(reply.headers["content-length"]) == writer.size
+                async for chunk in reply.aiter_raw():  # taken and dropped: what is held is the edge's
+                    read.update(chunk)
+                    size += len(chunk)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert size == writer.size > 20 * PART_BYTES and read.digest() == written.digest()
+    assert peak < 8 * PART_BYTES, f"a download of a {size} byte output held {peak} bytes"
