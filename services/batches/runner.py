@@ -596,7 +596,7 @@ class Runner:
         then (resent past the window: only the router knows). `ending`: why the batch ends ("expired", "cancelled"),
         or "" while it runs on; once it ends, a line whose charge is open is written pending rather than asked
         again. `holds_settle`: the batch has no lines at providers, so a line refused for the budget's holds in flight
-        may wait for them (not_admitted)."""
+        may wait for them (not_admitted), while the batch runs on."""
         try:
             # Parsed as the chat route parses a body: a large one off the event loop, which a line of megabytes of
             # tiny values held for seconds (a batch of three lines of 8 MB of empty arrays: over a minute).
@@ -610,7 +610,10 @@ class Runner:
                 return
             custom_id = line["custom_id"]
             await self.store.put(sent_key(batch_id), {str(index): SENT})
-            answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"], holds_settle)
+            # Once the batch ends, a line is sent (again: in doubt) only for the router's answer: one refused for the
+            # room in flight holds is never admitted, charged nothing, and is answered so, not waited for.
+            may_wait = holds_settle and not ending()
+            answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"], may_wait)
             if isinstance(answered, Refused):
                 if answered.maybe:  # perhaps admitted by a router that died mid-call: in doubt
                     in_doubt.add(index)

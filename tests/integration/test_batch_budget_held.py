@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import redis.asyncio as redis
 
-from services.batches.runner import REFUSED
+from services.batches.runner import REFUSED, SENT
 from services.batches.store import sent_key
 from services.router.store import Account, Allowance, Hold, RedisStore, key_id, period_id, to_pico
 from tests.integration.conftest import Chain, keyed_batch_edge, sdk_edge
@@ -116,3 +116,43 @@ async def test_a_line_refused_for_the_holds_of_its_batchs_provider_lines_fails_a
     assert refusal["status_code"] == 429 and refusal["body"]["error"]["code"] == "insufficient_quota"
     charged, spend, held, _ = await money(stack)
     assert spend <= limit and held == 0 and list(charged) == [f"{batch.id}:req-0"]
+
+
+async def test_a_line_in_doubt_refused_for_the_holds_in_flight_fails_once_its_batch_is_cancelled(chain: Chain) -> None:
+    """A cancelled (or expired) batch sends its lines in doubt once more for the router's answer, and ends: a budget
+    refusal is one (never admitted, charged nothing). Waited for as the holds settled, a cancel answered `cancelling`
+    ended only once other requests freed the room, hours on when those are another batch's lines at a provider."""
+    tenant, key, settings = keyed_batch_edge(chain, "held-cancel")
+    account = Account(tenant, key_id(key))
+    store = RedisStore(chain.redis_url)
+    batches = redis.from_url(chain.redis_url)
+    other = Hold(f"in-flight-{secrets.token_hex(4)}", USD, period_id("day"), "another-router", secrets.token_hex(8))
+    try:
+        await store.set_limit("tenant", tenant, USD)
+        assert (await store.admit(account, Allowance("day"), other)).refused == ""  # holds the whole budget
+        async with sdk_edge(settings, key) as client:
+            uploaded = await client.files.create(file=("one.jsonl", one_line()), purpose="batch")
+            batch = await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+
+            async def refused() -> bool:
+                return await batches.hget(sent_key(batch.id), "0") == REFUSED
+
+            await eventually(refused, "the line refused for the room held")
+        # Its edge died as it sent the line again: in doubt, for the next run.
+        await batches.hset(sent_key(batch.id), "0", SENT)
+        async with sdk_edge(settings, key) as client:
+            await client.batches.cancel(batch.id)
+            done = await finished(client, batch.id, timeout_s=15)  # `other` still holds the room
+            assert done.status == "cancelled" and done.request_counts is not None, done
+            assert (done.request_counts.completed, done.request_counts.failed) == (0, 1), done
+            error = json.loads((await client.files.content(done.error_file_id)).text)
+            assert error["response"]["status_code"] == 429
+            assert error["response"]["body"]["error"]["code"] == "insufficient_quota"
+        spent, _ = await store.spent(account, period_id("day"))
+        assert spent == 0
+    finally:
+        await store.undo(account, other)
+        await batches.aclose()
+        await store.close()
