@@ -51,6 +51,10 @@ CALL_S = 300.0  # a part's routing, admission and upload
 UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line charged its hold, without an answer
 # The batch's hash field set while an offer's reply may be lost (the router may have admitted and sent its lines).
 OFFER_IN_DOUBT = "offer_in_doubt"
+# The batch's hash field set once a line deferred without an answer was written its error: its hold stands until it
+# lapses (ROUTER_PROVIDER_BATCH_HOLD_S), past the batch's window, as the holds of its lines at providers do until
+# collected (runner.not_admitted).
+HELD_UNANSWERED = "held_unanswered"
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ class Deferral:
             if not answer.deferred:
                 continue
             if answer.error:  # the provider batch may run and bill, but has no answer for us
+                await self.store.put(batch_key(batch_id), {HELD_UNANSWERED: "1"})
                 # Charged its hold when the hold ends: the ledger's cost, known now; or, never sent, its hold perhaps
                 # standing (cost_pending), at most that, counted apart as pending.
                 cost = answer.held_usd or "0"

@@ -64,7 +64,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import output_files, results, unparsed, wire
-from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached, without_large_logprobs
+from services.batches.deferral import HELD_UNANSWERED, OFFER_IN_DOUBT, Deferral, Unreached, without_large_logprobs
 from services.batches.pending import Pending
 from services.batches.quota import PAST_QUOTA_DETAILS, count_output, counted_bytes
 from services.batches.router_refusals import admitted_nothing, seconds
@@ -424,6 +424,9 @@ class Runner:
             sent = await self.store.get(sent_key(batch_id))
             unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
             in_doubt = {i for i in unfinished if sent.get(str(i)) == SENT}
+            # Holds of the batch's own that settle only after its other lines end (collected), or past its window.
+            (held,) = await self.store.fields([batch_key(batch_id)], [HELD_UNANSWERED])
+            holds_settle = not deferred and HELD_UNANSWERED not in held
             left_in_doubt: set[int] = set()
             if not served:
                 # Here only to be ended (_may_run): a line in doubt is not sent again either, on a key this edge does
@@ -474,7 +477,7 @@ class Runner:
                         if pending.wait_s() != 0 or self.stopping or renewing.done() or revoked():
                             continue
                         index = pending.take()
-                        line = self._line(batch_id, batch, index, lines, pending, in_doubt, ending, not deferred)
+                        line = self._line(batch_id, batch, index, lines, pending, in_doubt, ending, holds_settle)
                         group.create_task(line)
                         sending = True
                     finally:
@@ -595,8 +598,9 @@ class Runner:
         """Send one line and record its result. `in_doubt`: the run's lines sent before that may have been admitted
         then (resent past the window: only the router knows). `ending`: why the batch ends ("expired", "cancelled"),
         or "" while it runs on; once it ends, a line whose charge is open is written pending rather than asked
-        again. `holds_settle`: the batch has no lines at providers, so a line refused for the budget's holds in flight
-        may wait for them (not_admitted), while the batch runs on."""
+        again. `holds_settle`: the batch has no lines at providers, nor any deferred unanswered (their holds stand until
+        they lapse), so a line refused for the budget's holds in flight may wait for them (not_admitted), while the
+        batch runs on."""
         try:
             # Parsed as the chat route parses a body: a large one off the event loop, which a line of megabytes of
             # tiny values held for seconds (a batch of three lines of 8 MB of empty arrays: over a minute).

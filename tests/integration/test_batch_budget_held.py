@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from services.batches.runner import REFUSED, SENT
 from services.batches.store import sent_key
 from services.router.store import Account, Allowance, Hold, RedisStore, key_id, period_id, to_pico
+from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, keyed_batch_edge, sdk_edge
 from tests.integration.test_provider_batches import (
     BATCHED,
@@ -116,6 +117,41 @@ async def test_a_line_refused_for_the_holds_of_its_batchs_provider_lines_fails_a
     assert refusal["status_code"] == 429 and refusal["body"]["error"]["code"] == "insufficient_quota"
     charged, spend, held, _ = await money(stack)
     assert spend <= limit and held == 0 and list(charged) == [f"{batch.id}:req-0"]
+
+
+async def test_a_line_refused_for_the_holds_of_its_batchs_unanswered_provider_lines_fails_at_once(stack: Stack) -> None:
+    """A line whose provider batch's creation had an unknown outcome is written its error at once, and its hold stands
+    until it lapses, past the batch's window (ROUTER_PROVIDER_BATCH_HOLD_S): a line waiting for that room waited out
+    the window, as one waiting for the batch's lines at a provider did."""
+    limit = to_pico(Decimal("0.002"))
+    store = RedisStore(stack.redis_url)
+    try:
+        await store.set_limit("tenant", stack.tenant, limit)
+    finally:
+        await store.close()
+    lines = [
+        {"model": BATCHED, "max_tokens": 1000, "messages": [{"role": "user", "content": "at the provider"}]},
+        {"model": REALTIME, "max_tokens": 1000, "messages": [{"role": "user", "content": "in real time"}]},
+    ]
+    content = "".join(
+        json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
+        for i, body in enumerate(lines)
+    ).encode()
+    stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the provider batch's creation reply is lost: it may run
+    async with serving(stack, min_output_tokens=100_000) as client:
+        uploaded = await client.files.create(file=("lines.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await finished(client, batch.id, timeout_s=20)
+        assert done.status == "completed" and done.request_counts is not None
+        output, errors = await lines_of(client, done.output_file_id), await lines_of(client, done.error_file_id)
+    assert not output and sorted(errors) == ["req-0", "req-1"], (output, errors)
+    assert errors["req-0"]["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown"
+    refusal = errors["req-1"]["response"]
+    assert refusal["status_code"] == 429 and refusal["body"]["error"]["code"] == "insufficient_quota"
+    charged, spend, held, _ = await money(stack)
+    assert not charged and spend == 0 and 0 < held <= limit  # the provider line's hold, charged as it lapses
 
 
 async def test_a_line_in_doubt_refused_for_the_holds_in_flight_fails_once_its_batch_is_cancelled(chain: Chain) -> None:
