@@ -23,12 +23,17 @@ class Pending:
         self.in_flight = 0
         self.parked_until = 0.0  # the event loop's clock
         self.refusals = 0  # parks since the router last admitted one of the batch's lines
+        # Since a refusal, until the router admits a line, one line is sent at a time: each call a budget refuses is
+        # counted against its tenant's requests per minute, and a whole slot's worth each park used up the limit.
+        self.probing = False
         self._changed = asyncio.Event()
 
     def wait_s(self) -> float | None:
         """0 when a line may be sent now; else how long until one may (inf: only lines in flight are left, which
         may come back); None when every line has finished."""
         if self.waiting:
+            if self.probing and self.in_flight:  # the line sent after the refusal comes back first
+                return float("inf")
             return max(0.0, self.parked_until - asyncio.get_running_loop().time())
         return float("inf") if self.in_flight else None
 
@@ -49,12 +54,15 @@ class Pending:
         """The line has its result, written once: it is not sent again."""
         self.in_flight -= 1
         self.refusals = 0
+        self.probing = False
         self._changed.set()
 
-    def refused(self, index: int, retry_after_s: float | None) -> None:
+    def refused(self, index: int, retry_after_s: float | None, probe: bool = True) -> None:
         """The router did not admit the line (or its charge is open): it waits again, first in line, and the batch
-        parks until the router's retry time, or for a backoff that grows with each park while the router admits none."""
+        parks until the router's retry time, or for a backoff that grows with each park while the router admits none.
+        `probe`: the router refused it, and the lines after the park go one at a time until it admits one."""
         self.in_flight -= 1
+        self.probing = self.probing or probe
         self.waiting.appendleft(index)
         now = asyncio.get_running_loop().time()
         if now >= self.parked_until:  # once per park: the lines in flight as it parks come back refused too

@@ -630,7 +630,7 @@ class Runner:
                     # Asked again until the router says what it charged, parked, holding no slot; in doubt, so that
                     # it is sent once more if the window ends or the batch is cancelled meanwhile.
                     in_doubt.add(index)
-                    pending.refused(index, CHARGE_OPEN_RETRY_S)
+                    pending.refused(index, CHARGE_OPEN_RETRY_S, probe=False)  # each asks of its own charge
                     return
                 answered = answered.status, answered.body  # written pending, at its hold
             status, body = answered
