@@ -238,6 +238,13 @@ class Runner:
                     self._leasing = None
                     continue
                 placeless = self._full() or (tenant is not None and self._tenant_full(tenant))
+                if placeless and not ending and batch_id not in self.runs:
+                    # Its place taken while the lease came back (a batch created or cancelled here started): it waits,
+                    # as above; run without a place, it sent lines past the caps and held the slot of a batch ending.
+                    await self.store.release(batch_id, self.owner)
+                    wake_s = min(wake_s, left_s)
+                    self._leasing = None
+                    continue
                 self.start(batch_id, expiring=placeless, tenant=tenant)
                 if batch_id not in self.runs:  # the edge began stopping meanwhile: the batch is any edge's again
                     await self.store.release(batch_id, self.owner)
