@@ -23,8 +23,8 @@ class Pending:
         self.in_flight = 0
         self.parked_until = 0.0  # the event loop's clock
         self.refusals = 0  # parks since the router last admitted one of the batch's lines
-        # Since a refusal, until the router admits a line, one line is sent at a time: each call a budget refuses is
-        # counted against its tenant's requests per minute, and a whole slot's worth each park used up the limit.
+        # Since a refusal for the budget, until a line finishes, one line is sent at a time: each call a budget refuses
+        # is counted against its tenant's requests per minute, and every slot's line again each park used up the limit.
         self.probing = False
         self._changed = asyncio.Event()
 
@@ -57,10 +57,11 @@ class Pending:
         self.probing = False
         self._changed.set()
 
-    def refused(self, index: int, retry_after_s: float | None, probe: bool = True) -> None:
+    def refused(self, index: int, retry_after_s: float | None, probe: bool = False) -> None:
         """The router did not admit the line (or its charge is open): it waits again, first in line, and the batch
         parks until the router's retry time, or for a backoff that grows with each park while the router admits none.
-        `probe`: the router refused it, and the lines after the park go one at a time until it admits one."""
+        `probe`: the router counted the call all the same (a budget's refusal), and the lines after the park go one at
+        a time until one finishes."""
         self.in_flight -= 1
         self.probing = self.probing or probe
         self.waiting.appendleft(index)

@@ -129,10 +129,12 @@ MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stor
 @dataclass(frozen=True)
 class Refused:
     """The router did not admit a line for now; retry_after_s: when it said to try again, if it did. `maybe`: or
-    did it, and died mid-call without answering (ServiceError.cut_mid_call)."""
+    did it, and died mid-call without answering (ServiceError.cut_mid_call). `counted`: refused for its budget, the
+    call counted against its tenant's requests per minute all the same (the lines after it then go one at a time)."""
 
     retry_after_s: float | None
     maybe: bool = False
+    counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -630,14 +632,14 @@ class Runner:
                     in_doubt.add(index)
                 elif index not in in_doubt:  # never admitted (a line in doubt stays so: sent before, maybe admitted)
                     await self.store.put(sent_key(batch_id), {str(index): REFUSED})
-                pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
+                pending.refused(index, answered.retry_after_s, answered.counted)  # it waits parked, holding no slot
                 return
             if isinstance(answered, ChargeOpen):
                 if not ending():
                     # Asked again until the router says what it charged, parked, holding no slot; in doubt, so that
                     # it is sent once more if the window ends or the batch is cancelled meanwhile.
                     in_doubt.add(index)
-                    pending.refused(index, CHARGE_OPEN_RETRY_S, probe=False)  # each asks of its own charge
+                    pending.refused(index, CHARGE_OPEN_RETRY_S)
                     return
                 answered = answered.status, answered.body  # written pending, at its hold
             status, body = answered
@@ -669,7 +671,8 @@ class Runner:
         except grpc.RpcError as err:
             error = ServiceError.from_rpc_error(err)
             if not_admitted(error, holds_settle):
-                return Refused(seconds(error.metadata.get("retry_after_s", "")), error.cut_mid_call)
+                retry_after_s = seconds(error.metadata.get("retry_after_s", ""))
+                return Refused(retry_after_s, error.cut_mid_call, error.reason == "BUDGET_EXCEEDED")
             api_error = self.error_for(err, request_id)
             # Its body says what the failed line was charged (x_router), as the ledger does: a duplicate's, what the
             # line sent before was charged, or that its charge is still pending.
