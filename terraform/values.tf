@@ -37,7 +37,8 @@ locals {
   # each stopped (its drain, up to the chart's terminationGracePeriodSeconds) and its successor started (the startup
   # probe allows 120 s) before the next: helm's 600 s ran out at two router pods serving long completions, and the
   # rollback rolled them all again. So 600 s, plus that much per router pod the HPA may run (router.replicas without
-  # it), as the chart, this module and extra_values give them (the last to name each).
+  # it), as the chart, this module and extra_values give them (the last to name each); the router is a StatefulSet
+  # as the last to name router.outbox.persistence.enabled makes it (extra_values over outbox_persistence).
   grace_given          = [for f in local.user_files : try(tonumber(f.terminationGracePeriodSeconds), null) if contains(try(keys(f), []), "terminationGracePeriodSeconds")]
   grace_seconds        = try(coalesce(try(reverse(local.grace_given)[0], null), try(local.chart_defaults.terminationGracePeriodSeconds, null)), 335)
   router_layers        = concat([try(local.chart_defaults.router, {})], [try(local.chart_values.router, {})], [for v in var.extra_values : try(yamldecode(v).router, {})])
@@ -45,7 +46,9 @@ locals {
   router_replicas      = [for r in local.router_layers : tonumber(r.replicas) if can(tonumber(r.replicas))]
   router_hpa_on        = [for r in local.router_layers : tobool(r.autoscaling.enabled) if can(tobool(r.autoscaling.enabled))]
   router_max_pods      = try(reverse(local.router_hpa_on)[0], true) ? try(reverse(local.router_max_hpa)[0], 1) : try(reverse(local.router_replicas)[0], 1)
-  helm_timeout_seconds = 600 + (var.outbox_persistence.enabled ? local.router_max_pods * (local.grace_seconds + 120) : 0)
+  router_outbox_on     = [for r in local.router_layers : tobool(r.outbox.persistence.enabled) if can(tobool(r.outbox.persistence.enabled))]
+  router_stateful      = try(reverse(local.router_outbox_on)[0], var.outbox_persistence.enabled)
+  helm_timeout_seconds = 600 + (local.router_stateful ? local.router_max_pods * (local.grace_seconds + 120) : 0)
 
   # Values for the chart (helm/llm-cost-router/values.yaml), only what this module decides.
   values = {

@@ -476,3 +476,15 @@ def test_the_release_waits_out_the_routers_statefulset_rolling_pod_by_pod(
     assert re.search(
         r"^\s*timeout\s*=\s*local\.helm_timeout_seconds\b", (ROOT / "terraform" / "main.tf").read_text(), re.M
     )
+
+
+def test_the_release_waits_out_the_routers_statefulset_when_extra_values_make_it_one() -> None:
+    """extra_values may turn router.outbox.persistence on (or off) over outbox_persistence, as helm merges them: the
+    wait followed the variable alone, so a StatefulSet made so was given 600 s, and one undone so the long wait."""
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())
+    per_pod = chart["terminationGracePeriodSeconds"] + ROUTER_START_S
+    pods = chart["router"]["autoscaling"]["maxReplicas"]
+    on, off = ({"router": {"outbox": {"persistence": {"enabled": enabled}}}} for enabled in (True, False))
+    assert module_outputs({"extra_values": [yaml.safe_dump(on)]})["helm_timeout_seconds"] == 600 + pods * per_pod
+    undone = {"outbox_persistence": {"enabled": True}, "extra_values": [yaml.safe_dump(off)]}
+    assert module_outputs(undone)["helm_timeout_seconds"] == 600
