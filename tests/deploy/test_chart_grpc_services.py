@@ -49,3 +49,22 @@ def test_with_the_router_a_statefulset_its_governing_service_is_named_too(tmp_pa
             render(*headless(True, *outbox), monitoring_crds=False, kubeconfig=api.kubeconfig)
     complaint = " ".join(failure.value.stderr.split())
     assert f"kubectl -n llm delete statefulset {RELEASE}-router --cascade=orphan" in complaint
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_routers_statefulset_left_governed_by_the_other_service_is_refused_too(
+    tmp_path: Path, installed: bool
+) -> None:
+    """The gRPC Services deleted as told but not the router's StatefulSet: its spec.serviceName cannot change either,
+    and the upgrade stopped part-way through at it, the Services already made anew."""
+    outbox = ("--set", "router.outbox.persistence.enabled=true")
+    with KubeApi(tmp_path) as api:
+        for statefulset in by_kind(render(*headless(installed, *outbox)), "StatefulSet").values():
+            api.store(statefulset)
+        unchanged = render(*headless(installed, *outbox), monitoring_crds=False, kubeconfig=api.kubeconfig)
+        assert by_kind(unchanged, "StatefulSet")
+        with pytest.raises(subprocess.CalledProcessError) as failure:
+            render(*headless(not installed, *outbox), monitoring_crds=False, kubeconfig=api.kubeconfig)
+    complaint = " ".join(failure.value.stderr.split())
+    assert "spec.serviceName" in complaint
+    assert f"kubectl -n llm delete statefulset {RELEASE}-router --cascade=orphan" in complaint
