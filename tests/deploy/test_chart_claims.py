@@ -5,6 +5,7 @@ other; a first install takes the values. Needs helm (deploy/install-tools.sh; a 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -83,3 +84,21 @@ def test_the_claims_render_as_before_without_a_cluster(settings: tuple[str, ...]
         ]
         == ""
     )
+
+
+def test_the_notes_give_the_whole_path_to_a_bigger_disk(tmp_path: Path) -> None:
+    """Told only to grow each PVC, the operator did, and the note stayed on every upgrade; deploy/README.md offered
+    the StatefulSet's --cascade=orphan delete as the other way, which leaves the claims made at their old size (the new
+    StatefulSet takes them as they are) with the note quiet. The note names the claims, how to grow them, and then
+    the delete that lets the claim templates follow."""
+    with KubeApi(tmp_path) as api:
+        for statefulset in by_kind(render(*OUTBOX), "StatefulSet").values():
+            api.store(statefulset)
+        said = notes(api.kubeconfig, *OUTBOX, *RESIZED)
+    money, router = f"{RELEASE}-redis-money", f"{RELEASE}-router"
+    grown = json.dumps({"spec": {"resources": {"requests": {"storage": "16Gi"}}}}, separators=(",", ":"))
+    assert f"kubectl -n llm patch pvc data-{money}-0 -p '{grown}'" in said
+    assert f"kubectl -n llm delete statefulset {money} --cascade=orphan" in said
+    assert f"outbox-{router}-<ordinal>" in said  # one per router pod
+    readme = " ".join((CHART.parents[1] / "deploy" / "README.md").read_text().split())
+    assert "grow the PVCs themselves where the class allows expansion, or delete the StatefulSet" not in readme

@@ -292,15 +292,31 @@ values ask for other). Call with (list $ <StatefulSet name> <claim name> <wanted
 {{- toJson $spec }}
 {{- end }}
 
-{{/* "<StatefulSet> keeps claims of ..." where a StatefulSet's claims (llmrouter.claimSpec) are not what values ask for;
-"" else. Call with (list $ <StatefulSet name> <claim name> <wanted spec> <values path>). */}}
+{{/* "<StatefulSet> keeps claims of ..." where a StatefulSet's claims (llmrouter.claimSpec) are not what values ask for,
+with the way to what they ask; "" else. A bigger disk is each claim grown, then the StatefulSet deleted keeping its
+pods and claims (--cascade=orphan) so the upgrade makes its templates anew: the delete alone leaves the claims as they
+were made (the new StatefulSet takes them as they are), the note quiet. Call with (list $ <StatefulSet name> <claim
+name> <wanted spec> <values path>). */}}
 {{- define "llmrouter.claimKept" -}}
+{{- $root := index . 0 }}
+{{- $sts := index . 1 }}
 {{- $wanted := index . 3 }}
 {{- $kept := include "llmrouter.claimSpec" (slice . 0 4) | fromJson }}
 {{- $size := $kept.resources.requests.storage }}
 {{- $class := $kept.storageClassName | default "" }}
-{{- if or (ne (toString $size) (toString $wanted.resources.requests.storage)) (ne $class ($wanted.storageClassName | default "")) (ne (toJson $kept.accessModes) (toJson $wanted.accessModes)) }}
-{{- printf "%s keeps its claims as they were made (%s%s, %s), not %s's (%s%s, %s): Kubernetes refuses changing a StatefulSet's claim templates; grow each PVC itself where its StorageClass allows (deploy/README.md)" (index . 1) $size (ternary (printf " of class %s" $class) "" (ne $class "")) (join "," $kept.accessModes) (index . 4) $wanted.resources.requests.storage (ternary (printf " of class %s" ($wanted.storageClassName | default "")) "" (ne ($wanted.storageClassName | default "") "")) (join "," $wanted.accessModes) }}
+{{- $wantedSize := toString $wanted.resources.requests.storage }}
+{{- $otherKind := or (ne $class ($wanted.storageClassName | default "")) (ne (toJson $kept.accessModes) (toJson $wanted.accessModes)) }}
+{{- if or (ne (toString $size) $wantedSize) $otherKind }}
+{{- printf "%s keeps its claims as they were made (%s%s, %s), not %s's (%s%s, %s): Kubernetes refuses changing a StatefulSet's claim templates" $sts $size (ternary (printf " of class %s" $class) "" (ne $class "")) (join "," $kept.accessModes) (index . 4) $wantedSize (ternary (printf " of class %s" ($wanted.storageClassName | default "")) "" (ne ($wanted.storageClassName | default "") "")) (join "," $wanted.accessModes) }}
+{{- /* The router's claims are one per pod (outbox-<StatefulSet>-<ordinal>); an in-chart Redis has one pod. */}}
+{{- $pvc := printf "%s-%s-%s" (index . 2) $sts (ternary "<ordinal>" "0" (eq (index . 2) "outbox")) }}
+{{- if ne (toString $size) $wantedSize }}
+{{- printf "; for %s, grow each claim where its StorageClass allows expansion (kubectl -n %s patch pvc %s -p '{\"spec\":{\"resources\":{\"requests\":{\"storage\":\"%s\"}}}}'), then delete the StatefulSet keeping its pods and claims (kubectl -n %s delete statefulset %s --cascade=orphan) and upgrade again: its claim templates follow values (the delete alone leaves the claims at their size)" $wantedSize $root.Release.Namespace $pvc $wantedSize $root.Release.Namespace $sts }}
+{{- end }}
+{{- if $otherKind }}
+{{- printf "; another class or access modes take new claims, the data copied over" }}
+{{- end }}
+{{- printf " (deploy/README.md)" }}
 {{- end }}
 {{- end }}
 
