@@ -102,3 +102,17 @@ def test_the_notes_give_the_whole_path_to_a_bigger_disk(tmp_path: Path) -> None:
     assert f"outbox-{router}-<ordinal>" in said  # one per router pod
     readme = " ".join((CHART.parents[1] / "deploy" / "README.md").read_text().split())
     assert "grow the PVCs themselves where the class allows expansion, or delete the StatefulSet" not in readme
+
+
+def test_a_size_written_otherwise_than_the_api_server_keeps_it_is_no_other_size(tmp_path: Path) -> None:
+    """The API server keeps a quantity in its canonical form (1024Mi as 1Gi, 1000M as 1G): values unchanged since the
+    install, written so, were taken for another size, and the note told to grow the claims and delete the StatefulSet
+    on every upgrade."""
+    with KubeApi(tmp_path) as api:
+        for statefulset in by_kind(render(*OUTBOX), "StatefulSet").values():  # 1Gi, 4Gi, 8Gi as the server keeps them
+            api.store(statefulset)
+        same = ("--set", "router.outbox.persistence.size=1024Mi", "--set", "redis.money.persistence.size=4096Mi")
+        said = notes(api.kubeconfig, *OUTBOX, *same, "--set", "redis.batches.persistence.size=8193Mi")
+    assert "keeps its claims" in said  # 8193Mi is more than 8Gi
+    assert f"{RELEASE}-redis-batches keeps its claims" in said
+    assert f"{RELEASE}-router keeps" not in said and f"{RELEASE}-redis-money keeps" not in said

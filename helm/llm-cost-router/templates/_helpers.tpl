@@ -292,6 +292,16 @@ values ask for other). Call with (list $ <StatefulSet name> <claim name> <wanted
 {{- toJson $spec }}
 {{- end }}
 
+{{/* A storage quantity ("4Gi", "1000M", "512") in bytes, to compare two sizes as Kubernetes does: the API server keeps
+one in its canonical form (1024Mi as 1Gi), not as values wrote it. Another form (an exponent, millis) as written. */}}
+{{- define "llmrouter.quantityBytes" -}}
+{{- $q := toString . }}
+{{- $number := regexFind "^[0-9]+([.][0-9]+)?" $q }}
+{{- $scales := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 }}
+{{- $unit := trimPrefix $number $q }}
+{{- if and $number (hasKey $scales $unit) }}{{ mulf (float64 $number) (index $scales $unit) }}{{ else }}{{ $q }}{{ end }}
+{{- end }}
+
 {{/* "<StatefulSet> keeps claims of ..." where a StatefulSet's claims (llmrouter.claimSpec) are not what values ask for,
 with the way to what they ask; "" else. A bigger disk is each claim grown, then the StatefulSet deleted keeping its
 pods and claims (--cascade=orphan) so the upgrade makes its templates anew: the delete alone leaves the claims as they
@@ -306,11 +316,12 @@ name> <wanted spec> <values path>). */}}
 {{- $class := $kept.storageClassName | default "" }}
 {{- $wantedSize := toString $wanted.resources.requests.storage }}
 {{- $otherKind := or (ne $class ($wanted.storageClassName | default "")) (ne (toJson $kept.accessModes) (toJson $wanted.accessModes)) }}
-{{- if or (ne (toString $size) $wantedSize) $otherKind }}
+{{- $otherSize := ne (include "llmrouter.quantityBytes" $size) (include "llmrouter.quantityBytes" $wantedSize) }}
+{{- if or $otherSize $otherKind }}
 {{- printf "%s keeps its claims as they were made (%s%s, %s), not %s's (%s%s, %s): Kubernetes refuses changing a StatefulSet's claim templates" $sts $size (ternary (printf " of class %s" $class) "" (ne $class "")) (join "," $kept.accessModes) (index . 4) $wantedSize (ternary (printf " of class %s" ($wanted.storageClassName | default "")) "" (ne ($wanted.storageClassName | default "") "")) (join "," $wanted.accessModes) }}
 {{- /* The router's claims are one per pod (outbox-<StatefulSet>-<ordinal>); an in-chart Redis has one pod. */}}
 {{- $pvc := printf "%s-%s-%s" (index . 2) $sts (ternary "<ordinal>" "0" (eq (index . 2) "outbox")) }}
-{{- if ne (toString $size) $wantedSize }}
+{{- if $otherSize }}
 {{- printf "; for %s, grow each claim where its StorageClass allows expansion (kubectl -n %s patch pvc %s -p '{\"spec\":{\"resources\":{\"requests\":{\"storage\":\"%s\"}}}}'), then delete the StatefulSet keeping its pods and claims (kubectl -n %s delete statefulset %s --cascade=orphan) and upgrade again: its claim templates follow values (the delete alone leaves the claims at their size)" $wantedSize $root.Release.Namespace $pvc $wantedSize $root.Release.Namespace $sts }}
 {{- end }}
 {{- if $otherKind }}
