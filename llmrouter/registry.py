@@ -66,6 +66,22 @@ VALID = Gauge(
 )
 
 
+class UnreadableKey(ValueError):
+    """A provider's key file that holds no key as read."""
+
+
+def _key_in(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UnreadableKey(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UnreadableKey(f"{path} is not UTF-8 text") from None  # the error itself would quote a byte of it
+    if not key or not key.isascii() or not key.isprintable():
+        raise UnreadableKey(f"{path} is empty or holds more than printable ASCII")
+    return key
+
+
 class ProviderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,12 +136,15 @@ class ProviderSpec(BaseModel):
         return total_timeout_s
 
     def api_key(self, keys_dir: Path | None = None) -> str:
+        """The key as its file (else the environment) holds it now; "" when there is none. A file there that holds no
+        key (unreadable, empty, not printable ASCII: a file written in place reads so for a moment) raises
+        UnreadableKey, naming the file, never what it holds."""
         files = [Path(self.api_key_file)] if self.api_key_file else []
         if keys_dir is not None and self.api_key_env:
             files.append(keys_dir / self.api_key_env)
         for path in files:
             if path.is_file():
-                return path.read_text().strip()
+                return _key_in(path)
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
     @property
@@ -451,8 +470,11 @@ class LiveRegistry:
         service: str,
         interval_s: float = 5.0,
         on_change: Callable[[Registry], Awaitable[None]] | None = None,
+        also_changed: Callable[[], bool] | None = None,
     ) -> None:
         self.path, self.service, self.interval_s, self.on_change = path, service, interval_s, on_change
+        # Another input of the service's, looked at as often as the file: on_change is called when it changed too.
+        self.also_changed = also_changed
         text = self._read()
         if text is None:
             raise ValueError(f"cannot read model registry {path}")
@@ -499,11 +521,12 @@ class LiveRegistry:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self.check() and self.on_change is not None:
-                try:
+            changed = self.check()
+            try:
+                if self.on_change is not None and (changed or (self.also_changed is not None and self.also_changed())):
                     await self.on_change(self._current)
-                except Exception:  # the service keeps serving with what it has; the log says why
-                    log.exception("applying the new registry failed")
+            except Exception:  # the service keeps serving with what it has; the log says why
+                log.exception("applying the new registry failed")
 
     def _read(self) -> bytes | None:
         try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import ModelSpec, ProviderSpec, Registry
+from llmrouter.registry import ModelSpec, ProviderSpec, Registry, UnreadableKey
 from services.providers.dispatch import Dispatcher
 from services.providers.gateways.anthropic import AnthropicGateway
 from services.providers.gateways.anthropic_batch import AnthropicBatches
@@ -87,36 +87,68 @@ async def build_catalog(
     registry: Registry, settings: ProvidersSettings, reuse: dict[str, Dispatcher] | None = None
 ) -> Catalog:
     """The catalog of a registry; `reuse` (a previous catalog's dispatchers) keeps the dispatcher, its gateway
-    and its breakers, of every provider whose spec did not change (a price change reopens nothing)."""
+    and its breakers, of every provider whose spec and key did not change (a price change reopens nothing)."""
     dispatchers: dict[str, Dispatcher] = {}
     for name, spec in registry.providers.items():
         previous = (reuse or {}).get(name)
-        if previous is not None and previous.spec == spec:
+        key = provider_key(name, spec, settings, previous, warn_unheld=True)
+        if key is None:  # the file holds no key: the last good one, if any
+            key = "" if previous is None else previous.secret
+        if previous is not None and previous.spec == spec and previous.secret == key:
             dispatchers[name] = previous
             continue
-        gateway, secret = await _gateway(name, spec, settings)
+        gateway = await _gateway(name, spec, settings, key)
         if gateway is not None:
             api = BATCH_APIS.get(spec.kind)
-            batches: ProviderBatches | None = None if api is None else api(spec, secret)
-            dispatchers[name] = Dispatcher(name, spec, gateway, secret, batches)
+            batches: ProviderBatches | None = None if api is None else api(spec, key)
+            dispatchers[name] = Dispatcher(name, spec, gateway, key, batches)
     log.info("usable providers", extra={"providers": sorted(dispatchers)})
     return Catalog(registry, dispatchers)
 
 
-async def _gateway(name: str, spec: ProviderSpec, settings: ProvidersSettings) -> tuple[Gateway | None, str]:
+def keys_changed(catalog: Catalog, settings: ProvidersSettings) -> bool:
+    """Whether a provider's key file (or environment) now holds another key than the catalog serves it with: a key
+    rotated, come or gone (a mounted Secret's files change in place). A file that holds no key changes nothing."""
+    for name, spec in catalog.registry.providers.items():
+        held = catalog.dispatchers.get(name)
+        key = provider_key(name, spec, settings, held)
+        if key is not None and key != ("" if held is None else held.secret):
+            return True
+    return False
+
+
+def provider_key(
+    name: str, spec: ProviderSpec, settings: ProvidersSettings, held: Dispatcher | None, warn_unheld: bool = False
+) -> str | None:
+    """The provider's key as read now ("" none); None when its file holds no key, so that a file read half-written
+    or unreadable takes no working provider (`held`) away. Logged by the file's name, never what it holds; for a
+    provider not offered, only where asked (not at every check: an empty placeholder in the Secret is no news)."""
+    try:
+        return spec.api_key(settings.api_keys_dir)
+    except UnreadableKey as exc:
+        if held is not None:
+            log.warning(
+                "provider key file holds no key; the last good key kept", extra={"provider": name, "error": str(exc)}
+            )
+        elif warn_unheld:
+            log.warning(
+                "provider key file holds no key; provider not offered", extra={"provider": name, "error": str(exc)}
+            )
+        return None
+
+
+async def _gateway(name: str, spec: ProviderSpec, settings: ProvidersSettings, key: str) -> Gateway | None:
     if spec.kind == "local":
         if not (settings.local_model_dir / "genai_config.json").is_file():
             log.warning("local model not built; run `make local-model`", extra={"provider": name})
-            return None, ""
+            return None
         from services.providers.gateways.local import LocalGateway
 
         # Loading the ONNX model takes a moment: keep the event loop free meanwhile.
-        gateway = await asyncio.to_thread(
+        return await asyncio.to_thread(
             LocalGateway, settings.local_model_dir, spec.max_concurrency, settings.local_threads
         )
-        return gateway, ""
-    key = spec.api_key(settings.api_keys_dir)
     if spec.needs_key and not key:
-        return None, ""
+        return None
     cls = AnthropicGateway if spec.kind == "anthropic" else OpenAIGateway
-    return cls(spec, key), key
+    return cls(spec, key)

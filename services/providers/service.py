@@ -14,7 +14,7 @@ from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from llmrouter.validation import AmountError, parse_amount, validate
 from services.providers import batches
-from services.providers.catalog import Catalog, Retirement, build_catalog
+from services.providers.catalog import Catalog, Retirement, build_catalog, keys_changed
 from services.providers.gateways.base import Message, UpstreamRequest
 from services.providers.honoured import refuse_unhonoured
 from services.providers.settings import ProvidersSettings
@@ -200,13 +200,20 @@ async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer
     retirement = Retirement()
 
     async def reload(new: Registry) -> None:
-        """Swap in the new registry's catalog; calls in flight keep the model and dispatcher they resolved."""
+        """Swap in the catalog of the registry and keys in place now; calls in flight keep the model and dispatcher
+        they resolved. A provider whose key changed gets a new dispatcher, the old one retired."""
         old = servicer.catalog
         servicer.catalog = await build_catalog(new, settings, reuse=old.dispatchers)
         retirement.retire(old, servicer.catalog)
 
     try:
-        registry = LiveRegistry(settings.registry_path, "providers", settings.registry_reload_s, on_change=reload)
+        registry = LiveRegistry(
+            settings.registry_path,
+            "providers",
+            settings.registry_reload_s,
+            on_change=reload,
+            also_changed=lambda: keys_changed(servicer.catalog, settings),  # a mounted Secret changes in place
+        )
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     servicer = ProviderServicer(await build_catalog(registry.current, settings))

@@ -17,7 +17,9 @@ class ProvidersSettings(GrpcServiceSettings):
     metrics_port: int = Field(default=9102, ge=0, le=65535, description="Prometheus port; 0 disables")
     callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
-    registry_reload_s: float = Field(default=5.0, gt=0, description="how often the registry file is checked")
+    registry_reload_s: float = Field(
+        default=5.0, gt=0, description="how often the registry file and the key files are checked"
+    )
     local_model_dir: RepoPath = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
     local_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per local generation")
     api_keys_dir: Path | None = Field(
