@@ -788,8 +788,8 @@ def test_registry_and_key_changes_roll_the_pods() -> None:
     after = annotations("--set-json", f"registry.models={json.dumps(registry)}")
     for svc in ("router", "providers"):
         assert before[svc]["checksum/registry"] != after[svc]["checksum/registry"]
-    for svc in ("edge", "providers"):  # the Secret's content, read by helm upgrade (lookup)
-        assert "checksum/api-keys" in before[svc]
+    assert "checksum/api-keys" in before["edge"]  # the Secret's content, read by helm upgrade (lookup)
+    assert "checksum/api-keys" not in before["providers"]  # they re-read their keys in place
 
 
 def test_registry_overridden_from_values() -> None:
@@ -1012,8 +1012,9 @@ def test_external_batch_redis_alone_opens_the_edge_only() -> None:
 
 
 def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
-    """helm upgrade reads the key Secrets (lookup, against a Kubernetes API on loopback): new content, new
-    checksum, so the pods that read the keys at start roll; the others keep theirs."""
+    """helm upgrade reads the edge's key Secret (lookup, against a Kubernetes API on loopback): new content, new
+    checksum, so the edge, which reads its keys at start, rolls; the others keep theirs. The providers re-read their
+    key files in place (tests/providers/test_key_reload.py): a changed provider key rolls nothing."""
 
     def checksums(api: KubeApi) -> dict[str, dict[str, str]]:
         deployments = by_kind(render(monitoring_crds=False, kubeconfig=api.kubeconfig), "Deployment")
@@ -1027,9 +1028,12 @@ def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
         api.store(key_secret(VALUES["edge"]["apiKeys"]["existingSecret"], {"api-keys": "YWNtZSAwMA=="}))
         before = checksums(api)
         api.store(key_secret(VALUES["providers"]["apiKeys"]["existingSecret"], {"OPENAI_API_KEY": "c2stbmV3"}))
+        provider_key_changed = checksums(api)
+        api.store(key_secret(VALUES["edge"]["apiKeys"]["existingSecret"], {"api-keys": "YWNtZSAwMQ=="}))
         after = checksums(api)
-    assert after["providers"]["checksum/api-keys"] != before["providers"]["checksum/api-keys"]
-    assert after["edge"]["checksum/api-keys"] == before["edge"]["checksum/api-keys"]
+    assert all("checksum/api-keys" not in a for svc, a in after.items() if svc != "edge")
+    assert provider_key_changed["edge"]["checksum/api-keys"] == before["edge"]["checksum/api-keys"]
+    assert after["edge"]["checksum/api-keys"] != before["edge"]["checksum/api-keys"]
     assert {svc: a.get("checksum/registry") for svc, a in after.items()} == {
         svc: a.get("checksum/registry") for svc, a in before.items()
     }
