@@ -135,3 +135,43 @@ async def test_a_refusal_after_the_stream_began_answering_lowers_no_charge(tmp_p
         deltas, final = await collect(stub, request("cheap"))
     assert final is not None and deltas == ["4"] and final.retries == 1
     assert final.usage.input_tokens > 10 and final.usage.output_tokens > 1  # the failed attempt's on top
+
+
+async def test_a_rate_limit_answered_with_200_that_reports_usage_is_an_answer_lost(tmp_path: Path) -> None:
+    """An error body that says what the attempt consumed was no refusal before a model ran: retried as a rate limit,
+    what it billed went uncharged. It stays an unknown outcome, owed its worst case, never asked again."""
+    _, error = RATE_LIMITS["openrouter"]
+    billed = {**error, "usage": {"prompt_tokens": 10, "completion_tokens": 50}}
+    async with (
+        SequencedUpstream(body(billed), reply(200, OPENAI_OK)) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url) as stub,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Generate(request("cheap"))
+    err = error_of(caught.value)
+    assert err.code == grpc.StatusCode.INTERNAL and err.reason == "UPSTREAM_ERROR", err.message
+    assert len(upstream.received) == 1
+
+
+async def test_a_streams_error_event_that_reports_usage_is_charged_it(tmp_path: Path) -> None:
+    """An error event carrying the attempt's usage (as its first event, or after tokens, the output counted past what
+    was delivered): that usage is what the attempt consumed and bills. Dropped, a first event's was retried unpaid,
+    and a later one's was counted from the text delivered alone."""
+    _, error = RATE_LIMITS["openrouter"]
+    first = events({**error, "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+    async with (
+        SequencedUpstream(first, OPENAI_ANSWER) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url) as stub,
+    ):
+        deltas, final = await collect(stub, request("cheap"))
+    assert final is not None and deltas == ["4"] and final.retries == 1
+    # The failed attempt's 10 in and 5 out on top of the answer's own 10 in and 1 out.
+    assert (final.usage.input_tokens, final.usage.output_tokens, final.usage.estimated) == (20, 6, False)
+
+    cut = {**SERVER_ERROR, "usage": {"prompt_tokens": 10, "completion_tokens": 7}}
+    wire = events(openai_chunk({"role": "assistant", "content": "The answer"}), cut)
+    async with RawUpstream(wire) as raw, providers_service(tmp_path, raw.url, raw.url) as stub:
+        deltas, err = await stream_to_failure(stub, request("cheap"))
+    assert deltas == ["The answer"] and err.reason == "STREAM_INTERRUPTED", err.message
+    told = err.metadata
+    assert (told["input_tokens"], told["output_tokens"], told["estimated"]) == ("10", "7", "false")

@@ -146,7 +146,7 @@ async def post_json(client: HttpClient, path: str, body: dict[str, Any]) -> dict
         raise transport_error(exc) from None
     payload = loads(raw, "response")
     if "error" in payload and not ("choices" in payload or "content" in payload):  # OpenAI's answer, Anthropic's
-        raise answered_error(payload["error"], headers, raw)
+        raise answered_error(payload["error"], headers, raw, consumed=_reports_tokens(payload.get("usage")))
     return payload
 
 
@@ -188,15 +188,23 @@ def error_status(error: Any) -> int | None:
     return None
 
 
-def answered_error(error: Any, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
+def answered_error(error: Any, headers: Mapping[str, str], raw: bytes, consumed: bool = False) -> UpstreamError:
     """A 200 whose body is an error object, no answer. A refusal made before a model runs is taken as its status
-    would be (a rate limit retried, a bad request refused). Any other (a server's failure, or no status named) stays
-    an answer lost: OpenRouter documents its 200 with an error body as a failure while the model generated, what it
-    bills for it unknown, so it is owed at its worst case and never retried."""
-    status = error_status(error)
+    would be (a rate limit retried, a bad request refused). Any other (a server's failure, or no status named), or
+    one whose body reports tokens consumed (no refusal before running, whatever it names), stays an answer lost:
+    OpenRouter documents its 200 with an error body as a failure while the model generated, what it bills for it
+    unknown, so it is owed at its worst case and never retried."""
+    status = None if consumed else error_status(error)
     if status in _REFUSED_BEFORE_RUNNING:
         return status_error(status, headers, raw)
     return UpstreamError("bad_response", f"upstream answered 200 with an error: {_error_message(raw)}")
+
+
+def _reports_tokens(usage: Any) -> bool:
+    """Whether a usage object (OpenAI's or Anthropic's fields) counts any token consumed."""
+    if not isinstance(usage, dict):
+        return False
+    return any(isinstance(n, int | float) and not isinstance(n, bool) and n > 0 for n in usage.values())
 
 
 def event_error(error: Any, started: bool) -> UpstreamError:

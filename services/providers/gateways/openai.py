@@ -54,6 +54,10 @@ class OpenAIGateway:
                     break
                 chunk = loads(data)
                 if "error" in chunk:
+                    if said := chunk.get("usage"):  # what the failed attempt consumed, told with its error: billed
+                        told = _told(end, said)
+                        started |= bool(told.input_tokens or told.output_tokens)  # so no refusal before running
+                        yield told
                     raise event_error(chunk["error"], started)
                 started = True  # answering: an error as the first event consumed nothing, as a 5xx status
                 for item in json_list(chunk.get("choices"), "choices"):
@@ -74,14 +78,7 @@ class OpenAIGateway:
                     failed |= finish == FAILED
                     _add_logprobs(end, choice.get("logprobs"))
                 if said := chunk.get("usage") or _groq_usage(chunk):
-                    reported = _usage(said)
-                    end.input_tokens, end.output_tokens = reported.input_tokens, reported.output_tokens
-                    end.cached_input_tokens = reported.cached_input_tokens
-                    told = reported.completion()
-                    # With the finish said before or with it, the usage is the whole answer's (OpenAI sends it after
-                    # every choice finished; some servers with every chunk): a stream cut after it is billed so.
-                    told.finish_reason = end.finish_reason
-                    yield told
+                    yield _told(end, said)
             if not done and not end.finish_reason:
                 raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
             if failed:
@@ -98,6 +95,18 @@ class OpenAIGateway:
             raise
         end.tool_calls = [calls[i] for i in sorted(calls)]
         yield end
+
+
+def _told(end: Completion, said: Any) -> Completion:
+    """A stream's usage report, kept in `end` and told as an event."""
+    reported = _usage(said)
+    end.input_tokens, end.output_tokens = reported.input_tokens, reported.output_tokens
+    end.cached_input_tokens = reported.cached_input_tokens
+    told = reported.completion()
+    # With the finish said before or with it, the usage is the whole answer's (OpenAI sends it after every choice
+    # finished; some servers with every chunk): a stream cut after it is billed so.
+    told.finish_reason = end.finish_reason
+    return told
 
 
 def _groq_usage(chunk: dict[str, Any]) -> Any:
