@@ -5,10 +5,10 @@ spent on until every edge pod was restarted.
 
 The file's bytes are compared with the last read, so an unchanged file is never parsed again. A changed one is parsed
 whole and swapped in at once (requests read the ring once, as they arrive: one in flight finishes on the ring it was
-let in by); one that fails to parse (half-written, a key given to two tenants, unreadable) is refused, logged by the
-place of the entry refused (never a key or digest) and counted (llmrouter_edge_api_keys_valid drops to 0, alert
-LLMRouterEdgeApiKeysInvalid) while the last good ring stays in force. EDGE_API_KEYS (inline) is read once: its entries
-are in every ring.
+let in by); one that fails to parse (half-written, a key given to two tenants, unreadable, no regular file, past 8 MiB)
+is refused, logged by the place of the entry refused (never a key or digest) and counted (llmrouter_edge_api_keys_valid
+drops to 0, alert LLMRouterEdgeApiKeysInvalid) while the last good ring stays in force. EDGE_API_KEYS (inline) is
+read once: its entries are in every ring.
 
 Whether the edge has keys at all is fixed at start: an edge started keyed whose file loses every entry refuses every
 key (it never falls back to serving anyone as the anonymous tenant), and one started without keys takes up none from
@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import stat
 from contextlib import suppress
 from pathlib import Path
 
@@ -39,6 +41,24 @@ VALID = Gauge(
 )
 for _outcome in ("ok", "invalid"):  # each counted from 0, so that rate() sees the first
     RELOADS.labels(_outcome)
+# Eight times the most a Secret holds (1 MiB): a file past it is no key file (a symlink led astray), and is refused
+# before it is read whole into memory and parsed on the event loop.
+MAX_FILE_BYTES = 8 << 20
+
+
+def read_key_file(path: Path) -> bytes | None:
+    """The file's bytes (at most MAX_FILE_BYTES + 1 of them); None when it cannot be read or is no regular file. Opened
+    without blocking and looked at before it is read: a FIFO in its place held the event loop in open() until a writer
+    came (every request waiting), then read as empty, revoking every key; a device (/dev/zero) was read for ever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            return file.read(MAX_FILE_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
 
 
 class LiveKeys:
@@ -58,17 +78,16 @@ class LiveKeys:
         """Look at the file once: True when a new ring is now in force."""
         if self.path is None:
             return False
-        try:
-            text: bytes | None = self.path.read_bytes()
-        except OSError:
-            text = None
+        text = read_key_file(self.path)
         digest = hashlib.sha256(text if text is not None else b"\0unreadable").digest()
         if digest == self._seen:
             return False
         self._seen = digest
         try:
             if text is None:
-                raise ValueError(f"cannot read {VARIABLE}_FILE {self.path}")
+                raise ValueError(f"cannot read {VARIABLE}_FILE {self.path} as a regular file")
+            if len(text) > MAX_FILE_BYTES:
+                raise ValueError(f"{VARIABLE}_FILE {self.path} is larger than {MAX_FILE_BYTES >> 20} MiB")
             ring = self._parse(text)
             if ring and not self.keyed:
                 raise ValueError("the edge started without API keys, serving one anonymous tenant: restart it")

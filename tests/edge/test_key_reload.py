@@ -11,7 +11,10 @@ import asyncio
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from pydantic import SecretStr
 from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2
 from services.batches import wire
+from services.edge.key_reload import MAX_FILE_BYTES, LiveKeys
 from services.edge.keys import digest, key_line
 from tests.edge.conftest import Edge, recorded_edge
 from tests.fakes.recording_router import RecordingRouter
@@ -191,6 +195,43 @@ async def test_a_batch_of_a_key_revoked_while_it_runs_sends_no_new_line(tmp_path
             seen = (await new.get(batch_url)).json()
         assert [request.messages[0].content for request in router.asked] == ["q0"]
         assert seen["status"] == "in_progress" and seen["request_counts"]["completed"] == 1
+
+
+def test_a_fifo_put_in_place_of_the_key_file_is_refused_at_once(tmp_path: Path) -> None:
+    """Opened as a file is, a FIFO held the event loop (every request with it) until a writer came, then read as empty:
+    every key revoked. Here a writer comes after 3 s, should the check be waiting for one."""
+    mount = SecretMount(tmp_path, key_line("acme", OLD) + "\n")
+    keys = LiveKeys(SecretStr(""), mount.path, RELOAD_S)
+    version = tmp_path / "..fifo"
+    version.mkdir()
+    os.mkfifo(version / "api-keys")
+    (tmp_path / "..data_tmp").symlink_to(version.name)
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    writer = threading.Timer(3.0, _open_and_close_for_writing, [version / "api-keys"])
+    writer.daemon = True
+    writer.start()
+    started = time.monotonic()
+    try:
+        assert keys.check() is False
+    finally:
+        writer.cancel()
+    assert time.monotonic() - started < 1.0
+    assert keys.ring.tenant_for(OLD) == "acme" and valid() == 0
+
+
+def test_a_key_file_past_its_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    mount = SecretMount(tmp_path, key_line("acme", OLD) + "\n")
+    keys = LiveKeys(SecretStr(""), mount.path, RELOAD_S)
+    invalid = reloads("invalid")
+    mount.publish(key_line("acme", NEW) + "\n#" + "x" * MAX_FILE_BYTES + "\n")  # a symlink led to a large file
+    assert keys.check() is False
+    assert keys.ring.tenant_for(OLD) == "acme" and keys.ring.tenant_for(NEW) is None
+    assert reloads("invalid") == invalid + 1 and valid() == 0
+
+
+def _open_and_close_for_writing(path: Path) -> None:
+    with suppress(OSError):  # no reader waiting: nothing to let go
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
 async def _completed(client: httpx.AsyncClient, url: str, count: int) -> bool:
