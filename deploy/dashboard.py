@@ -435,7 +435,7 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Registry and edge API keys valid (0: an invalid new file was refused)",
+                "Registry and key files valid (0: an invalid new file was refused)",
                 "short",
                 (f"min by (service) ({s('llmrouter_registry_valid')})", "{{service}}"),
                 (
@@ -443,6 +443,7 @@ def build() -> dict:
                     "{{service}} {{outcome}}/h",
                 ),
                 (f"min({s('llmrouter_edge_api_keys_valid')})", "edge API keys"),
+                (f"min by (provider) ({s('llmrouter_provider_key_valid')})", "{{provider}} key"),
                 (
                     f"sum by (outcome) (increase({s('llmrouter_edge_api_keys_reloads_total')}[1h]))",
                     "edge API keys {{outcome}}/h",

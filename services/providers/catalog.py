@@ -11,6 +11,7 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec, Registry, UnreadableKey
+from services.providers import metrics
 from services.providers.dispatch import Dispatcher
 from services.providers.gateways.anthropic import AnthropicGateway
 from services.providers.gateways.anthropic_batch import AnthropicBatches
@@ -24,6 +25,8 @@ log = logging.getLogger("llmrouter.providers")
 # A dispatcher replaced by a registry reload is closed once the calls it serves have ended, and not before this
 # long after: a call that resolved it just before the swap may not hold its slot yet.
 RETIRE_AFTER_S = 5.0
+# The providers llmrouter_provider_key_valid has a series of, so that one taken out of the registry loses its own.
+_key_gauged: set[str] = set()
 # The Batch API of each provider kind that has one spoken here (llmrouter.registry.BATCH_KINDS).
 BATCH_APIS: dict[str, type[OpenAIBatches] | type[AnthropicBatches]] = {
     "openai": OpenAIBatches,
@@ -102,6 +105,9 @@ async def build_catalog(
             api = BATCH_APIS.get(spec.kind)
             batches: ProviderBatches | None = None if api is None else api(spec, key)
             dispatchers[name] = Dispatcher(name, spec, gateway, key, batches)
+    for gone in _key_gauged - registry.providers.keys():  # a provider taken out of the registry: no series left at 0
+        metrics.KEY_VALID.remove(gone)
+    _key_gauged.intersection_update(registry.providers)
     log.info("usable providers", extra={"providers": sorted(dispatchers)})
     return Catalog(registry, dispatchers)
 
@@ -123,9 +129,11 @@ def provider_key(
     """The provider's key as read now ("" none); None when its file holds no key, so that a file read half-written
     or unreadable takes no working provider (`held`) away. Logged by the file's name, never what it holds; for a
     provider not offered, only where asked (not at every check: an empty placeholder in the Secret is no news)."""
+    _key_gauged.add(name)
     try:
-        return spec.api_key(settings.api_keys_dir)
+        key = spec.api_key(settings.api_keys_dir)
     except UnreadableKey as exc:
+        metrics.KEY_VALID.labels(name).set(0 if held is not None else 1)  # one not offered sends no stale key
         if held is not None:
             log.warning(
                 "provider key file holds no key; the last good key kept", extra={"provider": name, "error": str(exc)}
@@ -135,6 +143,8 @@ def provider_key(
                 "provider key file holds no key; provider not offered", extra={"provider": name, "error": str(exc)}
             )
         return None
+    metrics.KEY_VALID.labels(name).set(1)
+    return key
 
 
 async def _gateway(name: str, spec: ProviderSpec, settings: ProvidersSettings, key: str) -> Gateway | None:

@@ -23,6 +23,13 @@ RETRIES = Counter("llmrouter_provider_retries_total", "Upstream retries", ["prov
 CIRCUIT = Gauge(
     "llmrouter_provider_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open", ["provider", "model"]
 )
+# A key file rewritten to hold no key (empty, cut short, not ASCII) keeps its provider on the last good key, which may
+# be the very key a rotation meant to stop: said by a gauge and an alert, not only by a log line every check.
+KEY_VALID = Gauge(
+    "llmrouter_provider_key_valid",
+    "0 while the provider's key file holds no key and its last good key is still sent; 1 otherwise",
+    ["provider"],
+)
 TOKENS = Counter("llmrouter_provider_tokens_total", "Tokens billed", ["provider", "model", "direction"])
 USAGE_IMPLAUSIBLE = Counter(
     "llmrouter_provider_usage_implausible_total",

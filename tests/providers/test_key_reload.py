@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
 from llmrouter.server import start_server
@@ -127,6 +128,10 @@ async def offered(stub: router_pb2_grpc.RouterStub) -> list[str]:
     return [m.name for m in (await stub.ListModels(common_pb2.ListModelsRequest(), timeout=10)).models]
 
 
+def key_valid() -> float | None:
+    return REGISTRY.get_sample_value("llmrouter_provider_key_valid", {"provider": "rotating"})
+
+
 def sent_keys(fake: FakeOpenAI) -> list[str]:
     return [r.headers.get("authorization", "") for r in fake.requests]
 
@@ -215,6 +220,7 @@ async def test_a_key_file_read_half_written_keeps_the_last_good_key(
     assert sent_keys(openai_fake)[-1] == f"Bearer {OLD}"
     logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "sk-" not in logged and "provider key file holds no key" in logged  # its file named, never a key
+    assert key_valid() == 0  # the stale key still sent is told by a metric (alert LLMRouterProviderKeyInvalid)
 
     keys.write_in_place(KEY_ENV, NEW.encode())  # the write completed
 
@@ -224,3 +230,4 @@ async def test_a_key_file_read_half_written_keeps_the_last_good_key(
 
     openai_fake.api_key = None
     await eventually(new_key_sent, "the key written whole sent")
+    assert key_valid() == 1
