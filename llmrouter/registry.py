@@ -445,9 +445,11 @@ def parse_registry(text: bytes, path: Path) -> Registry:
     """A registry from the bytes of its file; ValueError (pydantic's included) says what is wrong."""
     try:
         raw = yaml.safe_load(text)
+        return Registry.model_validate(raw)
     except yaml.YAMLError as exc:
         raise ValueError(f"cannot read model registry {path}: {exc}") from exc
-    return Registry.model_validate(raw)
+    except RecursionError:  # brackets nested thousands deep: no registry, and no error to end the file's watch
+        raise ValueError(f"cannot read model registry {path}: nested too deeply") from None
 
 
 class RegistrySource(Protocol):
@@ -521,8 +523,10 @@ class LiveRegistry:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            changed = self.check()
             try:
+                # Inside: an error no check foresaw must not end the watch, and with it every later reload (the
+                # providers' key files are read again only from here).
+                changed = self.check()
                 if self.on_change is not None and (changed or (self.also_changed is not None and self.also_changed())):
                     await self.on_change(self._current)
             except Exception:  # the service keeps serving with what it has; the log says why

@@ -106,6 +106,24 @@ def test_live_registry_follows_a_configmap_swap_and_keeps_the_old_one_when_inval
     assert sample("llmrouter_registry_valid", service="reload-unit") == 1
 
 
+async def test_a_registry_nested_too_deeply_is_refused_and_the_watch_goes_on(tmp_path: Path) -> None:
+    """Brackets nested thousands deep overflowed the parser (RecursionError, no ValueError): it escaped the check and
+    ended the watch for good, the gauge still 1, so no later registry (nor, for the providers, key file) was read."""
+    mount = ConfigMapMount(tmp_path)
+    mount.publish(yaml.safe_dump(registry("http://127.0.0.1:9", "1.00")))
+    live = LiveRegistry(mount.path, "reload-nested", interval_s=0.02)
+    live.start()
+    try:
+        mount.publish("models: " + "[" * 5000 + "]" * 5000)
+        await until(lambda: sample("llmrouter_registry_valid", service="reload-nested") == 0, timeout=5)
+        assert live.current.models[0].input_usd_per_mtok == Decimal("1.00")
+        mount.publish(yaml.safe_dump(registry("http://127.0.0.1:9", "2.00")))
+        await until(lambda: live.current.models[0].input_usd_per_mtok == Decimal("2.00"), timeout=5)
+        assert sample("llmrouter_registry_valid", service="reload-nested") == 1
+    finally:
+        await live.close()
+
+
 @pytest.fixture
 async def stack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
