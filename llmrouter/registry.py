@@ -70,11 +70,21 @@ class UnreadableKey(ValueError):
     """A provider's key file that holds no key as read."""
 
 
+# Far past any provider's key: a file larger is no key (a symlink led astray), and is not read whole, on the event loop,
+# at every registry check.
+MAX_KEY_FILE_BYTES = 64 << 10
+
+
 def _key_in(path: Path) -> str:
     try:
-        key = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as file:
+            read = file.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise UnreadableKey(f"{path}: {exc.strerror}") from None
+    if len(read) > MAX_KEY_FILE_BYTES:
+        raise UnreadableKey(f"{path} is larger than {MAX_KEY_FILE_BYTES >> 10} KiB")
+    try:
+        key = read.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise UnreadableKey(f"{path} is not UTF-8 text") from None  # the error itself would quote a byte of it
     if not key or not key.isascii() or not key.isprintable():

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from llmrouter.registry import DEFAULT_REGISTRY, ProviderSpec, Registry, load_registry
+from llmrouter.registry import (
+    DEFAULT_REGISTRY,
+    MAX_KEY_FILE_BYTES,
+    ProviderSpec,
+    Registry,
+    UnreadableKey,
+    load_registry,
+)
 from services.providers.catalog import build_catalog
 from services.providers.settings import ProvidersSettings
 
@@ -23,6 +30,16 @@ def test_key_file_in_the_keys_dir_wins_over_the_environment(tmp_path: Path, monk
     (tmp_path / "OPENAI_API_KEY").write_text("sk-from-secret\n")
     assert spec.api_key(tmp_path) == "sk-from-secret"
     assert spec.api_key(None) == "sk-from-env"
+
+
+def test_a_key_file_past_its_size_limit_holds_no_key(tmp_path: Path) -> None:
+    """Read whole at every registry check, a large printable file (a symlink led astray) was taken as a key and sent."""
+    spec = ProviderSpec(kind="openai", api_key_env="OPENAI_API_KEY")
+    (tmp_path / "OPENAI_API_KEY").write_text("sk-" + "x" * MAX_KEY_FILE_BYTES)
+    with pytest.raises(UnreadableKey, match="larger than 64 KiB"):
+        spec.api_key(tmp_path)
+    (tmp_path / "OPENAI_API_KEY").write_text("sk-" + "x" * 200 + "\n")
+    assert spec.api_key(tmp_path) == "sk-" + "x" * 200
 
 
 async def test_providers_offer_a_provider_whose_key_is_in_the_keys_dir(
