@@ -744,8 +744,9 @@ class Runner:
                 if await count_output(self.store, tenant, file_id, writer.size, self.tenant_file_bytes):
                     stored["status_details"] = PAST_QUOTA_DETAILS
                 await self.store.put(file_key(file_id), stored)
-                if again:  # the finish cut an edge of an earlier version's, which stored it whole: its parts now
-                    await self.store.drop(file_key(file_id), "content")
+                # Stored whole by an edge of an earlier version whose finish was cut (before or after the batch's
+                # record said it ended): its parts now, the whole gone, or the file is held twice for its retention.
+                await self.store.drop(file_key(file_id), "content")
                 fields[f"{kind}_file_id"] = file_id
         await self.store.put(batch_key(batch_id), fields)
         kept = [

@@ -165,3 +165,26 @@ async def test_a_download_of_a_large_output_holds_about_a_part(redis_url: str) -
             tracemalloc.stop()
     assert size == writer.size > 20 * PART_BYTES and read.digest() == written.digest()
     assert peak < 8 * PART_BYTES, f"a download of a {size} byte output held {peak} bytes"
+
+
+async def test_an_output_stored_whole_by_a_finish_cut_before_its_batch_ended_is_kept_in_parts_alone(
+    redis_url: str,
+) -> None:
+    """An edge of an earlier version stored a batch's output whole, then died before the batch's record said it ended
+    (out of memory storing its error file): the batch still `finalizing`, the next edge's finish is no rerun of an
+    ended one, yet the file's whole content must go as its parts are written, or the batch Redis (never evicting) holds
+    the file twice for its retention, past what its tenant's quota counts."""
+    batch_id = f"b-cut-{uuid.uuid4().hex}"
+    output_id = f"file-{batch_id}-output"
+    store = RedisStore(redis_url)
+    try:
+        await put_batch(store, batch_id, 20, "finalizing")
+        whole = file_fields(TENANT, f"{batch_id}_output.jsonl", expected(batch_id, 20, True)) | {"created_at": "7"}
+        await store.put(file_key(output_id), whole)
+        async with opened_runner(store, retention_s=600) as runner:
+            await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
+        assert (await store.get(batch_key(batch_id)))["status"] == b"completed"
+        assert "content" not in await store.get(file_key(output_id))
+        assert await stored(store, output_id) == expected(batch_id, 20, True)
+    finally:
+        await store.close()
