@@ -531,14 +531,42 @@ class _Sent(Response):
         self.first, self.rest, self.place = first, rest, place
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A client gone (closed, or dropped as too slow) takes sends without a word: each next part, read from the
+        # store, went nowhere to the file's end, the place held meanwhile. Each read ends at its leaving instead.
+        leaving = asyncio.create_task(_client_left(receive))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": self.first, "more_body": True})
-            async for part in self.rest:
+            while True:
+                reading = asyncio.ensure_future(anext(self.rest, None))
+                await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done() and _left(leaving):
+                    reading.cancel()
+                    await asyncio.wait((reading,))  # ended before its generator is closed (the place's)
+                    return
+                if (part := await reading) is None:
+                    break
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            leaving.cancel()
             await self.place.aclose()
+
+
+async def _client_left(receive: Receive) -> bool:
+    """Whether the client has gone: the request's body read and dropped (a GET has none, or a little), the next
+    message is http.disconnect. Another is no news of the client (waiting on could spin): the watch ends there."""
+    message = await receive()
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+    if message["type"] == "http.request":
+        message = await receive()
+    return message["type"] == "http.disconnect"
+
+
+def _left(watch: asyncio.Task[bool]) -> bool:
+    """A watch that ended (_client_left) ended on the client's leaving, not on its receive failing."""
+    return not watch.cancelled() and watch.exception() is None and watch.result()
 
 
 def _readable(fields: dict[str, bytes], tenant: str) -> bool:

@@ -8,10 +8,13 @@ earlier version, and a finish run again writes the same files (one stored whole 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import socket
 import tracemalloc
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -20,7 +23,7 @@ from services.batches import wire
 from services.batches.output_files import PART_BYTES, PartWriter, part_field, stored_fields
 from services.batches.runner import file_fields
 from services.batches.store import RedisStore, Store, batch_key, file_key, readers_key, results_key
-from tests.edge.conftest import opened_runner, recorded_edge
+from tests.edge.conftest import opened_runner, proxied_redis, recorded_edge
 
 TENANT = "default"  # an edge's without API keys
 ANSWER = "é✓ answer " * 300  # about 4 KB of UTF-8, its characters of 1 to 3 bytes: parts split some of them
@@ -188,3 +191,47 @@ async def test_an_output_stored_whole_by_a_finish_cut_before_its_batch_ended_is_
         assert await stored(store, output_id) == expected(batch_id, 20, True)
     finally:
         await store.close()
+
+
+async def test_a_download_its_client_leaves_reads_no_more_of_its_parts(redis_url: str) -> None:
+    """A client gone (closed, or dropped for reading too slowly) sends nothing more: its download reads no more
+    parts from the store, and its upload place is free at once. It read on to the file's end, each part a read of a
+    MiB sent nowhere (seconds of a large output, the place held), and a part slow to come held its place that long."""
+    file_id, small_id = "file-b-left-output", "file-b-small-output"
+    store = RedisStore(redis_url)
+    try:
+        for written, lines in ((file_id, 8 * 8192), (small_id, 1)):
+            writer = PartWriter(store, file_key(written))
+            for i in range(lines):
+                await writer.write(f"{i:0127d}\n".encode())  # 128 bytes a line: 8 parts
+            await writer.close()
+            fields = stored_fields(TENANT, f"{written}.jsonl", writer.size, writer.parts) | {"created_at": "1"}
+            await store.put(file_key(written), fields)
+    finally:
+        await store.close()
+    async with (
+        proxied_redis(redis_url) as (proxy, proxied_url),
+        recorded_edge(batch_redis_url=proxied_url, batch_max_concurrent_uploads=1) as edge,
+        httpx.AsyncClient(base_url=edge.base_url, timeout=30) as http,
+    ):
+        held = proxy.hold_command(part_field(5).encode())  # a slow read of a part not yet sent
+        port = urlsplit(edge.base_url).port
+        assert port is not None
+        client = socket.socket()
+        try:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(10)
+            client.connect(("127.0.0.1", port))
+            client.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+            assert (await asyncio.to_thread(client.recv, 1024)).startswith(b"HTTP/1.1 200 ")
+            assert (await http.get(f"/files/{small_id}/content")).status_code == 429  # the download holds the place
+        finally:
+            client.close()
+        try:
+            async with asyncio.timeout(5):
+                while (await http.get(f"/files/{small_id}/content")).status_code == 429:
+                    await asyncio.sleep(0.05)
+            # Given up, not waited for: were the client's download still reading, it would wait here.
+            assert not held.arrived.is_set() or held.abandoned.is_set()
+        finally:
+            held.released.set()
