@@ -84,7 +84,18 @@ class KeyTenants:
         known = self._known.get(account.key)
         if known is not None and known[0].tenant == account.tenant and time.monotonic() < known[1]:
             return
-        tenant = await self._asked(lambda: self.store.key_tenant(account.key))
+        # Sent as a binding is (_bind), but answered it is no answer to a write: while the store is out of reach it
+        # gives its probe back to the admission (undoing.py), rather than reopening admissions to a store refusing them.
+        probe = self.undoing.probing()
+        if not self.undoing.may_send():
+            raise StoreUnavailable()
+        try:
+            tenant = await self.store.key_tenant(account.key)
+        except StoreUnavailable:
+            self.undoing.out_of_reach()
+            raise
+        if probe:
+            self.undoing.give_back_probe()
         if tenant is not None and tenant != account.tenant:
             raise another_tenant()
 
@@ -114,7 +125,7 @@ class KeyTenants:
         return await self._asked(lambda: self.store.bind_key(account.key, account.tenant))
 
     async def _asked(self, ask: Callable[[], Awaitable[Answer]]) -> Answer:
-        """A binding asked of the store, or read (refuse_if_another), as _bind says."""
+        """A binding asked of the store, as _bind says."""
         if not self.undoing.may_send():
             raise StoreUnavailable()
         try:

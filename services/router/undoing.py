@@ -64,6 +64,16 @@ class Undoing:
         self._next_probe = now + self.probe_s
         return True
 
+    def probing(self) -> bool:
+        """Whether the store was found out of reach: may_send lets a probe alone through."""
+        return self._next_probe is not None
+
+    def give_back_probe(self) -> None:
+        """A probe taken by a read that was answered (a key's binding, key_tenants.refuse_if_another): a store refusing
+        writes (full, read-only) answers reads: the read reopens no admissions, and the next one sent is the probe."""
+        if self._next_probe is not None:
+            self._next_probe = time.monotonic()
+
     def undo_waiting(self, account: Account, request_id: str) -> bool:
         """Whether an undo of an admission of the request id waits in the outbox: a retry refused as a duplicate
         meanwhile is the caller's retry of a request it was told was not admitted (UndoWaiting)."""
