@@ -50,3 +50,26 @@ async def test_a_parked_batch_wakes_when_a_line_in_flight_comes_back() -> None:
     await asyncio.sleep(0)
     pending.refused(index, retry_after_s=None)
     await asyncio.wait_for(waiter, timeout=1)  # not after within_s
+
+
+async def test_after_a_budget_refusal_lines_go_one_at_a_time_until_one_finishes() -> None:
+    """A call the budget refuses is counted against the tenant's requests per minute: after one, a slot's worth sent
+    again each park used up the tenant's rate limit. One line goes, and the next only once it is back."""
+    pending = Pending(range(4))
+    pending.refused(pending.take(), None, probe=True)
+    pending.parked_until = 0.0  # the park ended
+    assert pending.take() == 0 and pending.wait_s() == float("inf")  # the others wait for it to come back
+    pending.refused(0, None, probe=True)
+    pending.parked_until = 0.0
+    pending.take()
+    pending.finished()  # admitted: the batch sends a slot's worth again
+    assert pending.take() == 1 and pending.wait_s() == 0
+
+
+async def test_after_a_refusal_counted_nowhere_lines_go_a_slots_worth_at_once() -> None:
+    """A rate limit's refusal, or an unreachable router's, is counted against nothing: after its park the batch sends
+    as many lines as it has slots, not one and then wait for its whole answer."""
+    pending = Pending(range(3))
+    pending.refused(pending.take(), 1.0)
+    pending.parked_until = 0.0
+    assert pending.take() == 0 and pending.wait_s() == 0  # line 1 may go beside it
