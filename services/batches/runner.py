@@ -234,8 +234,7 @@ class Runner:
             self._leasing = batch_id
             if await self.store.lease(batch_id, self.owner, LEASE_S):
                 if (parked_s := await self._parked_now(batch_id)) > 0:
-                    if batch_id not in self.runs:  # else started here meanwhile (a cancel): its run holds this lease
-                        await self.store.release(batch_id, self.owner)
+                    await self._give_back(batch_id)
                     wake_s = min(wake_s, parked_s)
                     self._leasing = None
                     continue
@@ -243,7 +242,7 @@ class Runner:
                 if placeless and not ending and batch_id not in self.runs:
                     # Its place taken while the lease came back (a batch created or cancelled here started): it waits,
                     # as above; run without a place, it sent lines past the caps and held the slot of a batch ending.
-                    await self.store.release(batch_id, self.owner)
+                    await self._give_back(batch_id)
                     wake_s = min(wake_s, left_s)
                     self._leasing = None
                     continue
@@ -252,6 +251,17 @@ class Runner:
                     await self.store.release(batch_id, self.owner)
             self._leasing = None
         return wake_s
+
+    async def _give_back(self, batch_id: str) -> None:
+        """The adoption's lease given back, unless the batch was started here meanwhile (a cancel, api.py): its run
+        holds that lease, this edge's. One started as the give-back was on its way, its run's lease landing first,
+        takes it again: given back under the run, another edge's adoption ran the batch beside it until the run's
+        renewal found the lease lost."""
+        if batch_id in self.runs:
+            return
+        await self.store.release(batch_id, self.owner)
+        if batch_id in self.runs:
+            await self.store.lease(batch_id, self.owner, LEASE_S)
 
     async def _parked_now(self, batch_id: str) -> float:
         """How long the batch, just leased, must still wait, as it stands now: its state and park were read before the
