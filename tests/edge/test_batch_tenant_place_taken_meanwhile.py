@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from services.batches.runner import LEASE_S
-from services.batches.store import MemoryStore, Store, batch_key, file_key
+from services.batches.store import Store, batch_key, file_key
 from tests.edge.conftest import opened_runner
 from tests.edge.test_batch_window_clock import put_batch
 
@@ -62,14 +62,13 @@ async def test_a_batch_whose_place_is_taken_as_it_is_leased_waits(
         await store.activate(adopted, False)
 
 
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # in memory a batch has one edge
 async def test_a_batch_started_here_as_the_adoption_gives_its_lease_back_keeps_its_lease(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The adoption gives back the lease of a batch whose place was taken; a place freeing meanwhile, the batch is
     started here (cancelled: api.py starts it) and its run takes the lease (this edge's) before the give-back lands.
     That run must still hold the lease: given back under it, another edge's adoption ran the batch beside it."""
-    if isinstance(store, MemoryStore):
-        pytest.skip("one process: no lease to lose")
     tenant = f"t-{uuid.uuid4().hex}"
     adopted = await put_batch(store, tenant, 3600)
     created = await put_batch(store, tenant, 3600)
