@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec, Registry, UnreadableKey
-from services.providers import metrics
 from services.providers.dispatch import Dispatcher
 from services.providers.gateways.anthropic import AnthropicGateway
 from services.providers.gateways.anthropic_batch import AnthropicBatches
@@ -25,8 +24,6 @@ log = logging.getLogger("llmrouter.providers")
 # A dispatcher replaced by a registry reload is closed once the calls it serves have ended, and not before this
 # long after: a call that resolved it just before the swap may not hold its slot yet.
 RETIRE_AFTER_S = 5.0
-# The providers llmrouter_provider_key_valid has a series of, so that one taken out of the registry loses its own.
-_key_gauged: set[str] = set()
 # The Batch API of each provider kind that has one spoken here (llmrouter.registry.BATCH_KINDS).
 BATCH_APIS: dict[str, type[OpenAIBatches] | type[AnthropicBatches]] = {
     "openai": OpenAIBatches,
@@ -38,6 +35,12 @@ BATCH_APIS: dict[str, type[OpenAIBatches] | type[AnthropicBatches]] = {
 class Catalog:
     registry: Registry
     dispatchers: dict[str, Dispatcher]  # provider name -> dispatcher, usable providers only
+    # Providers whose key file holds no key, their last good key still sent (llmrouter_provider_key_valid 0).
+    stale_keys: set[str] = field(default_factory=set)
+
+    def key_validity(self) -> dict[str, bool]:
+        """llmrouter_provider_key_valid of each provider in the registry: one not offered sends no stale key."""
+        return {name: name not in self.stale_keys for name in self.registry.providers}
 
     def resolve(self, name: str) -> tuple[ModelSpec, Dispatcher]:
         model = self.registry.get(name)
@@ -92,11 +95,14 @@ async def build_catalog(
     """The catalog of a registry; `reuse` (a previous catalog's dispatchers) keeps the dispatcher, its gateway
     and its breakers, of every provider whose spec and key did not change (a price change reopens nothing)."""
     dispatchers: dict[str, Dispatcher] = {}
+    stale_keys: set[str] = set()
     for name, spec in registry.providers.items():
         previous = (reuse or {}).get(name)
         key = provider_key(name, spec, settings, previous, warn_unheld=True)
         if key is None:  # the file holds no key: the last good one, if any
             key = "" if previous is None else previous.secret
+            if previous is not None:
+                stale_keys.add(name)
         if previous is not None and previous.spec == spec and previous.secret == key:
             dispatchers[name] = previous
             continue
@@ -105,19 +111,21 @@ async def build_catalog(
             api = BATCH_APIS.get(spec.kind)
             batches: ProviderBatches | None = None if api is None else api(spec, key)
             dispatchers[name] = Dispatcher(name, spec, gateway, key, batches)
-    for gone in _key_gauged - registry.providers.keys():  # a provider taken out of the registry: no series left at 0
-        metrics.KEY_VALID.remove(gone)
-    _key_gauged.intersection_update(registry.providers)
     log.info("usable providers", extra={"providers": sorted(dispatchers)})
-    return Catalog(registry, dispatchers)
+    return Catalog(registry, dispatchers, stale_keys)
 
 
 def keys_changed(catalog: Catalog, settings: ProvidersSettings) -> bool:
     """Whether a provider's key file (or environment) now holds another key than the catalog serves it with: a key
-    rotated, come or gone (a mounted Secret's files change in place). A file that holds no key changes nothing."""
+    rotated, come or gone (a mounted Secret's files change in place). A file that holds no key changes nothing; its
+    provider, held on its last good key, is noted in the catalog's stale_keys."""
     for name, spec in catalog.registry.providers.items():
         held = catalog.dispatchers.get(name)
         key = provider_key(name, spec, settings, held)
+        if key is None and held is not None:
+            catalog.stale_keys.add(name)
+        else:
+            catalog.stale_keys.discard(name)
         if key is not None and key != ("" if held is None else held.secret):
             return True
     return False
@@ -129,11 +137,9 @@ def provider_key(
     """The provider's key as read now ("" none); None when its file holds no key, so that a file read half-written
     or unreadable takes no working provider (`held`) away. Logged by the file's name, never what it holds; for a
     provider not offered, only where asked (not at every check: an empty placeholder in the Secret is no news)."""
-    _key_gauged.add(name)
     try:
         key = spec.api_key(settings.api_keys_dir)
     except UnreadableKey as exc:
-        metrics.KEY_VALID.labels(name).set(0 if held is not None else 1)  # one not offered sends no stale key
         if held is not None:
             log.warning(
                 "provider key file holds no key; the last good key kept", extra={"provider": name, "error": str(exc)}
@@ -143,7 +149,6 @@ def provider_key(
                 "provider key file holds no key; provider not offered", extra={"provider": name, "error": str(exc)}
             )
         return None
-    metrics.KEY_VALID.labels(name).set(1)
     return key
 
 

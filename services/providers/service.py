@@ -13,7 +13,7 @@ from llmrouter.registry import LiveRegistry, ModelSpec, Registry
 from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from llmrouter.validation import AmountError, parse_amount, validate
-from services.providers import batches
+from services.providers import batches, metrics
 from services.providers.catalog import Catalog, Retirement, build_catalog, keys_changed
 from services.providers.gateways.base import Message, UpstreamRequest
 from services.providers.honoured import refuse_unhonoured
@@ -217,9 +217,15 @@ async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     servicer = ProviderServicer(await build_catalog(registry.current, settings))
+
+    def key_validity() -> dict[str, bool]:
+        return servicer.catalog.key_validity()  # the catalog in force as scraped
+
+    metrics.KEY_VALID.sources.append(key_validity)
     registry.start()
 
     async def close() -> None:
+        metrics.KEY_VALID.sources.remove(key_validity)
         await registry.close()
         await retirement.aclose()
         await servicer.catalog.aclose()

@@ -231,3 +231,31 @@ async def test_a_key_file_read_half_written_keeps_the_last_good_key(
     openai_fake.api_key = None
     await eventually(new_key_sent, "the key written whole sent")
     assert key_valid() == 1
+
+
+async def test_a_stopped_service_leaves_no_key_valid_series(
+    tmp_path: Path, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gauge is read at scrape time from the services running: one stopped on its last good key left its series
+    at 0 in the process for good, which a later service (a test sharing the process) was read by."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(registry(openai_fake.base_url)))
+    keys = SecretMount(tmp_path / "keys")
+    keys.publish({KEY_ENV: OLD})
+    settings = ProvidersSettings(
+        port=0,
+        metrics_port=0,
+        registry_path=path,
+        registry_reload_s=0.05,
+        api_keys_dir=keys.root,
+        local_model_dir=tmp_path / "none",
+    )
+    server = await start_server("providers", settings, *await providers.build(settings))
+    try:
+        assert key_valid() == 1
+        keys.write_in_place(KEY_ENV, b"")
+        await eventually(lambda: key_valid() == 0, "the stale key told")
+    finally:
+        await server.stop(1)
+    assert key_valid() is None
