@@ -534,6 +534,7 @@ class _Sent(Response):
         # A client gone (closed, or dropped as too slow) takes sends without a word: each next part, read from the
         # store, went nowhere to the file's end, the place held meanwhile. Each read ends at its leaving instead.
         leaving = asyncio.create_task(_client_left(receive))
+        reading: asyncio.Future[bytes | None] | None = None
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": self.first, "more_body": True})
@@ -541,8 +542,6 @@ class _Sent(Response):
                 reading = asyncio.ensure_future(anext(self.rest, None))
                 await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done() and _left(leaving):
-                    reading.cancel()
-                    await asyncio.wait((reading,))  # ended before its generator is closed (the place's)
                     return
                 if (part := await reading) is None:
                     break
@@ -550,6 +549,11 @@ class _Sent(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             leaving.cancel()
+            # The read under way ended before its generator is closed (the place's): the client gone, or this request
+            # cancelled (the server's shutdown past its grace), which left it running and the closing raising.
+            if reading is not None and not reading.done():
+                reading.cancel()
+                await asyncio.wait((reading,))
             await self.place.aclose()
 
 

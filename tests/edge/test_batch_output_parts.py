@@ -14,12 +14,17 @@ import json
 import socket
 import tracemalloc
 import uuid
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
 import httpx
 import openai
+import pytest
+from starlette.types import Message
 
 from services.batches import wire
+from services.batches.api import _Sent
 from services.batches.output_files import PART_BYTES, PartWriter, part_field, stored_fields
 from services.batches.runner import file_fields
 from services.batches.store import RedisStore, Store, batch_key, file_key, readers_key, results_key
@@ -235,3 +240,45 @@ async def test_a_download_its_client_leaves_reads_no_more_of_its_parts(redis_url
             assert not held.arrived.is_set() or held.abandoned.is_set()
         finally:
             held.released.set()
+
+
+async def test_a_download_cancelled_as_a_part_is_read_ends_that_read_and_gives_back_its_place() -> None:
+    """A download the server cancels (its shutdown past the grace period) as a part is read: that read ends with it,
+    then the parts are closed and the place given back, and the cancellation is what the request ends on. The read
+    went on in its own task, its generator then closed under it ("already running"), the place's closing raising that
+    in place of the cancellation (ShutdownCut answers only that)."""
+    reading, closed, released = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def parts() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"second"
+            reading.set()
+            await asyncio.Event().wait()  # a part slow to come
+            yield b"never"
+        finally:
+            closed.set()
+
+    async def give_back() -> None:
+        released.set()
+
+    rest = parts()
+    place = AsyncExitStack()
+    place.push_async_callback(give_back)  # the upload place, given back last
+    place.push_async_callback(rest.aclose)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError("unreachable")
+
+    response = _Sent(b"first", rest, 64, place)
+    download = asyncio.create_task(response({"type": "http"}, receive, send))
+    await asyncio.wait_for(reading.wait(), 5)
+    download.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(download, 5)
+    assert closed.is_set() and released.is_set()
+    assert [m.get("body") for m in sent[1:]] == [b"first", b"second"]
