@@ -54,11 +54,15 @@ def read_key_file(path: Path) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as file:
-        try:
-            return file.read(MAX_FILE_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-        except OSError:
+    try:  # looked at before fdopen, which refuses a directory raising, the descriptor left open
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class LiveKeys:

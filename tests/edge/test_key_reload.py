@@ -229,6 +229,23 @@ def test_a_key_file_past_its_size_limit_is_refused_unread(tmp_path: Path) -> Non
     assert reloads("invalid") == invalid + 1 and valid() == 0
 
 
+def test_a_directory_put_in_place_of_the_key_file_is_refused_its_descriptor_closed(tmp_path: Path) -> None:
+    """Opened, then refused by fdopen (a directory), its descriptor was never closed and the error escaped the check:
+    one descriptor lost at every check until the edge could open no more (no connection taken), the file not counted
+    invalid. It is refused as an unreadable file is."""
+    mount = SecretMount(tmp_path, key_line("acme", OLD) + "\n")
+    keys = LiveKeys(SecretStr(""), mount.path, RELOAD_S)
+    version = tmp_path / "..directory"
+    (version / "api-keys").mkdir(parents=True)  # a Secret mounted at the file's path: a directory there
+    (tmp_path / "..data_tmp").symlink_to(version.name)
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        assert keys.check() is False
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert keys.ring.tenant_for(OLD) == "acme" and valid() == 0
+
+
 def _open_and_close_for_writing(path: Path) -> None:
     with suppress(OSError):  # no reader waiting: nothing to let go
         os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
