@@ -225,7 +225,8 @@ async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer
     registry.start()
 
     async def close() -> None:
-        metrics.KEY_VALID.sources.remove(key_validity)
+        if key_validity in metrics.KEY_VALID.sources:  # a server stopped twice closes twice
+            metrics.KEY_VALID.sources.remove(key_validity)
         await registry.close()
         await retirement.aclose()
         await servicer.catalog.aclose()
