@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -21,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llmrouter import parameters
 from llmrouter.deadlines import MIN_SEND_S, MIN_TOTAL_TIMEOUT_S
 from llmrouter.settings import REPO_ROOT
+from llmrouter.tasks import every
+from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import common_pb2
 from llmrouter.validation import AmountError, parse_amount
 
@@ -522,25 +523,19 @@ class LiveRegistry:
         return True
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        # The service keeps serving with what it has when a round fails; the providers' key files are read again
+        # only from here, so no error may end the watch.
+        watch = every(self.interval_s, self._round, log, "applying the new registry failed")
+        self._task = asyncio.get_running_loop().create_task(watch)
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                # Inside: an error no check foresaw must not end the watch, and with it every later reload (the
-                # providers' key files are read again only from here).
-                changed = self.check()
-                if self.on_change is not None and (changed or (self.also_changed is not None and self.also_changed())):
-                    await self.on_change(self._current)
-            except Exception:  # the service keeps serving with what it has; the log says why
-                log.exception("applying the new registry failed")
+    async def _round(self) -> None:
+        changed = self.check()
+        if self.on_change is not None and (changed or (self.also_changed is not None and self.also_changed())):
+            await self.on_change(self._current)
 
     def _read(self) -> bytes | None:
         try:

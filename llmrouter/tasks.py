@@ -1,9 +1,11 @@
-"""Stopping background tasks."""
+"""Background tasks: a watch run every interval, stopping them."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 # How long one cancellation may take to end a task before it is sent again.
 CANCEL_WAIT_S = 1.0
@@ -27,3 +29,14 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def every(interval_s: float, step: Callable[[], Awaitable[object]], log: logging.Logger, failed: str) -> NoReturn:
+    """Run `step` every `interval_s` for ever. An error it did not foresee is logged (`failed`) and the next round
+    runs: a watch ended by one would never look again, its gauges still saying all is well."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await step()
+        except Exception:
+            log.exception(failed)

@@ -21,13 +21,14 @@ import hashlib
 import logging
 import os
 import stat
-from contextlib import suppress
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 from pydantic import SecretStr
 
 from llmrouter.setting_entries import file_entries, setting_entries
+from llmrouter.tasks import every
+from llmrouter.tasks import stop as stop_task
 from services.edge.keys import KeyRing, parse_key_entries
 
 log = logging.getLogger("llmrouter.edge.keys")
@@ -114,19 +115,13 @@ class LiveKeys:
         return parse_key_entries(self._inline + file_entries(VARIABLE, decoded))
 
     def start(self) -> None:
-        if self.path is not None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
+        if self.path is not None:  # the keys in force keep serving when a round fails; the log says why
+            watch = every(self.interval_s, self._round, log, "checking the API key file failed")
+            self._task = asyncio.get_running_loop().create_task(watch)
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                self.check()
-            except Exception:  # the keys in force keep serving; the log says why
-                log.exception("checking the API key file failed")
+    async def _round(self) -> None:
+        self.check()

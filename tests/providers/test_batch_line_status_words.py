@@ -5,25 +5,15 @@ word for word, whatever it held (an internal address, an organisation, the key).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
-from llmrouter.registry import ProviderSpec
 from services.providers.gateways.openai_batch import OpenAIBatches
 from tests.fakes import FakeOpenAI
+from tests.providers.test_openai_batches import KEY, fake_and_api  # noqa: F401  (a fixture)
 
-KEY = "sk-batches"
-SECRET = "org-4471 at 10.2.3.4 with sk-batches"
-
-
-@pytest.fixture
-async def fake_and_api() -> AsyncIterator[tuple[FakeOpenAI, OpenAIBatches]]:
-    with FakeOpenAI() as fake:
-        fake.api_key = KEY
-        api = OpenAIBatches(ProviderSpec(kind="openai", base_url=fake.base_url, read_timeout_s=5), KEY)
-        yield fake, api
-        await api.aclose()
+SECRET = f"org-4471 at 10.2.3.4 with {KEY}"
 
 
 def _status_said(status: object) -> Callable[[list[str], list[str]], tuple[list[str], list[str]]]:
@@ -39,7 +29,9 @@ def _status_said(status: object) -> Callable[[list[str], list[str]], tuple[list[
 
 @pytest.mark.parametrize(("status", "told"), [(SECRET, ""), ({"at": SECRET}, ""), (429, " (status 429)")])
 async def test_a_failed_lines_status_is_quoted_only_as_a_number(
-    fake_and_api: tuple[FakeOpenAI, OpenAIBatches], status: object, told: str
+    fake_and_api: tuple[FakeOpenAI, OpenAIBatches],  # noqa: F811
+    status: object,
+    told: str,
 ) -> None:
     fake, api = fake_and_api
     fake.batches.fate = lambda body: "error"
